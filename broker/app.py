@@ -1,0 +1,172 @@
+"""The Litestar app factory and the one table that turns errors into HTTP problem details.
+
+``create_app(settings)`` assembles everything: the policy set, the verifier, the upstream client,
+the token cache and the handlers. Resources are closed on shutdown. Nothing here reads the
+environment; the CLI loads ``Settings`` and passes them in, and tests build them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import httpx
+import msgspec
+from litestar import Litestar, Request, Response
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+
+from broker import __version__
+from broker.cache import TokenCache
+from broker.config import Settings
+from broker.errors import AuthenticationError, BrokerError, UpstreamError
+from broker.identity import DevSigner, setup_verifier
+from broker.issuance import Issuance
+from broker.policy import PolicySet, load_policy_dir
+from broker.routes import dev, health, tokens
+from broker.state import BrokerState
+from broker.upstream import SmitheryClient
+
+logger = logging.getLogger("broker.app")
+
+PROBLEM_JSON: Final = "application/problem+json"
+PROBLEM_TYPE_PREFIX: Final = "urn:token-broker:problem:"
+
+# Litestar's own HTTP errors (routing, size limits, its validation) → our stable codes.
+_HTTP_CODES: Final = {
+    400: "invalid_request",
+    401: "invalid_token",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details with the broker's stable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
+    instance: str | None = None
+
+
+def problem_response(
+    request: Request[Any, Any, Any], status: int, code: str, title: str, detail: str | None
+) -> Response[Problem]:
+    headers: dict[str, str] = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return Response(
+        Problem(
+            type=PROBLEM_TYPE_PREFIX + code,
+            title=title,
+            status=status,
+            code=code,
+            detail=detail,
+            instance=request.url.path,
+        ),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response[Problem]:
+    if isinstance(exc, AuthenticationError):
+        # The precise reason is for operators only; the body stays generic (no probing).
+        logger.info("authentication failed: reason=%s path=%s", exc.reason, request.url.path)
+    response = problem_response(request, exc.status, exc.code, exc.title, exc.detail)
+    if isinstance(exc, UpstreamError) and exc.retry_after_seconds is not None:
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    return response
+
+
+def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "http_error" if status < 500 else "internal_error")
+    detail = exc.detail if status < 500 else None
+    response = problem_response(request, status, code, detail or "HTTP error", detail)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    # Only the type is logged: a foreign exception's message could carry request data.
+    logger.error("unhandled %s on %s", type(exc).__name__, request.url.path)
+    return problem_response(request, 500, "internal_error", "Internal error", None)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    policy_set: PolicySet | None = None,
+    dev_signer: DevSigner | None = None,
+    clock: Callable[[], float] = time.time,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> Litestar:
+    """Build the broker. Raises ``PolicyError``/``ConfigError`` listing every problem."""
+    policies = policy_set if policy_set is not None else load_policy_dir(settings.policies.dir)
+    verifier = setup_verifier(settings.auth)
+    if dev_signer is not None:
+        verifier.add_issuer(dev_signer.issuer_keys(settings.auth.leeway_seconds))
+    upstream = SmitheryClient(settings.smithery, transport=upstream_transport)
+    cache = TokenCache(
+        max_entries=settings.cache.max_entries,
+        margin_seconds=settings.cache.refresh_margin_seconds,
+        margin_ratio=settings.cache.refresh_margin_ratio,
+        clock=clock,
+    )
+    state = BrokerState(
+        settings=settings,
+        policy_set=policies,
+        verifier=verifier,
+        upstream=upstream,
+        cache=cache,
+        issuance=Issuance(policy=lambda: state.policy_set, cache=cache, upstream=upstream),
+        clock=clock,
+        dev_signer=dev_signer,
+    )
+    handlers: list[Any] = [tokens.create_token, health.livez, health.readyz]
+    if dev_signer is not None:
+        handlers.append(dev.dev_login)
+    cors = None
+    if settings.cors.origins:
+        cors = CORSConfig(
+            allow_origins=list(settings.cors.origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "MCP-Protocol-Version", "traceparent"],
+            allow_credentials=False,  # bearer tokens only; no cookies cross origins
+            max_age=600,
+        )
+
+    async def close_upstream() -> None:
+        await upstream.aclose()
+
+    return Litestar(
+        route_handlers=handlers,
+        dependencies={"broker": Provide(lambda: state, use_cache=True, sync_to_thread=False)},
+        exception_handlers={
+            BrokerError: handle_broker_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        cors_config=cors,
+        openapi_config=OpenAPIConfig(
+            title="Token Broker", version=__version__, path="/schema", create_examples=False
+        ),
+        on_shutdown=[close_upstream],
+        debug=False,
+        logging_config=None,
+    )
+

@@ -1,0 +1,158 @@
+"""The service-token cache and single-flight minting. The only module that imports cachetools.
+
+Tokens are keyed by (issuer, subject, constraints digest, policy revision), so a policy change or
+a different rule selection can never serve an old token. A token is served only while its
+remaining life is at least the refresh margin: the larger of ``margin_seconds`` and
+``margin_ratio`` of its lifetime. The cache is bounded (LRU). Concurrent misses for one key share
+one upstream call; a failed mint is not cached and every waiter receives the same error.
+
+Time comes from the injected ``clock``. This module knows nothing of HTTP or Smithery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, NamedTuple, Protocol
+
+import cachetools
+
+DEFAULT_MAX_ENTRIES: Final = 10_000
+DEFAULT_MARGIN_SECONDS: Final = 60.0
+DEFAULT_MARGIN_RATIO: Final = 0.2
+
+
+class CacheKey(NamedTuple):
+    issuer: str
+    subject: str
+    digest: str
+    revision: str
+
+
+class Minted(Protocol):
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def expires_at(self) -> float: ...
+
+
+class CachedToken:
+    """One service token with the facts needed to decide whether it may still be served."""
+
+    __slots__ = ("expires_at", "minted_at", "token")
+
+    def __init__(self, token: str, expires_at: float, minted_at: float) -> None:
+        self.token = token
+        self.expires_at = expires_at
+        self.minted_at = minted_at
+
+    def __repr__(self) -> str:  # the token itself must never reach a log
+        return f"CachedToken(expires_at={self.expires_at!r}, minted_at={self.minted_at!r})"
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    mints: int = 0
+    mint_failures: int = 0
+    waits: int = 0
+    """Requests that joined another request's in-flight mint."""
+    evictions: int = 0
+
+
+class _LRU(cachetools.LRUCache[CacheKey, CachedToken]):
+    def __init__(self, maxsize: int, stats: CacheStats) -> None:
+        super().__init__(maxsize)
+        self._stats = stats
+
+    def popitem(self) -> tuple[CacheKey, CachedToken]:
+        item = super().popitem()
+        self._stats.evictions += 1
+        return item
+
+
+class TokenCache:
+    """Bounded LRU of service tokens with refresh margins and per-key single-flight."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        margin_seconds: float = DEFAULT_MARGIN_SECONDS,
+        margin_ratio: float = DEFAULT_MARGIN_RATIO,
+        clock: Callable[[], float],
+    ) -> None:
+        self.stats = CacheStats()
+        self._entries = _LRU(max_entries, self.stats)
+        self._margin_seconds = margin_seconds
+        self._margin_ratio = margin_ratio
+        self._clock = clock
+        self._inflight: dict[CacheKey, asyncio.Task[CachedToken]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def servable(self, entry: CachedToken, now: float) -> bool:
+        """True while the remaining life is at least the refresh margin."""
+        lifetime = entry.expires_at - entry.minted_at
+        margin = max(self._margin_seconds, self._margin_ratio * lifetime)
+        return entry.expires_at - now >= margin
+
+    def lookup(self, key: CacheKey) -> CachedToken | None:
+        """A servable token for ``key``, or None (a stale entry is dropped)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self.servable(entry, self._clock()):
+            return entry
+        self._entries.pop(key, None)
+        return None
+
+    async def get_or_mint(
+        self, key: CacheKey, mint: Callable[[], Awaitable[Minted]]
+    ) -> tuple[CachedToken, bool]:
+        """The cached token for ``key`` or a freshly minted one; the flag says it was a hit.
+
+        The mint runs in its own task, so a caller that goes away does not cancel it for the
+        others waiting on the same key.
+        """
+        entry = self.lookup(key)
+        if entry is not None:
+            self.stats.hits += 1
+            return entry, True
+        self.stats.misses += 1
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._mint(key, mint))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._finish(key, done))
+        else:
+            self.stats.waits += 1
+        return await asyncio.shield(task), False
+
+    async def _mint(self, key: CacheKey, mint: Callable[[], Awaitable[Minted]]) -> CachedToken:
+        minted_at = self._clock()
+        try:
+            minted = await mint()
+        except BaseException:
+            self.stats.mint_failures += 1
+            raise
+        self.stats.mints += 1
+        entry = CachedToken(minted.token, minted.expires_at, minted_at)
+        if self.servable(entry, minted_at):
+            self._entries[key] = entry
+        return entry
+
+    def _finish(self, key: CacheKey, task: asyncio.Task[CachedToken]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            # Mark the outcome as retrieved: every waiter re-raises it already, and a failure
+            # nobody waited for must not be reported again by the event loop at shutdown.
+            task.exception()
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -1,0 +1,251 @@
+"""The ``broker`` command: ``serve``, ``dev``, ``check`` and ``emulator``.
+
+Settings are loaded here, once, from the environment and handed to ``create_app``. Every problem
+(settings, keys, policies) is printed before exiting non-zero, so an operator fixes them all at
+once instead of one per restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+import msgspec
+import uvicorn
+
+from broker import __version__
+from broker.config import (
+    Secret,
+    Settings,
+    load_settings,
+    require_production_settings,
+    unknown_env_names,
+)
+from broker.errors import ConfigError, PolicyError
+from broker.identity import DevSigner, setup_verifier
+from broker.policy import PolicySet, load_policy_dir
+from broker.telemetry import setup_logging
+
+EXIT_OK: Final = 0
+EXIT_INVALID: Final = 2
+DEV_API_KEY: Final = "dev-api-key"
+DEV_AUDIENCE: Final = "token-broker-dev"
+DEFAULT_DEV_PORT: Final = 8080
+DEFAULT_DEV_UPSTREAM_PORT: Final = 8081
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command: str = args.command
+    if command == "check":
+        return check()
+    if command == "serve":
+        return serve(host=args.host, port=args.port)
+    if command == "dev":
+        return dev(
+            host=args.host, port=args.port, upstream_port=args.upstream_port, policies=args.policies
+        )
+    if command == "emulator":
+        from broker.emulator import run_emulator
+
+        run_emulator(args.host, args.port, args.api_key)
+        return EXIT_OK
+    parser.print_help()
+    return EXIT_INVALID
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broker", description="Policy-aware Smithery service-token broker."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = sub.add_parser("serve", help="run the production server (settings from BROKER_*)")
+    serve_cmd.add_argument("--host", help="interface to bind (default BROKER_SERVER_HOST)")
+    serve_cmd.add_argument("--port", type=int, help="port (default BROKER_SERVER_PORT)")
+    dev_cmd = sub.add_parser(
+        "dev", help="run the broker and a Smithery emulator on loopback with a dev identity"
+    )
+    dev_cmd.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
+    dev_cmd.add_argument("--port", type=int, default=DEFAULT_DEV_PORT)
+    dev_cmd.add_argument("--upstream-port", type=int, default=DEFAULT_DEV_UPSTREAM_PORT)
+    dev_cmd.add_argument("--policies", default=None, help="policies directory (default policies)")
+    sub.add_parser("check", help="validate settings, keys and policies; print every problem")
+    emu = sub.add_parser("emulator", help="run the Smithery emulator alone")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=DEFAULT_DEV_UPSTREAM_PORT)
+    emu.add_argument("--api-key", default=DEV_API_KEY)
+    return parser
+
+
+def _load(*, production: bool) -> tuple[Settings, PolicySet]:
+    """Settings, keys and policies, validated together; raises with every problem found."""
+    problems: list[str] = []
+    settings = Settings()
+    try:
+        settings = load_settings()
+        if production:
+            require_production_settings(settings)
+        setup_verifier(settings.auth)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    policy_set: PolicySet | None = None
+    try:
+        policy_set = load_policy_dir(settings.policies.dir)
+    except PolicyError as exc:
+        problems.extend(str(p) for p in exc.problems)
+    if problems or policy_set is None:
+        raise ConfigError(problems)
+    return settings, policy_set
+
+
+def _report(problems: Sequence[str]) -> None:
+    print(f"broker: {len(problems)} problem(s):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _warn_unknown_env() -> None:
+    for name in unknown_env_names(os.environ):
+        print(f"broker: warning: {name} is not a known setting (typo?)", file=sys.stderr)
+
+
+def check() -> int:
+    """``broker check``: exit 0 when settings and policies are valid, 2 listing problems if not."""
+    _warn_unknown_env()
+    try:
+        _, policy_set = _load(production=True)
+    except ConfigError as exc:
+        _report(exc.problems)
+        return EXIT_INVALID
+    print(f"broker: ok: {len(policy_set.rules)} rule(s), policy revision {policy_set.revision}")
+    return EXIT_OK
+
+
+def serve(*, host: str | None, port: int | None) -> int:
+    from broker.app import create_app
+
+    _warn_unknown_env()
+    try:
+        settings, policy_set = _load(production=True)
+    except ConfigError as exc:
+        _report(exc.problems)
+        return EXIT_INVALID
+    setup_logging()
+    app = create_app(settings, policy_set=policy_set)
+    uvicorn.run(
+        app,
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+    )
+    return EXIT_OK
+
+
+def dev(*, host: str, port: int, upstream_port: int, policies: str | None) -> int:
+    """Broker + emulator on loopback, an ephemeral user-signing key and ``POST /dev/login``."""
+    from broker.app import create_app
+    from broker.emulator import create_emulator_app
+
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        print("broker dev binds to loopback only", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        base = load_settings()
+    except ConfigError as exc:
+        _report(exc.problems)
+        return EXIT_INVALID
+    broker_url = f"http://{host}:{port}"
+    upstream_url = f"http://{host}:{upstream_port}"
+    settings = msgspec.structs.replace(
+        base,
+        policies=msgspec.structs.replace(base.policies, dir=policies or base.policies.dir),
+        smithery=msgspec.structs.replace(
+            base.smithery, base_url=upstream_url, api_key=Secret(DEV_API_KEY)
+        ),
+        auth=msgspec.structs.replace(
+            base.auth, issuer=None, jwks_file=None, audience=(DEV_AUDIENCE,)
+        ),
+    )
+    try:
+        policy_set = load_policy_dir(settings.policies.dir)
+    except PolicyError as exc:
+        _report([str(p) for p in exc.problems])
+        return EXIT_INVALID
+    setup_logging()
+    signer = DevSigner.generate(issuer=f"{broker_url}/dev", audience=DEV_AUDIENCE)
+    broker_app = create_app(settings, policy_set=policy_set, dev_signer=signer)
+    emulator_app = create_emulator_app(api_key=DEV_API_KEY)
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                app, host=host, port=app_port, log_level="warning", lifespan="on", access_log=False
+            )
+        )
+        for app, app_port in ((emulator_app, upstream_port), (broker_app, port))
+    ]
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(server.serve()) for server in servers]
+        while not all(server.started for server in servers):
+            if any(task.done() for task in tasks):  # a port was taken: uvicorn already said so
+                for server in servers:
+                    server.should_exit = True
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise SystemExit(1)
+            await asyncio.sleep(0.05)
+        print(dev_banner(broker_url, upstream_url, policy_set), flush=True)
+        await asyncio.gather(*tasks)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def dev_banner(broker_url: str, upstream_url: str, policy_set: PolicySet) -> str:
+    rules = ", ".join(rule.id for rule in policy_set.rules)
+    login = (
+        f"curl -s -X POST {broker_url}/dev/login -H 'content-type: application/json' "
+        """-d '{"sub": "alice", "email_verified": true}'"""
+    )
+    extract = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
+    return f"""
+Token broker (dev mode) is running.
+  broker            {broker_url}          (OpenAPI: {broker_url}/schema)
+  Smithery emulator {upstream_url}          (API key: {DEV_API_KEY})
+  policies          revision {policy_set.revision}: {rules}
+
+Get a JWT for a dev user, then a scoped Smithery service token:
+
+  JWT=$({login} | {extract})
+  curl -s -X POST {broker_url}/v1/tokens -H "Authorization: Bearer $JWT"
+
+See exactly what the token allows (the emulator decodes its own tokens):
+
+  SVC=$(curl -s -X POST {broker_url}/v1/tokens -H "Authorization: Bearer $JWT" \\
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  curl -s -X POST {upstream_url}/_emulator/introspect -H 'content-type: application/json' \\
+       -d "{{\\"token\\": \\"$SVC\\"}}"
+
+A user no rule applies to is refused (403 no_matching_rule):
+
+  JWT2=$(curl -s -X POST {broker_url}/dev/login -H 'content-type: application/json' \\
+         -d '{{"sub": "mallory"}}' | {extract})
+  curl -s -X POST {broker_url}/v1/tokens -H "Authorization: Bearer $JWT2"
+
+Press Ctrl+C to stop.
+"""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

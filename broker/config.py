@@ -1,0 +1,286 @@
+"""Settings: a frozen tree of msgspec Structs, loaded once from ``BROKER_*`` environment variables.
+
+Each section is a Struct; each field maps mechanically to ``BROKER_<SECTION>_<FIELD>``
+(``BROKER_SMITHERY_BASE_URL`` is ``settings.smithery.base_url``). Secret fields accept either the
+value (``BROKER_SMITHERY_API_KEY``) or a file path (``BROKER_SMITHERY_API_KEY_FILE``) and are held
+in ``Secret``, whose ``repr`` never shows the value.
+
+This module never reads the environment at import time: ``load_settings(environ)`` is called by
+``create_app``'s callers (the CLI) and tests build ``Settings(...)`` directly. Problems are
+collected and raised together as one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, get_args, get_origin, get_type_hints
+
+import msgspec
+
+from broker.errors import ConfigError
+
+ENV_PREFIX: Final = "BROKER_"
+DEFAULT_SMITHERY_BASE_URL: Final = "https://api.smithery.ai"
+DEFAULT_ALGORITHMS: Final = ("RS256", "ES256")
+#: Asymmetric JWS algorithms the verifier supports (RFC 7518 §3.1). HMAC algorithms are absent on
+#: purpose: a static JWKS of public keys must never be usable as an HMAC secret (key confusion).
+SUPPORTED_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+DEFAULT_SECRET_MAX_BYTES: Final = 64 * 1024
+
+
+class Secret:
+    """A secret string. ``repr``/``str`` are masked; only ``reveal()`` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself. Pass it straight to the one place that needs it; never log it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class PoliciesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    dir: str = "policies"
+    """Directory holding the policy files (``*.yaml``/``*.yml``, not recursive)."""
+
+
+class SmitherySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    base_url: str = DEFAULT_SMITHERY_BASE_URL
+    """Smithery API base URL; the emulator's URL in dev mode and tests."""
+    api_key: Secret | None = None
+    """The app's Smithery API key (``BROKER_SMITHERY_API_KEY`` or ``..._API_KEY_FILE``). Never leaves
+    the server: sent only as the bearer of ``POST /tokens``."""
+    connect_timeout_seconds: float = 3.0
+    """Time allowed to open a connection to Smithery."""
+    timeout_seconds: float = 10.0
+    """Time allowed for each read/write of an upstream call; exceeded → 504."""
+    max_connections: int = 100
+    """Size of the upstream connection pool."""
+
+
+class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    issuer: str | None = None
+    """Exact ``iss`` the app users' JWTs must carry."""
+    audience: tuple[str, ...] = ()
+    """Accepted ``aud`` values (comma-separated); a token must name at least one."""
+    jwks_file: str | None = None
+    """Path of a static JWKS JSON file holding the issuer's public keys."""
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    """Allowed JWS algorithms (comma-separated). Never taken from the token; ``none`` and HMAC are
+    not supported."""
+    leeway_seconds: int = 30
+    """Clock skew tolerated on ``exp``/``nbf``/``iat``."""
+
+
+class CorsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    origins: tuple[str, ...] = ()
+    """Browser origins allowed to call the broker (comma-separated). Empty: CORS off."""
+
+
+class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_entries: int = 10_000
+    """Service tokens kept in memory; least recently used are evicted first."""
+    refresh_margin_seconds: int = 60
+    """A cached token is served only while this much of its life is left..."""
+    refresh_margin_ratio: float = 0.2
+    """...or this fraction of its lifetime, whichever is larger."""
+
+
+class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    """Interface ``broker serve`` listens on (``0.0.0.0`` in containers)."""
+    port: int = 8080
+    """Port ``broker serve`` listens on."""
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    policies: PoliciesSettings = msgspec.field(default_factory=PoliciesSettings)
+    smithery: SmitherySettings = msgspec.field(default_factory=SmitherySettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    cors: CorsSettings = msgspec.field(default_factory=CorsSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+
+
+def env_names() -> dict[str, tuple[str, str]]:
+    """Every recognised env var → (section, field). Secret fields also get a ``_FILE`` form."""
+    names: dict[str, tuple[str, str]] = {}
+    for section, section_type in get_type_hints(Settings).items():
+        for field, field_type in get_type_hints(section_type).items():
+            name = f"{ENV_PREFIX}{section.upper()}_{field.upper()}"
+            names[name] = (section, field)
+            if _is_secret(field_type):
+                names[name + "_FILE"] = (section, field)
+    return names
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build ``Settings`` from ``BROKER_*`` variables; every problem is reported in one ConfigError."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    sections: dict[str, dict[str, Any]] = {}
+    for section, section_type in get_type_hints(Settings).items():
+        values: dict[str, Any] = {}
+        for field, field_type in get_type_hints(section_type).items():
+            name = f"{ENV_PREFIX}{section.upper()}_{field.upper()}"
+            try:
+                value = _read_field(env, name, field_type)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+                continue
+            if value is not None:
+                values[field] = value
+        sections[section] = values
+    if problems:
+        raise ConfigError(problems)
+    try:
+        settings = Settings(
+            **{name: get_type_hints(Settings)[name](**vals) for name, vals in sections.items()}
+        )
+    except (TypeError, ValueError) as exc:  # pragma: no cover - guarded by _read_field
+        raise ConfigError([str(exc)]) from None
+    validate_settings(settings)
+    return settings
+
+
+def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
+    """``BROKER_*`` variables that match no setting: almost always a typo worth a warning."""
+    known = env_names()
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+
+
+def validate_settings(settings: Settings) -> None:
+    """Cross-field checks that hold in every mode; raises ConfigError listing each problem."""
+    problems: list[str] = []
+    if not settings.smithery.base_url.startswith(("https://", "http://")):
+        problems.append("BROKER_SMITHERY_BASE_URL: must be an http(s) URL")
+    if settings.smithery.connect_timeout_seconds <= 0 or settings.smithery.timeout_seconds <= 0:
+        problems.append("BROKER_SMITHERY_*TIMEOUT_SECONDS: must be greater than 0")
+    if settings.smithery.max_connections < 1:
+        problems.append("BROKER_SMITHERY_MAX_CONNECTIONS: must be at least 1")
+    unsupported = [a for a in settings.auth.algorithms if a not in SUPPORTED_ALGORITHMS]
+    if unsupported:
+        problems.append(
+            f"BROKER_AUTH_ALGORITHMS: unsupported {', '.join(unsupported)}; "
+            f"choose from {', '.join(sorted(SUPPORTED_ALGORITHMS))}"
+        )
+    if not settings.auth.algorithms:
+        problems.append("BROKER_AUTH_ALGORITHMS: at least one algorithm is required")
+    if settings.auth.leeway_seconds < 0 or settings.auth.leeway_seconds > 300:
+        problems.append("BROKER_AUTH_LEEWAY_SECONDS: must be between 0 and 300")
+    if settings.cache.max_entries < 1:
+        problems.append("BROKER_CACHE_MAX_ENTRIES: must be at least 1")
+    if settings.cache.refresh_margin_seconds < 0:
+        problems.append("BROKER_CACHE_REFRESH_MARGIN_SECONDS: must not be negative")
+    if not 0 <= settings.cache.refresh_margin_ratio < 1:
+        problems.append("BROKER_CACHE_REFRESH_MARGIN_RATIO: must be in [0, 1)")
+    for origin in settings.cors.origins:
+        if origin != "*" and not origin.startswith(("https://", "http://")):
+            problems.append(f"BROKER_CORS_ORIGINS: {origin!r} is not an origin like https://app.example")
+    if not 0 < settings.server.port < 65536:
+        problems.append("BROKER_SERVER_PORT: must be a TCP port number")
+    if problems:
+        raise ConfigError(problems)
+
+
+def require_production_settings(settings: Settings) -> None:
+    """What ``broker serve`` needs beyond the defaults: a key, an issuer, an audience, keys."""
+    problems: list[str] = []
+    if settings.smithery.api_key is None:
+        problems.append(
+            "BROKER_SMITHERY_API_KEY or BROKER_SMITHERY_API_KEY_FILE: required (the app's API key)"
+        )
+    if not settings.auth.issuer:
+        problems.append("BROKER_AUTH_ISSUER: required (the iss of your users' JWTs)")
+    if not settings.auth.audience:
+        problems.append("BROKER_AUTH_AUDIENCE: required (the aud of your users' JWTs)")
+    if not settings.auth.jwks_file:
+        problems.append("BROKER_AUTH_JWKS_FILE: required (your identity provider's public keys)")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _is_secret(field_type: Any) -> bool:
+    return field_type is Secret or Secret in get_args(field_type)
+
+
+def _read_field(env: Mapping[str, str], name: str, field_type: Any) -> Any:
+    if _is_secret(field_type):
+        return _read_secret(env, name)
+    raw = env.get(name)
+    if raw is None:
+        return None
+    return _parse(raw, field_type)
+
+
+def _read_secret(env: Mapping[str, str], name: str) -> Secret | None:
+    direct = env.get(name)
+    path = env.get(name + "_FILE")
+    if direct is not None and path is not None:
+        raise ValueError(f"set either {name} or {name}_FILE, not both")
+    if path is not None:
+        file = Path(path)
+        try:
+            if file.stat().st_size > DEFAULT_SECRET_MAX_BYTES:
+                raise ValueError(f"file {path} is larger than {DEFAULT_SECRET_MAX_BYTES} bytes")
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"file {path} is not UTF-8 text") from None
+    elif direct is not None:
+        value = direct.strip()
+    else:
+        return None
+    if not value:
+        raise ValueError("is empty")
+    return Secret(value)
+
+
+def _parse(raw: str, field_type: Any) -> Any:
+    args = get_args(field_type)
+    if get_origin(field_type) is tuple:
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    if type(None) in args:  # Optional[str]
+        field_type = next(a for a in args if a is not type(None))
+    if field_type is str:
+        return raw.strip() or None
+    if field_type is int:
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError(f"{raw!r} is not an integer") from None
+    if field_type is float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{raw!r} is not a finite number")
+        return value
+    if field_type is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{raw!r} is not a boolean (true/false)")
+    raise TypeError(f"unsupported setting type {field_type!r}")  # pragma: no cover

@@ -1,0 +1,101 @@
+"""Issuing a service token to an authenticated principal: the token endpoint's use case.
+
+Render the policy for the principal, narrow it to the rules the caller asked for (never wider),
+plan the mint, then serve the token from the cache or mint it once (single-flight). Denials raise
+the broker's errors; the precise reason goes to the audit log, not to the caller.
+
+No HTTP here (``routes/``) and no direct Smithery or cache-library calls (``upstream``/``cache``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from broker.cache import CacheKey, TokenCache
+from broker.constraints import MintPlan, plan_mint, render_rules
+from broker.errors import NoMatchingRuleError, RuleNotApplicableError, UnknownRuleError
+from broker.identity import Principal
+from broker.policy import PolicySet
+from broker.telemetry import audit
+from broker.upstream import SmitheryClient
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    expires_at: float
+    rule_ids: tuple[str, ...]
+    policy_revision: str
+    cache_hit: bool
+    digest: str
+
+
+@dataclass(slots=True)
+class Issuance:
+    """Everything the token endpoint needs; built once by ``create_app``."""
+
+    policy: Callable[[], PolicySet]
+    """The current policy set (a snapshot is taken once per request)."""
+    cache: TokenCache
+    upstream: SmitheryClient
+
+    def plan(self, policy_set: PolicySet, principal: Principal, requested: Sequence[str]) -> MintPlan:
+        """The mint plan for ``principal``, narrowed to ``requested`` rule ids when given."""
+        rendering = render_rules(policy_set, principal.issuer, principal.claims)
+        applied = rendering.applied
+        if requested:
+            unknown = [r for r in requested if policy_set.rule(r) is None]
+            if unknown:
+                raise UnknownRuleError(f"Unknown rule id(s): {', '.join(sorted(set(unknown)))}.")
+            wanted = set(requested)
+            applied = tuple(a for a in applied if a.rule_id in wanted)
+            missing = wanted - {a.rule_id for a in applied}
+            if missing:
+                audit(
+                    "token.denied",
+                    subject=principal.subject,
+                    issuer=principal.issuer,
+                    revision=policy_set.revision,
+                    reason="rule_not_applicable",
+                    rules=sorted(missing),
+                )
+                raise RuleNotApplicableError(
+                    f"Rule(s) not applicable to the caller: {', '.join(sorted(missing))}."
+                )
+        if not applied:
+            audit(
+                "token.denied",
+                subject=principal.subject,
+                issuer=principal.issuer,
+                revision=policy_set.revision,
+                reason="no_matching_rule",
+                skipped={s.rule_id: s.reason for s in rendering.skipped},
+            )
+            raise NoMatchingRuleError("No policy rule grants access to this user.")
+        return plan_mint(applied)
+
+    async def issue(self, principal: Principal, requested: Sequence[str] = ()) -> IssuedToken:
+        policy_set = self.policy()
+        plan = self.plan(policy_set, principal, requested)
+        key = CacheKey(principal.issuer, principal.subject, plan.digest, policy_set.revision)
+        entry, hit = await self.cache.get_or_mint(
+            key, lambda: self.upstream.mint_token(plan.constraints)
+        )
+        audit(
+            "token.issued",
+            subject=principal.subject,
+            issuer=principal.issuer,
+            revision=policy_set.revision,
+            rules=list(plan.rule_ids),
+            digest=plan.digest,
+            cache_hit=hit,
+        )
+        return IssuedToken(
+            token=entry.token,
+            expires_at=entry.expires_at,
+            rule_ids=plan.rule_ids,
+            policy_revision=policy_set.revision,
+            cache_hit=hit,
+            digest=plan.digest,
+        )

@@ -1,0 +1,752 @@
+"""Policy files: the model, loading, validation, revision and rule selection.
+
+A policy set is every ``*.yaml``/``*.yml`` file directly in one directory. Each file holds
+``rules:``; each rule has an ``id``, optional ``description``, conditions under ``when`` and one
+Smithery ``Constraint`` under ``grant`` (Smithery's own field names, so its docs apply). Loading
+either yields an immutable ``PolicySet`` with a content-hash ``revision``, or raises
+``PolicyError`` listing every problem in every file (file, line, rule id, field path, message).
+
+This module is pure apart from ``load_policy_dir`` reading files: no network, no clock. It does not
+render constraints (``constraints.py``) and does not evaluate JSON-RPC requests (``precheck.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+import yaml
+
+from broker import rpcmatch
+from broker.errors import PatternError, PolicyError, PolicyProblem
+
+RESOURCES: Final = ("connections", "servers", "namespaces", "skills")
+OPERATIONS: Final = ("read", "write", "execute")
+GRANT_FIELDS: Final = ("namespaces", "resources", "operations", "metadata", "rpcReqMatch", "ttl")
+RULE_FIELDS: Final = ("id", "description", "when", "grant")
+WHEN_FIELDS: Final = ("claims", "issuer")
+CONDITION_OPS: Final = ("equals", "in", "contains", "present")
+MAX_TTL_SECONDS: Final = 24 * 3600
+MAX_RPC_KEY_CHARS: Final = 200
+MAX_RPC_PATTERN_CHARS: Final = 500
+MAX_POLICY_FILE_BYTES: Final = 1024 * 1024
+MAX_YAML_NODES: Final = 100_000
+RULE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+_TTL_PATTERN: Final = re.compile(r"([0-9]{1,9})([smhd]?)")
+_TTL_UNIT_SECONDS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# ``{claims.<path>}``: the only placeholder. Other braces stay literal, because regex quantifiers
+# such as ``a{2,3}`` are legitimate inside rpcReqMatch patterns.
+_PLACEHOLDER: Final = re.compile(r"\{claims\.([^{}\s]+)\}")
+_BRACED: Final = re.compile(r"\{[^{}]*\}")
+
+ClaimScalar = str | int | float | bool
+Operator = Literal["equals", "in", "contains", "present"]
+
+
+# --- the model (frozen) -------------------------------------------------------------------------
+
+
+class ClaimRef(msgspec.Struct, frozen=True):
+    """A ``{claims.<path>}`` placeholder inside a template."""
+
+    path: str
+
+
+class Template(msgspec.Struct, frozen=True):
+    """A string with placeholders, parsed once at load: literal text and ``ClaimRef`` parts."""
+
+    source: str
+    parts: tuple[str | ClaimRef, ...]
+
+    @property
+    def is_literal(self) -> bool:
+        return all(isinstance(part, str) for part in self.parts)
+
+
+class ClaimTest(msgspec.Struct, frozen=True):
+    """One condition on one verified claim."""
+
+    claim: str
+    op: Operator
+    operand: ClaimScalar | tuple[ClaimScalar, ...] | bool
+
+
+class Grant(msgspec.Struct, frozen=True):
+    """A Smithery Constraint with templated strings. ``None`` means the field is omitted."""
+
+    namespaces: Template | tuple[Template, ...] | None = None
+    resources: str | tuple[str, ...] | None = None
+    operations: str | tuple[str, ...] | None = None
+    metadata: tuple[tuple[tuple[str, Template], ...], ...] | None = None
+    metadata_is_list: bool = False
+    rpc_req_match: tuple[tuple[str, Template], ...] | None = None
+    ttl: int | str | None = None
+    """As written (Smithery accepts a number of seconds or ``"15m"``)."""
+    ttl_seconds: int | None = None
+
+
+class Rule(msgspec.Struct, frozen=True):
+    id: str
+    grant: Grant
+    description: str = ""
+    claims: tuple[ClaimTest, ...] = ()
+    issuers: tuple[str, ...] = ()
+    """Accepted ``iss`` values; empty means any configured issuer."""
+    file: str = ""
+
+
+class PolicySet(msgspec.Struct, frozen=True):
+    rules: tuple[Rule, ...]
+    revision: str
+    """First 16 hex digits of a SHA-256 over the files' names and bytes."""
+
+    def rule(self, rule_id: str) -> Rule | None:
+        for rule in self.rules:
+            if rule.id == rule_id:
+                return rule
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSkip:
+    """Why one rule did not apply to a principal (for explanations and audit, never for callers
+    of the token endpoint)."""
+
+    rule_id: str
+    reason: str
+
+
+# --- selection (pure) ---------------------------------------------------------------------------
+
+_MISSING: Final = object()
+
+
+def lookup_claim(claims: Mapping[str, Any], path: str) -> Any:
+    """The claim at ``path``, or ``_MISSING``.
+
+    A claim named exactly ``path`` wins (namespaced claims such as ``https://example.com/roles``
+    contain dots); otherwise the path is followed through nested objects, dot by dot.
+    """
+    if path in claims:
+        return claims[path]
+    node: Any = claims
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def is_missing(value: Any) -> bool:
+    return value is _MISSING
+
+
+def same_scalar(left: Any, right: Any) -> bool:
+    """JSON equality without Python's ``True == 1``: booleans only equal booleans."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool) and left is right
+    if isinstance(left, (int, float)) and isinstance(right, (int, float)):
+        return left == right
+    return isinstance(left, str) and isinstance(right, str) and left == right
+
+
+def evaluate_test(test: ClaimTest, claims: Mapping[str, Any]) -> str | None:
+    """``None`` when the test holds, else a short reason."""
+    value = lookup_claim(claims, test.claim)
+    if test.op == "present":
+        if (value is not _MISSING) is test.operand:
+            return None
+        return f"claim {test.claim} is {'missing' if test.operand else 'present'}"
+    if value is _MISSING:
+        return f"claim {test.claim} is missing"
+    if test.op == "equals":
+        if same_scalar(value, test.operand):
+            return None
+        return f"claim {test.claim} does not equal {test.operand!r}"
+    if test.op == "in":
+        assert isinstance(test.operand, tuple)
+        if any(same_scalar(value, option) for option in test.operand):
+            return None
+        return f"claim {test.claim} is not one of {list(test.operand)!r}"
+    # contains: an array claim holding the value, or a space-delimited string such as the OAuth
+    # ``scope`` claim (RFC 8693 §4.2) holding it as one word.
+    if isinstance(value, list):
+        if any(same_scalar(item, test.operand) for item in value):
+            return None
+    elif isinstance(value, str) and isinstance(test.operand, str):
+        if test.operand in value.split(" "):
+            return None
+    return f"claim {test.claim} does not contain {test.operand!r}"
+
+
+def match_rule(rule: Rule, issuer: str, claims: Mapping[str, Any]) -> str | None:
+    """``None`` when every condition of ``rule`` holds for this principal, else the first reason."""
+    if rule.issuers and issuer not in rule.issuers:
+        return "issuer not accepted by this rule"
+    for test in rule.claims:
+        reason = evaluate_test(test, claims)
+        if reason is not None:
+            return reason
+    return None
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load_policy_dir(directory: str | Path) -> PolicySet:
+    """Read and validate every policy file in ``directory``; raise PolicyError with all problems."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PolicyError(
+            [PolicyProblem(str(root), "$", "policy directory does not exist or is not a directory")]
+        )
+    files = sorted(p for p in root.iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file())
+    sources: list[tuple[str, bytes]] = []
+    problems: list[PolicyProblem] = []
+    for path in files:
+        try:
+            size = path.stat().st_size
+            if size > MAX_POLICY_FILE_BYTES:
+                problems.append(
+                    PolicyProblem(str(path), "$", f"file exceeds {MAX_POLICY_FILE_BYTES} bytes")
+                )
+                continue
+            sources.append((str(path), path.read_bytes()))
+        except OSError as exc:
+            problems.append(PolicyProblem(str(path), "$", f"cannot read: {exc.strerror}"))
+    if not files:
+        problems.append(PolicyProblem(str(root), "$", "no policy files (*.yaml, *.yml) found"))
+    try:
+        policy_set = load_policy_sources(sources)
+    except PolicyError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise PolicyError(problems)
+    return policy_set
+
+
+def load_policy_sources(sources: Sequence[tuple[str, bytes]]) -> PolicySet:
+    """Validate already-read files, given as (name, bytes) in a stable order."""
+    problems: list[PolicyProblem] = []
+    rules: list[Rule] = []
+    first_seen: dict[str, str] = {}
+    for name, data in sources:
+        checker = _FileChecker(name, first_seen)
+        rules.extend(checker.check(data))
+        problems.extend(checker.problems)
+    if not problems and not rules:
+        problems.append(PolicyProblem("-", "$", "the policy set defines no rules"))
+    if problems:
+        raise PolicyError(problems)
+    digest = hashlib.sha256()
+    for name, data in sources:
+        digest.update(Path(name).name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return PolicySet(rules=tuple(rules), revision=digest.hexdigest()[:16])
+
+
+@dataclass(slots=True)
+class _Located:
+    """A YAML value together with the position of its node (1-based line and column)."""
+
+    value: Any
+    line: int
+    column: int
+
+
+@dataclass(slots=True)
+class _FileChecker:
+    """Validates one file, collecting every problem instead of stopping at the first."""
+
+    file: str
+    first_seen: dict[str, str]
+    """Rule id → file that defined it first, shared across the set's files."""
+    problems: list[PolicyProblem] = field(default_factory=list)
+    _rule_id: str | None = None
+    _nodes: int = 0
+
+    # -- reporting
+
+    def problem(self, path: str, message: str, at: _Located | None = None) -> None:
+        self.problems.append(
+            PolicyProblem(
+                file=self.file,
+                path=path,
+                message=message,
+                rule_id=self._rule_id,
+                line=at.line if at else None,
+                column=at.column if at else None,
+            )
+        )
+
+    # -- YAML with positions
+
+    def _parse(self, data: bytes) -> _Located | None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.problem("$", f"file is not UTF-8 (byte {exc.start})")
+            return None
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = _Located(None, mark.line + 1, mark.column + 1) if mark is not None else None
+            reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            self.problem("$", f"invalid YAML: {reason}", where)
+            return None
+        if node is None:
+            self.problem("$", "file is empty; expected a mapping with 'rules'")
+            return None
+        try:
+            return self._convert(node, "$")
+        except _TooLarge:
+            self.problem("$", f"document expands to more than {MAX_YAML_NODES} nodes")
+            return None
+
+    def _convert(self, node: yaml.Node, path: str) -> _Located | None:
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:  # aliases can expand exponentially ("billion laughs")
+            raise _TooLarge
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        if isinstance(node, yaml.MappingNode):
+            mapping: dict[str, _Located] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                key_at = _Located(key, key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if not isinstance(key, str) or key_node.tag == "tag:yaml.org,2002:merge":
+                    self.problem(path, "mapping keys must be plain strings", key_at)
+                    continue
+                if key in mapping:
+                    # PyYAML would silently keep the last value; two readers must never disagree.
+                    self.problem(f"{path}.{key}", "duplicate key", key_at)
+                    continue
+                converted = self._convert(value_node, f"{path}.{key}")
+                if converted is not None:
+                    mapping[key] = converted
+            return _Located(mapping, line, column)
+        if isinstance(node, yaml.SequenceNode):
+            items = [self._convert(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+            return _Located([i for i in items if i is not None], line, column)
+        assert isinstance(node, yaml.ScalarNode)
+        try:
+            value = yaml.SafeLoader("").construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.problem(path, f"invalid value: {exc}", _Located(None, line, column))
+            return None
+        if isinstance(value, float) and value != value:  # .nan
+            value = "NaN"
+        return _Located(value, line, column)
+
+    # -- schema
+
+    def check(self, data: bytes) -> Iterator[Rule]:
+        doc = self._parse(data)
+        if doc is None:
+            return
+        if not isinstance(doc.value, dict):
+            self.problem("$", "expected a mapping with 'rules'", doc)
+            return
+        for key in doc.value:
+            if key != "rules":
+                self.problem(f"$.{key}", "unknown field; a policy file holds only 'rules'", doc.value[key])
+        rules = doc.value.get("rules")
+        if rules is None:
+            self.problem("$.rules", "required: a list of rules", doc)
+            return
+        if not isinstance(rules.value, list):
+            self.problem("$.rules", "must be a list of rules", rules)
+            return
+        for index, item in enumerate(rules.value):
+            rule = self._check_rule(item, f"$.rules[{index}]")
+            if rule is not None:
+                yield rule
+        self._rule_id = None
+
+    def _check_rule(self, item: _Located, path: str) -> Rule | None:
+        self._rule_id = None
+        if not isinstance(item.value, dict):
+            self.problem(path, "each rule must be a mapping with id, when and grant", item)
+            return None
+        body: dict[str, _Located] = item.value
+        before = len(self.problems)
+        rule_id_at = body.get("id")
+        if rule_id_at is None:
+            self.problem(f"{path}.id", "required: a stable rule id such as own-connections", item)
+            rule_id = f"<rule {path}>"
+        elif not isinstance(rule_id_at.value, str) or not RULE_ID_PATTERN.fullmatch(rule_id_at.value):
+            self.problem(
+                f"{path}.id",
+                "must be 1-128 characters of letters, digits, '_', '.', ':', '-', "
+                "starting with a letter or digit",
+                rule_id_at,
+            )
+            rule_id = f"<rule {path}>"
+        else:
+            rule_id = rule_id_at.value
+            self._rule_id = rule_id
+            if rule_id in self.first_seen:
+                self.problem(
+                    f"{path}.id",
+                    f"duplicate rule id (first defined in {self.first_seen[rule_id]})",
+                    rule_id_at,
+                )
+            else:
+                self.first_seen[rule_id] = self.file
+        for key, value in body.items():
+            if key not in RULE_FIELDS:
+                self.problem(
+                    f"{path}.{key}", f"unknown field; allowed: {', '.join(RULE_FIELDS)}", value
+                )
+        description = ""
+        if "description" in body:
+            if isinstance(body["description"].value, str):
+                description = body["description"].value
+            else:
+                self.problem(f"{path}.description", "must be a string", body["description"])
+        claims: tuple[ClaimTest, ...] = ()
+        issuers: tuple[str, ...] = ()
+        if "when" in body:
+            claims, issuers = self._check_when(body["when"], f"{path}.when")
+        grant_at = body.get("grant")
+        grant = None
+        if grant_at is None:
+            self.problem(f"{path}.grant", "required: the Smithery Constraint this rule grants", item)
+        else:
+            grant = self._check_grant(grant_at, f"{path}.grant")
+        if grant is None or len(self.problems) != before:
+            return None
+        return Rule(
+            id=rule_id,
+            description=description,
+            claims=claims,
+            issuers=issuers,
+            grant=grant,
+            file=self.file,
+        )
+
+    def _check_when(
+        self, when: _Located, path: str
+    ) -> tuple[tuple[ClaimTest, ...], tuple[str, ...]]:
+        if not isinstance(when.value, dict):
+            self.problem(path, "must be a mapping with 'claims' and/or 'issuer'", when)
+            return (), ()
+        for key, value in when.value.items():
+            if key not in WHEN_FIELDS:
+                self.problem(f"{path}.{key}", f"unknown field; allowed: {', '.join(WHEN_FIELDS)}", value)
+        issuers: tuple[str, ...] = ()
+        if "issuer" in when.value:
+            issuers = self._string_or_list(when.value["issuer"], f"{path}.issuer") or ()
+        tests: list[ClaimTest] = []
+        claims_at = when.value.get("claims")
+        if claims_at is not None:
+            if not isinstance(claims_at.value, dict):
+                self.problem(f"{path}.claims", "must map claim names to conditions", claims_at)
+            else:
+                for claim, condition in claims_at.value.items():
+                    tests.extend(self._check_condition(claim, condition, f"{path}.claims.{claim}"))
+        return tuple(tests), issuers
+
+    def _check_condition(self, claim: str, condition: _Located, path: str) -> list[ClaimTest]:
+        value = condition.value
+        if _is_scalar(value):
+            return [ClaimTest(claim=claim, op="equals", operand=value)]
+        if value is None:
+            self.problem(path, "null is not a condition; use {present: false}", condition)
+            return []
+        if isinstance(value, list):
+            self.problem(
+                path,
+                "a list is ambiguous; use {in: [...]} (claim is one of) or {contains: x} "
+                "(array claim holds x)",
+                condition,
+            )
+            return []
+        assert isinstance(value, dict)
+        if not value:
+            self.problem(path, f"empty condition; use one of {', '.join(CONDITION_OPS)}", condition)
+            return []
+        tests: list[ClaimTest] = []
+        for op, operand in value.items():
+            op_path = f"{path}.{op}"
+            if op == "equals" or op == "contains":
+                if not _is_scalar(operand.value):
+                    self.problem(op_path, "must be a string, number or boolean", operand)
+                    continue
+                tests.append(ClaimTest(claim=claim, op=op, operand=operand.value))
+            elif op == "in":
+                options = operand.value
+                if not isinstance(options, list) or not options:
+                    self.problem(op_path, "must be a non-empty list of values", operand)
+                    continue
+                if not all(_is_scalar(o.value) for o in options):
+                    self.problem(op_path, "values must be strings, numbers or booleans", operand)
+                    continue
+                tests.append(
+                    ClaimTest(claim=claim, op="in", operand=tuple(o.value for o in options))
+                )
+            elif op == "present":
+                if not isinstance(operand.value, bool):
+                    self.problem(op_path, "must be true or false", operand)
+                    continue
+                tests.append(ClaimTest(claim=claim, op="present", operand=operand.value))
+            else:
+                self.problem(op_path, f"unknown operator; use one of {', '.join(CONDITION_OPS)}", operand)
+        if any(t.op == "present" and t.operand is False for t in tests) and len(tests) > 1:
+            self.problem(path, "present: false cannot be combined with other operators", condition)
+            return []
+        return tests
+
+    def _check_grant(self, grant: _Located, path: str) -> Grant | None:
+        if not isinstance(grant.value, dict):
+            self.problem(path, "must be a mapping with Smithery Constraint fields", grant)
+            return None
+        body: dict[str, _Located] = grant.value
+        before = len(self.problems)
+        for key, value in body.items():
+            if key not in GRANT_FIELDS:
+                self.problem(
+                    f"{path}.{key}",
+                    f"unknown Constraint field; allowed: {', '.join(GRANT_FIELDS)}",
+                    value,
+                )
+        if not any(key in body for key in GRANT_FIELDS):
+            # An empty Constraint restricts nothing: the token would carry the API key's power.
+            self.problem(path, "an empty grant would carry the API key's full power; name at least "
+                         "namespaces", grant)
+        namespaces: Template | tuple[Template, ...] | None = None
+        if "namespaces" in body:
+            namespaces = self._check_namespaces(body["namespaces"], f"{path}.namespaces")
+        resources = self._check_enum(body.get("resources"), f"{path}.resources", RESOURCES)
+        operations = self._check_enum(body.get("operations"), f"{path}.operations", OPERATIONS)
+        metadata, metadata_is_list = None, False
+        if "metadata" in body:
+            metadata, metadata_is_list = self._check_metadata(body["metadata"], f"{path}.metadata")
+        rpc = None
+        if "rpcReqMatch" in body:
+            rpc = self._check_rpc(body["rpcReqMatch"], f"{path}.rpcReqMatch")
+        ttl, ttl_seconds = None, None
+        if "ttl" in body:
+            ttl_seconds = self._check_ttl(body["ttl"], f"{path}.ttl")
+            ttl = body["ttl"].value
+        if len(self.problems) != before:
+            return None
+        return Grant(
+            namespaces=namespaces,
+            resources=resources,
+            operations=operations,
+            metadata=metadata,
+            metadata_is_list=metadata_is_list,
+            rpc_req_match=rpc,
+            ttl=ttl,
+            ttl_seconds=ttl_seconds,
+        )
+
+    def _check_namespaces(
+        self, at: _Located, path: str
+    ) -> Template | tuple[Template, ...] | None:
+        values = self._string_or_list(at, path)
+        if values is None:
+            return None
+        templates = []
+        for index, text in enumerate(values):
+            item_path = path if isinstance(at.value, str) else f"{path}[{index}]"
+            if not text:
+                self.problem(item_path, "must not be empty", at)
+                continue
+            template = self._template(text, item_path, at, regex=False)
+            if template is not None:
+                templates.append(template)
+        if isinstance(at.value, str):
+            return templates[0] if templates else None
+        return tuple(templates)
+
+    def _check_enum(
+        self, at: _Located | None, path: str, allowed: tuple[str, ...]
+    ) -> str | tuple[str, ...] | None:
+        if at is None:
+            return None
+        values = self._string_or_list(at, path)
+        if values is None:
+            return None
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            self.problem(
+                path, f"{', '.join(map(repr, bad))} not allowed; use {', '.join(allowed)}", at
+            )
+            return None
+        if len(set(values)) != len(values):
+            self.problem(path, "lists a value twice", at)
+            return None
+        return values[0] if isinstance(at.value, str) else values
+
+    def _check_metadata(
+        self, at: _Located, path: str
+    ) -> tuple[tuple[tuple[tuple[str, Template], ...], ...] | None, bool]:
+        if isinstance(at.value, dict):
+            pairs = self._metadata_object(at, path)
+            return ((pairs,) if pairs is not None else None), False
+        if isinstance(at.value, list):
+            if not at.value:
+                self.problem(path, "an empty list matches no connection; remove it or add objects", at)
+                return None, True
+            objects = [self._metadata_object(o, f"{path}[{i}]") for i, o in enumerate(at.value)]
+            if any(o is None for o in objects):
+                return None, True
+            return tuple(o for o in objects if o is not None), True
+        self.problem(path, "must be an object of string values, or a list of such objects", at)
+        return None, False
+
+    def _metadata_object(self, at: _Located, path: str) -> tuple[tuple[str, Template], ...] | None:
+        if not isinstance(at.value, dict):
+            self.problem(path, "must be an object of string values", at)
+            return None
+        if not at.value:
+            self.problem(path, "an empty object restricts nothing; remove it or add keys", at)
+            return None
+        pairs = []
+        ok = True
+        for key, value in at.value.items():
+            if not isinstance(value.value, str):
+                self.problem(f"{path}.{key}", "must be a string (quote numbers and booleans)", value)
+                ok = False
+                continue
+            template = self._template(value.value, f"{path}.{key}", value, regex=False)
+            if template is None:
+                ok = False
+                continue
+            pairs.append((key, template))
+        return tuple(pairs) if ok else None
+
+    def _check_rpc(self, at: _Located, path: str) -> tuple[tuple[str, Template], ...] | None:
+        if not isinstance(at.value, dict) or not at.value:
+            self.problem(path, "must map JSON-RPC dot paths (e.g. params.name) to regex patterns", at)
+            return None
+        entries = []
+        for key, value in at.value.items():
+            entry_path = f"{path}.{key}"
+            if len(key) > MAX_RPC_KEY_CHARS:
+                self.problem(entry_path, f"key is longer than {MAX_RPC_KEY_CHARS} characters", value)
+                continue
+            if not key or any(not part for part in key.split(".")):
+                self.problem(entry_path, "must be a dot path such as params.name", value)
+                continue
+            if not isinstance(value.value, str):
+                self.problem(entry_path, "pattern must be a string (quote it)", value)
+                continue
+            if len(value.value) > MAX_RPC_PATTERN_CHARS:
+                self.problem(
+                    entry_path, f"pattern is longer than {MAX_RPC_PATTERN_CHARS} characters", value
+                )
+                continue
+            template = self._template(value.value, entry_path, value, regex=True)
+            if template is None:
+                continue
+            probe = render_probe(template)
+            try:
+                rpcmatch.compile_pattern(probe)
+            except PatternError as exc:
+                self.problem(entry_path, f"invalid pattern {value.value!r}: {exc.detail}", value)
+                continue
+            entries.append((key, template))
+        if len(entries) != len(at.value):
+            return None
+        return tuple(entries)
+
+    def _check_ttl(self, at: _Located, path: str) -> int | None:
+        seconds = parse_ttl(at.value)
+        if seconds is None:
+            self.problem(
+                path, "must be whole seconds (a number) or a string like 90, 30s, 15m, 2h, 1d", at
+            )
+            return None
+        if seconds <= 0:
+            self.problem(path, "must be greater than 0", at)
+            return None
+        if seconds > MAX_TTL_SECONDS:
+            self.problem(path, "must not exceed 24h (Smithery's maximum)", at)
+            return None
+        return seconds
+
+    def _string_or_list(self, at: _Located, path: str) -> tuple[str, ...] | None:
+        if isinstance(at.value, str):
+            return (at.value,)
+        if isinstance(at.value, list) and at.value:
+            if all(isinstance(item.value, str) for item in at.value):
+                return tuple(item.value for item in at.value)
+        self.problem(path, "must be a string or a non-empty list of strings", at)
+        return None
+
+    def _template(self, text: str, path: str, at: _Located, *, regex: bool) -> Template | None:
+        parts: list[str | ClaimRef] = []
+        position = 0
+        for found in _PLACEHOLDER.finditer(text):
+            if regex and _escaped(text, found.start()):
+                self.problem(path, "a {claims...} placeholder cannot follow a backslash", at)
+                return None
+            if found.start() > position:
+                parts.append(text[position : found.start()])
+            claim_path = found.group(1)
+            if any(not part for part in claim_path.split(".")):
+                self.problem(path, f"placeholder {found.group(0)} has an empty path segment", at)
+                return None
+            parts.append(ClaimRef(claim_path))
+            position = found.end()
+        if position < len(text):
+            parts.append(text[position:])
+        if not regex:
+            for literal in (p for p in parts if isinstance(p, str)):
+                stray = _BRACED.search(literal)
+                if stray is not None:
+                    self.problem(
+                        path, f"unknown placeholder {stray.group(0)}; write {{claims.<name>}}", at
+                    )
+                    return None
+        elif any(isinstance(p, str) and "{claims." in p for p in parts):
+            self.problem(path, "malformed placeholder; write {claims.<name>}", at)
+            return None
+        return Template(source=text, parts=tuple(parts))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def parse_ttl(value: Any) -> int | None:
+    """Smithery ttl syntax: a number of seconds, or digits with an optional s/m/h/d unit.
+    Returns seconds, or None when the value is not in that syntax."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        found = _TTL_PATTERN.fullmatch(value.strip())
+        if found is None:
+            return None
+        return int(found.group(1)) * _TTL_UNIT_SECONDS[found.group(2)]
+    return None
+
+
+def render_probe(template: Template) -> str:
+    """The pattern with each placeholder replaced by an escaped sample value, for validation."""
+    return "".join(
+        part if isinstance(part, str) else rpcmatch.escape_literal("x") for part in template.parts
+    )
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
+
+
+def _escaped(text: str, index: int) -> bool:
+    backslashes = 0
+    while index > 0 and text[index - 1] == "\\":
+        backslashes += 1
+        index -= 1
+    return backslashes % 2 == 1

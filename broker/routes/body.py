@@ -1,0 +1,36 @@
+"""Decoding JSON request bodies into typed Structs with the broker's stable error codes."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+
+from broker.errors import CallerError, InvalidJSONError, InvalidRequestError
+
+T = TypeVar("T")
+
+
+class UnsupportedMediaTypeError(CallerError):
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+def decode_json_body(body: bytes, content_type: str | None, type_: type[T], default: T) -> T:
+    """``default`` for an empty body; otherwise the body decoded as ``type_``.
+
+    Non-JSON content types are refused (415) so a form post from a browser page cannot be read as
+    JSON by accident; malformed JSON is ``invalid_json``; schema violations name the JSON path.
+    """
+    if not body.strip():
+        return default
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise UnsupportedMediaTypeError("Send the body as application/json.")
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    except msgspec.DecodeError:
+        raise InvalidJSONError("The body is not valid JSON.") from None

@@ -1,0 +1,38 @@
+"""``GET /livez`` (the process answers) and ``GET /readyz`` (able to issue tokens)."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Response, get
+
+from broker.state import BrokerState
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    status: str
+    policyRevision: str  # noqa: N815
+    checks: dict[str, bool]
+
+
+@get("/livez", summary="Liveness: the process is up", sync_to_thread=False)
+def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="Readiness: policies loaded, upstream and identity configured",
+     sync_to_thread=False)
+def readyz(broker: BrokerState) -> Response[Readiness]:
+    checks = {
+        "policies": bool(broker.policy_set.rules),
+        "upstream": broker.upstream.configured,
+        "identity": broker.verifier.ready,
+    }
+    ready = all(checks.values())
+    return Response(
+        Readiness(
+            status="ready" if ready else "not_ready",
+            policyRevision=broker.policy_set.revision,
+            checks=checks,
+        ),
+        status_code=200 if ready else 503,
+    )

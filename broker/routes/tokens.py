@@ -1,0 +1,64 @@
+"""``POST /v1/tokens``: a scoped Smithery service token for the authenticated app user."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+import msgspec
+from litestar import Request, Response, post
+
+from broker.routes.body import decode_json_body
+from broker.state import BrokerState
+
+MAX_TOKEN_REQUEST_BYTES: Final = 16 * 1024
+MAX_REQUESTED_RULES: Final = 64
+RuleId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Optional body. ``rules`` narrows the token to a subset of the rules that apply."""
+
+    rules: Annotated[
+        tuple[RuleId, ...], msgspec.Meta(min_length=1, max_length=MAX_REQUESTED_RULES)
+    ] | None = None
+
+
+class TokenResponse(msgspec.Struct, frozen=True):
+    token: str
+    """The Smithery service token. Opaque: pass it as a bearer to Smithery, never parse it."""
+    expiresAt: str  # noqa: N815 - mirrors Smithery's field
+    rules: list[str]
+    """Ids of the policy rules whose constraints the token carries."""
+    policyRevision: str  # noqa: N815
+
+
+def format_timestamp(seconds: float) -> str:
+    """Unix seconds → ``2024-01-01T01:00:00.000Z``, the format Smithery uses."""
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@post(
+    "/v1/tokens",
+    status_code=200,
+    request_max_body_size=MAX_TOKEN_REQUEST_BYTES,
+    summary="Mint a scoped Smithery service token for the calling user",
+)
+async def create_token(request: Request[Any, Any, Any], broker: BrokerState) -> Response[TokenResponse]:
+    principal = broker.authenticate(request.headers.get("authorization"))
+    body = decode_json_body(
+        await request.body(), request.headers.get("content-type"), TokenRequest, TokenRequest()
+    )
+    requested = tuple(dict.fromkeys(body.rules or ()))
+    issued = await broker.issuance.issue(principal, requested)
+    return Response(
+        TokenResponse(
+            token=issued.token,
+            expiresAt=format_timestamp(issued.expires_at),
+            rules=list(issued.rule_ids),
+            policyRevision=issued.policy_revision,
+        ),
+        headers=NO_STORE,
+    )

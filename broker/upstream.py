@@ -1,0 +1,164 @@
+"""All calls to Smithery. The only module that uses httpx to reach it.
+
+``SmitheryClient.mint_token`` sends ``POST {base}/tokens`` with the API key as bearer and
+``{"policy": [...]}`` as body, and translates every httpx failure and every non-2xx answer exactly
+once into the broker's error tree:
+
+* 400/401/403 from Smithery → ``UpstreamRejectedError`` (502). Smithery's ``error`` code is kept
+  for the log; its body is never relayed to the broker's caller.
+* 429 and 5xx, connection failures → ``UpstreamUnavailableError`` (503 with ``Retry-After``).
+* timeouts → ``UpstreamTimeoutError`` (504).
+
+The API key, the request body and the minted token never appear in exceptions or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import httpx
+import msgspec
+
+from broker.config import SmitherySettings
+from broker.errors import (
+    UpstreamProtocolError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+
+logger = logging.getLogger("broker.upstream")
+
+DEFAULT_RETRY_AFTER_SECONDS: Final = 1
+MAX_RETRY_AFTER_SECONDS: Final = 300
+MAX_TOKEN_RESPONSE_BYTES: Final = 64 * 1024
+_SAFE_ERROR_CODE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+class _CreateTokenResponse(msgspec.Struct):
+    """Smithery's ``CreateTokenResponse``; extra fields are tolerated for forward compatibility."""
+
+    token: str
+    expiresAt: str  # noqa: N815 - Smithery's field name
+
+
+class _TokenError(msgspec.Struct):
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    token: str
+    expires_at: float
+    """Expiry as a Unix timestamp, from Smithery's ``expiresAt``."""
+
+
+class SmitheryClient:
+    """A pooled async client for Smithery's API, created once per app and closed on shutdown."""
+
+    def __init__(
+        self, settings: SmitherySettings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._api_key = settings.api_key
+        self._client = httpx.AsyncClient(
+            base_url=settings.base_url.rstrip("/"),
+            timeout=httpx.Timeout(
+                settings.timeout_seconds, connect=settings.connect_timeout_seconds
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_connections,
+            ),
+            # Proxy variables and netrc must not redirect a request that carries the API key.
+            trust_env=False,
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    @property
+    def configured(self) -> bool:
+        return self._api_key is not None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def mint_token(self, constraints: Sequence[dict[str, Any]]) -> MintedToken:
+        """Mint a service token restricted to ``constraints`` (Smithery ORs them)."""
+        if self._api_key is None:
+            raise UpstreamUnavailableError("The Smithery API key is not configured.")
+        body = msgspec.json.encode({"policy": list(constraints)})
+        try:
+            response = await self._client.post(
+                "/tokens",
+                content=body,
+                headers={
+                    "Authorization": f"Bearer {self._api_key.reveal()}",
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                },
+            )
+        except httpx.TimeoutException:
+            logger.warning("smithery /tokens timed out")
+            raise UpstreamTimeoutError("Smithery did not answer in time.") from None
+        except httpx.TransportError as exc:
+            logger.warning("smithery /tokens unreachable: %s", type(exc).__name__)
+            raise UpstreamUnavailableError(
+                "Smithery is unreachable.", retry_after_seconds=DEFAULT_RETRY_AFTER_SECONDS
+            ) from None
+        return _read_token_response(response)
+
+
+def _read_token_response(response: httpx.Response) -> MintedToken:
+    status = response.status_code
+    if status in (400, 401, 403):
+        code = _error_code(response.content)
+        logger.error("smithery rejected /tokens: status=%d error=%s", status, code)
+        raise UpstreamRejectedError(status, code)
+    if status == 429 or status >= 500:
+        retry_after = _retry_after(response.headers.get("retry-after"))
+        logger.warning("smithery /tokens unavailable: status=%d", status)
+        raise UpstreamUnavailableError(
+            f"Smithery answered {status}.", retry_after_seconds=retry_after
+        )
+    if status != 200:
+        logger.error("smithery /tokens unexpected status=%d", status)
+        raise UpstreamProtocolError(f"Smithery answered an unexpected status {status}.")
+    if len(response.content) > MAX_TOKEN_RESPONSE_BYTES:
+        raise UpstreamProtocolError("Smithery's token response is too large.")
+    try:
+        parsed = msgspec.json.decode(response.content, type=_CreateTokenResponse)
+        expires_at = parse_timestamp(parsed.expiresAt)
+    except (msgspec.DecodeError, ValueError):
+        logger.error("smithery /tokens returned a malformed body")
+        raise UpstreamProtocolError("Smithery's token response is malformed.") from None
+    if not parsed.token:
+        raise UpstreamProtocolError("Smithery returned an empty token.")
+    return MintedToken(token=parsed.token, expires_at=expires_at)
+
+
+def parse_timestamp(value: str) -> float:
+    """ISO 8601 (``2024-01-01T01:00:00.000Z``) → Unix seconds; the zone is required."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    if parsed.tzinfo is None:
+        raise ValueError("timestamp without a time zone")
+    return parsed.timestamp()
+
+
+def _error_code(content: bytes) -> str:
+    """Smithery's ``error`` field, if it is a short identifier; anything else is not logged."""
+    try:
+        code = msgspec.json.decode(content, type=_TokenError).error
+    except msgspec.DecodeError:
+        return "unparseable"
+    return code if _SAFE_ERROR_CODE.fullmatch(code) else "unrecognised"
+
+
+def _retry_after(value: str | None) -> int:
+    if value is not None and value.strip().isdigit():
+        return max(1, min(int(value.strip()), MAX_RETRY_AFTER_SECONDS))
+    return DEFAULT_RETRY_AFTER_SECONDS
