@@ -169,4 +169,3 @@ def create_app(
         debug=False,
         logging_config=None,
     )
-

@@ -96,10 +96,11 @@ class TokenCache:
         return len(self._entries)
 
     def servable(self, entry: CachedToken, now: float) -> bool:
-        """True while the remaining life is at least the refresh margin."""
+        """True while the remaining life is at least the refresh margin (and never once expired)."""
         lifetime = entry.expires_at - entry.minted_at
         margin = max(self._margin_seconds, self._margin_ratio * lifetime)
-        return entry.expires_at - now >= margin
+        remaining = entry.expires_at - now
+        return remaining > 0 and remaining >= margin
 
     def lookup(self, key: CacheKey) -> CachedToken | None:
         """A servable token for ``key``, or None (a stale entry is dropped)."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import socket
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import uvicorn
@@ -22,7 +24,6 @@ from broker.config import (
     Secret,
     Settings,
     load_settings,
-    require_production_settings,
     unknown_env_names,
 )
 from broker.errors import ConfigError, PolicyError
@@ -45,15 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "check":
         return check()
     if command == "serve":
-        return serve(host=args.host, port=args.port)
+        return serve(host=args.host, port=args.port, fd=args.fd)
     if command == "dev":
         return dev(
             host=args.host, port=args.port, upstream_port=args.upstream_port, policies=args.policies
         )
     if command == "emulator":
-        from broker.emulator import run_emulator
+        from broker.emulator import create_emulator_app
 
-        run_emulator(args.host, args.port, args.api_key)
+        run_server(create_emulator_app(api_key=args.api_key), args.host, args.port, fd=args.fd)
         return EXIT_OK
     parser.print_help()
     return EXIT_INVALID
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = sub.add_parser("serve", help="run the production server (settings from BROKER_*)")
     serve_cmd.add_argument("--host", help="interface to bind (default BROKER_SERVER_HOST)")
     serve_cmd.add_argument("--port", type=int, help="port (default BROKER_SERVER_PORT)")
+    serve_cmd.add_argument("--fd", type=int, help="serve on an inherited listening socket")
     dev_cmd = sub.add_parser(
         "dev", help="run the broker and a Smithery emulator on loopback with a dev identity"
     )
@@ -80,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=DEFAULT_DEV_UPSTREAM_PORT)
     emu.add_argument("--api-key", default=DEV_API_KEY)
+    emu.add_argument("--fd", type=int, help="serve on an inherited listening socket")
     return parser
 
 
@@ -88,15 +91,15 @@ def _load(*, production: bool) -> tuple[Settings, PolicySet]:
     problems: list[str] = []
     settings = Settings()
     try:
-        settings = load_settings()
-        if production:
-            require_production_settings(settings)
+        settings = load_settings(production=production)
         setup_verifier(settings.auth)
     except ConfigError as exc:
         problems.extend(exc.problems)
     policy_set: PolicySet | None = None
+    # Even when other settings are invalid, still check the policies the operator pointed at.
+    policies_dir = os.environ.get("BROKER_POLICIES_DIR") or settings.policies.dir
     try:
-        policy_set = load_policy_dir(settings.policies.dir)
+        policy_set = load_policy_dir(policies_dir)
     except PolicyError as exc:
         problems.extend(str(p) for p in exc.problems)
     if problems or policy_set is None:
@@ -127,7 +130,29 @@ def check() -> int:
     return EXIT_OK
 
 
-def serve(*, host: str | None, port: int | None) -> int:
+def run_server(app: Any, host: str, port: int, *, fd: int | None = None) -> None:
+    """Run ``app`` with uvicorn (uvloop + httptools where installed).
+
+    With ``fd``, serve on an already-listening inherited socket (systemd socket activation, and
+    tests, which bind first so there is nothing to wait for).
+    """
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    if fd is None:
+        server.run()
+    else:
+        server.run(sockets=[socket.socket(fileno=fd)])
+
+
+def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
     from broker.app import create_app
 
     _warn_unknown_env()
@@ -138,15 +163,7 @@ def serve(*, host: str | None, port: int | None) -> int:
         return EXIT_INVALID
     setup_logging()
     app = create_app(settings, policy_set=policy_set)
-    uvicorn.run(
-        app,
-        host=host or settings.server.host,
-        port=port or settings.server.port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        lifespan="on",
-    )
+    run_server(app, host or settings.server.host, port or settings.server.port, fd=fd)
     return EXIT_OK
 
 
@@ -205,10 +222,8 @@ def dev(*, host: str, port: int, upstream_port: int, policies: str | None) -> in
         print(dev_banner(broker_url, upstream_url, policy_set), flush=True)
         await asyncio.gather(*tasks)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
     return EXIT_OK
 
 

@@ -66,8 +66,7 @@ class SmitherySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     base_url: str = DEFAULT_SMITHERY_BASE_URL
     """Smithery API base URL; the emulator's URL in dev mode and tests."""
     api_key: Secret | None = None
-    """The app's Smithery API key (``BROKER_SMITHERY_API_KEY`` or ``..._API_KEY_FILE``). Never leaves
-    the server: sent only as the bearer of ``POST /tokens``."""
+    """The app's Smithery API key. Sent only as the bearer of ``POST /tokens``."""
     connect_timeout_seconds: float = 3.0
     """Time allowed to open a connection to Smithery."""
     timeout_seconds: float = 10.0
@@ -132,11 +131,16 @@ def env_names() -> dict[str, tuple[str, str]]:
     return names
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build ``Settings`` from ``BROKER_*`` variables; every problem is reported in one ConfigError."""
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, production: bool = False
+) -> Settings:
+    """Build ``Settings`` from ``BROKER_*`` variables; every problem is reported in one ConfigError.
+
+    With ``production``, the settings ``broker serve`` cannot run without are required too.
+    """
     env = os.environ if environ is None else environ
     problems: list[str] = []
-    sections: dict[str, dict[str, Any]] = {}
+    sections: dict[str, Any] = {}
     for section, section_type in get_type_hints(Settings).items():
         values: dict[str, Any] = {}
         for field, field_type in get_type_hints(section_type).items():
@@ -148,16 +152,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 continue
             if value is not None:
                 values[field] = value
-        sections[section] = values
+        sections[section] = section_type(**values)
+    settings = Settings(**sections)
+    problems.extend(settings_problems(settings))
+    if production:
+        problems.extend(production_problems(settings))
     if problems:
         raise ConfigError(problems)
-    try:
-        settings = Settings(
-            **{name: get_type_hints(Settings)[name](**vals) for name, vals in sections.items()}
-        )
-    except (TypeError, ValueError) as exc:  # pragma: no cover - guarded by _read_field
-        raise ConfigError([str(exc)]) from None
-    validate_settings(settings)
     return settings
 
 
@@ -167,8 +168,8 @@ def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
     return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
 
 
-def validate_settings(settings: Settings) -> None:
-    """Cross-field checks that hold in every mode; raises ConfigError listing each problem."""
+def settings_problems(settings: Settings) -> list[str]:
+    """Cross-field checks that hold in every mode."""
     problems: list[str] = []
     if not settings.smithery.base_url.startswith(("https://", "http://")):
         problems.append("BROKER_SMITHERY_BASE_URL: must be an http(s) URL")
@@ -194,14 +195,15 @@ def validate_settings(settings: Settings) -> None:
         problems.append("BROKER_CACHE_REFRESH_MARGIN_RATIO: must be in [0, 1)")
     for origin in settings.cors.origins:
         if origin != "*" and not origin.startswith(("https://", "http://")):
-            problems.append(f"BROKER_CORS_ORIGINS: {origin!r} is not an origin like https://app.example")
+            problems.append(
+                f"BROKER_CORS_ORIGINS: {origin!r} is not an origin like https://app.example"
+            )
     if not 0 < settings.server.port < 65536:
         problems.append("BROKER_SERVER_PORT: must be a TCP port number")
-    if problems:
-        raise ConfigError(problems)
+    return problems
 
 
-def require_production_settings(settings: Settings) -> None:
+def production_problems(settings: Settings) -> list[str]:
     """What ``broker serve`` needs beyond the defaults: a key, an issuer, an audience, keys."""
     problems: list[str] = []
     if settings.smithery.api_key is None:
@@ -214,8 +216,7 @@ def require_production_settings(settings: Settings) -> None:
         problems.append("BROKER_AUTH_AUDIENCE: required (the aud of your users' JWTs)")
     if not settings.auth.jwks_file:
         problems.append("BROKER_AUTH_JWKS_FILE: required (your identity provider's public keys)")
-    if problems:
-        raise ConfigError(problems)
+    return problems
 
 
 def _is_secret(field_type: Any) -> bool:

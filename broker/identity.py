@@ -147,35 +147,31 @@ def _select_key(issuer: IssuerKeys, kid: Any, algorithm: str) -> VerificationKey
 
 def _check_times_and_subject(claims: dict[str, Any], issuer: IssuerKeys, now: float) -> Principal:
     leeway = issuer.leeway_seconds
-    exp = claims.get("exp")
-    if not _is_number(exp):
+    exp = _number(claims.get("exp"))
+    if exp is None:
         raise AuthenticationError("invalid_exp")
-    if now >= float(exp) + leeway:
+    if now >= exp + leeway:
         raise AuthenticationError("expired")
-    nbf = claims.get("nbf")
-    if nbf is not None:
-        if not _is_number(nbf):
-            raise AuthenticationError("invalid_nbf")
-        if now + leeway < float(nbf):
-            raise AuthenticationError("not_yet_valid")
-    iat = claims.get("iat")
-    if iat is not None:
-        if not _is_number(iat):
-            raise AuthenticationError("invalid_iat")
-        if now + leeway < float(iat):
-            raise AuthenticationError("issued_in_future")
+    for name, reason in (("nbf", "not_yet_valid"), ("iat", "issued_in_future")):
+        if name not in claims:
+            continue
+        moment = _number(claims[name])
+        if moment is None:
+            raise AuthenticationError(f"invalid_{name}")
+        if now + leeway < moment:
+            raise AuthenticationError(reason)
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise AuthenticationError("missing_sub")
-    return Principal(issuer=issuer.issuer, subject=subject, claims=claims, expires_at=float(exp))
+    return Principal(issuer=issuer.issuer, subject=subject, claims=claims, expires_at=exp)
 
 
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
+def _number(value: Any) -> float | None:
+    """A finite JSON number as float; None for anything else (booleans included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def load_jwks(data: Mapping[str, Any], algorithms: Iterable[str]) -> tuple[VerificationKey, ...]:

@@ -40,7 +40,9 @@ class Issuance:
     cache: TokenCache
     upstream: SmitheryClient
 
-    def plan(self, policy_set: PolicySet, principal: Principal, requested: Sequence[str]) -> MintPlan:
+    def plan(
+        self, policy_set: PolicySet, principal: Principal, requested: Sequence[str]
+    ) -> MintPlan:
         """The mint plan for ``principal``, narrowed to ``requested`` rule ids when given."""
         rendering = render_rules(policy_set, principal.issuer, principal.claims)
         applied = rendering.applied

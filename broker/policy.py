@@ -176,11 +176,12 @@ def evaluate_test(test: ClaimTest, claims: Mapping[str, Any]) -> str | None:
     # contains: an array claim holding the value, or a space-delimited string such as the OAuth
     # ``scope`` claim (RFC 8693 §4.2) holding it as one word.
     if isinstance(value, list):
-        if any(same_scalar(item, test.operand) for item in value):
-            return None
-    elif isinstance(value, str) and isinstance(test.operand, str):
-        if test.operand in value.split(" "):
-            return None
+        held = any(same_scalar(item, test.operand) for item in value)
+    else:
+        held = isinstance(value, str) and isinstance(test.operand, str)
+        held = held and test.operand in value.split(" ")
+    if held:
+        return None
     return f"claim {test.claim} does not contain {test.operand!r}"
 
 
@@ -238,7 +239,7 @@ def load_policy_sources(sources: Sequence[tuple[str, bytes]]) -> PolicySet:
     for name, data in sources:
         checker = _FileChecker(name, first_seen)
         rules.extend(checker.check(data))
-        problems.extend(checker.problems)
+        problems.extend(sorted(checker.problems, key=lambda p: (p.line or 0, p.column or 0)))
     if not problems and not rules:
         problems.append(PolicyProblem("-", "$", "the policy set defines no rules"))
     if problems:
@@ -256,6 +257,15 @@ class _Located:
     value: Any
     line: int
     column: int
+    key_line: int | None = None
+    """Where the mapping key of this value is, for errors about the key itself."""
+    key_column: int | None = None
+
+    @property
+    def key(self) -> _Located:
+        if self.key_line is None or self.key_column is None:
+            return self
+        return _Located(None, self.key_line, self.key_column)
 
 
 @dataclass(slots=True)
@@ -327,6 +337,7 @@ class _FileChecker:
                     continue
                 converted = self._convert(value_node, f"{path}.{key}")
                 if converted is not None:
+                    converted.key_line, converted.key_column = key_at.line, key_at.column
                     mapping[key] = converted
             return _Located(mapping, line, column)
         if isinstance(node, yaml.SequenceNode):
@@ -353,7 +364,11 @@ class _FileChecker:
             return
         for key in doc.value:
             if key != "rules":
-                self.problem(f"$.{key}", "unknown field; a policy file holds only 'rules'", doc.value[key])
+                self.problem(
+                    f"$.{key}",
+                    "unknown field; a policy file holds only 'rules'",
+                    doc.value[key].key,
+                )
         rules = doc.value.get("rules")
         if rules is None:
             self.problem("$.rules", "required: a list of rules", doc)
@@ -378,7 +393,9 @@ class _FileChecker:
         if rule_id_at is None:
             self.problem(f"{path}.id", "required: a stable rule id such as own-connections", item)
             rule_id = f"<rule {path}>"
-        elif not isinstance(rule_id_at.value, str) or not RULE_ID_PATTERN.fullmatch(rule_id_at.value):
+        elif not isinstance(rule_id_at.value, str) or not RULE_ID_PATTERN.fullmatch(
+            rule_id_at.value
+        ):
             self.problem(
                 f"{path}.id",
                 "must be 1-128 characters of letters, digits, '_', '.', ':', '-', "
@@ -400,7 +417,7 @@ class _FileChecker:
         for key, value in body.items():
             if key not in RULE_FIELDS:
                 self.problem(
-                    f"{path}.{key}", f"unknown field; allowed: {', '.join(RULE_FIELDS)}", value
+                    f"{path}.{key}", f"unknown field; allowed: {', '.join(RULE_FIELDS)}", value.key
                 )
         description = ""
         if "description" in body:
@@ -415,7 +432,9 @@ class _FileChecker:
         grant_at = body.get("grant")
         grant = None
         if grant_at is None:
-            self.problem(f"{path}.grant", "required: the Smithery Constraint this rule grants", item)
+            self.problem(
+                f"{path}.grant", "required: the Smithery Constraint this rule grants", item
+            )
         else:
             grant = self._check_grant(grant_at, f"{path}.grant")
         if grant is None or len(self.problems) != before:
@@ -437,7 +456,9 @@ class _FileChecker:
             return (), ()
         for key, value in when.value.items():
             if key not in WHEN_FIELDS:
-                self.problem(f"{path}.{key}", f"unknown field; allowed: {', '.join(WHEN_FIELDS)}", value)
+                self.problem(
+                    f"{path}.{key}", f"unknown field; allowed: {', '.join(WHEN_FIELDS)}", value.key
+                )
         issuers: tuple[str, ...] = ()
         if "issuer" in when.value:
             issuers = self._string_or_list(when.value["issuer"], f"{path}.issuer") or ()
@@ -495,7 +516,9 @@ class _FileChecker:
                     continue
                 tests.append(ClaimTest(claim=claim, op="present", operand=operand.value))
             else:
-                self.problem(op_path, f"unknown operator; use one of {', '.join(CONDITION_OPS)}", operand)
+                self.problem(
+                    op_path, f"unknown operator; use one of {', '.join(CONDITION_OPS)}", operand.key
+                )
         if any(t.op == "present" and t.operand is False for t in tests) and len(tests) > 1:
             self.problem(path, "present: false cannot be combined with other operators", condition)
             return []
@@ -512,12 +535,15 @@ class _FileChecker:
                 self.problem(
                     f"{path}.{key}",
                     f"unknown Constraint field; allowed: {', '.join(GRANT_FIELDS)}",
-                    value,
+                    value.key,
                 )
         if not any(key in body for key in GRANT_FIELDS):
             # An empty Constraint restricts nothing: the token would carry the API key's power.
-            self.problem(path, "an empty grant would carry the API key's full power; name at least "
-                         "namespaces", grant)
+            self.problem(
+                path,
+                "an empty grant would carry the API key's full power; name at least namespaces",
+                grant,
+            )
         namespaces: Template | tuple[Template, ...] | None = None
         if "namespaces" in body:
             namespaces = self._check_namespaces(body["namespaces"], f"{path}.namespaces")
@@ -546,9 +572,7 @@ class _FileChecker:
             ttl_seconds=ttl_seconds,
         )
 
-    def _check_namespaces(
-        self, at: _Located, path: str
-    ) -> Template | tuple[Template, ...] | None:
+    def _check_namespaces(self, at: _Located, path: str) -> Template | tuple[Template, ...] | None:
         values = self._string_or_list(at, path)
         if values is None:
             return None
@@ -592,7 +616,9 @@ class _FileChecker:
             return ((pairs,) if pairs is not None else None), False
         if isinstance(at.value, list):
             if not at.value:
-                self.problem(path, "an empty list matches no connection; remove it or add objects", at)
+                self.problem(
+                    path, "an empty list matches no connection; remove it or add objects", at
+                )
                 return None, True
             objects = [self._metadata_object(o, f"{path}[{i}]") for i, o in enumerate(at.value)]
             if any(o is None for o in objects):
@@ -612,7 +638,9 @@ class _FileChecker:
         ok = True
         for key, value in at.value.items():
             if not isinstance(value.value, str):
-                self.problem(f"{path}.{key}", "must be a string (quote numbers and booleans)", value)
+                self.problem(
+                    f"{path}.{key}", "must be a string (quote numbers and booleans)", value
+                )
                 ok = False
                 continue
             template = self._template(value.value, f"{path}.{key}", value, regex=False)
@@ -624,16 +652,20 @@ class _FileChecker:
 
     def _check_rpc(self, at: _Located, path: str) -> tuple[tuple[str, Template], ...] | None:
         if not isinstance(at.value, dict) or not at.value:
-            self.problem(path, "must map JSON-RPC dot paths (e.g. params.name) to regex patterns", at)
+            self.problem(
+                path, "must map JSON-RPC dot paths (e.g. params.name) to regex patterns", at
+            )
             return None
         entries = []
         for key, value in at.value.items():
             entry_path = f"{path}.{key}"
             if len(key) > MAX_RPC_KEY_CHARS:
-                self.problem(entry_path, f"key is longer than {MAX_RPC_KEY_CHARS} characters", value)
+                self.problem(
+                    entry_path, f"key is longer than {MAX_RPC_KEY_CHARS} characters", value.key
+                )
                 continue
             if not key or any(not part for part in key.split(".")):
-                self.problem(entry_path, "must be a dot path such as params.name", value)
+                self.problem(entry_path, "must be a dot path such as params.name", value.key)
                 continue
             if not isinstance(value.value, str):
                 self.problem(entry_path, "pattern must be a string (quote it)", value)
@@ -675,9 +707,12 @@ class _FileChecker:
     def _string_or_list(self, at: _Located, path: str) -> tuple[str, ...] | None:
         if isinstance(at.value, str):
             return (at.value,)
-        if isinstance(at.value, list) and at.value:
-            if all(isinstance(item.value, str) for item in at.value):
-                return tuple(item.value for item in at.value)
+        if (
+            isinstance(at.value, list)
+            and at.value
+            and all(isinstance(i.value, str) for i in at.value)
+        ):
+            return tuple(item.value for item in at.value)
         self.problem(path, "must be a string or a non-empty list of strings", at)
         return None
 

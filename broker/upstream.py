@@ -44,7 +44,7 @@ class _CreateTokenResponse(msgspec.Struct):
     """Smithery's ``CreateTokenResponse``; extra fields are tolerated for forward compatibility."""
 
     token: str
-    expiresAt: str  # noqa: N815 - Smithery's field name
+    expiresAt: str
 
 
 class _TokenError(msgspec.Struct):
@@ -134,7 +134,7 @@ def _read_token_response(response: httpx.Response) -> MintedToken:
         parsed = msgspec.json.decode(response.content, type=_CreateTokenResponse)
         expires_at = parse_timestamp(parsed.expiresAt)
     except (msgspec.DecodeError, ValueError):
-        logger.error("smithery /tokens returned a malformed body")
+        logger.exception("smithery /tokens returned a malformed body")
         raise UpstreamProtocolError("Smithery's token response is malformed.") from None
     if not parsed.token:
         raise UpstreamProtocolError("Smithery returned an empty token.")

@@ -24,9 +24,16 @@ class LoginResponse(msgspec.Struct, frozen=True):
     expires_in: int
 
 
-@post("/dev/login", status_code=200, request_max_body_size=16 * 1024,
-      summary="Dev mode: sign a JWT for any dev user", include_in_schema=True)
-async def dev_login(request: Request[Any, Any, Any], broker: BrokerState) -> Response[LoginResponse]:
+@post(
+    "/dev/login",
+    status_code=200,
+    request_max_body_size=16 * 1024,
+    summary="Dev mode: sign a JWT for any dev user",
+    include_in_schema=True,
+)
+async def dev_login(
+    request: Request[Any, Any, Any], broker: BrokerState
+) -> Response[LoginResponse]:
     claims = decode_json_body(
         await request.body(), request.headers.get("content-type"), dict[str, Any], {}
     )
@@ -35,12 +42,18 @@ async def dev_login(request: Request[Any, Any, Any], broker: BrokerState) -> Res
         raise InvalidRequestError('Give "sub": a non-empty string of at most 256 characters.')
     reserved = sorted(set(RESERVED_CLAIMS).intersection(claims))
     if reserved:
-        raise InvalidRequestError(f"Claims set by the dev issuer cannot be given: {', '.join(reserved)}.")
+        raise InvalidRequestError(
+            f"Claims set by the dev issuer cannot be given: {', '.join(reserved)}."
+        )
     assert broker.dev_signer is not None  # the route exists only with a dev signer
     token = broker.dev_signer.sign(
         claims, now=broker.clock(), lifetime_seconds=DEV_TOKEN_LIFETIME_SECONDS
     )
     return Response(
-        LoginResponse(access_token=token, token_type="Bearer", expires_in=DEV_TOKEN_LIFETIME_SECONDS),
+        LoginResponse(
+            access_token=token,
+            token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
+            expires_in=DEV_TOKEN_LIFETIME_SECONDS,
+        ),
         headers={"Cache-Control": "no-store"},
     )

@@ -10,7 +10,7 @@ from broker.state import BrokerState
 
 class Readiness(msgspec.Struct, frozen=True):
     status: str
-    policyRevision: str  # noqa: N815
+    policyRevision: str
     checks: dict[str, bool]
 
 
@@ -19,8 +19,11 @@ def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Readiness: policies loaded, upstream and identity configured",
-     sync_to_thread=False)
+@get(
+    "/readyz",
+    summary="Readiness: policies loaded, upstream and identity configured",
+    sync_to_thread=False,
+)
 def readyz(broker: BrokerState) -> Response[Readiness]:
     checks = {
         "policies": bool(broker.policy_set.rules),

@@ -20,18 +20,19 @@ NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Optional body. ``rules`` narrows the token to a subset of the rules that apply."""
 
-    rules: Annotated[
-        tuple[RuleId, ...], msgspec.Meta(min_length=1, max_length=MAX_REQUESTED_RULES)
-    ] | None = None
+    rules: (
+        Annotated[tuple[RuleId, ...], msgspec.Meta(min_length=1, max_length=MAX_REQUESTED_RULES)]
+        | None
+    ) = None
 
 
 class TokenResponse(msgspec.Struct, frozen=True):
     token: str
     """The Smithery service token. Opaque: pass it as a bearer to Smithery, never parse it."""
-    expiresAt: str  # noqa: N815 - mirrors Smithery's field
+    expiresAt: str
     rules: list[str]
     """Ids of the policy rules whose constraints the token carries."""
-    policyRevision: str  # noqa: N815
+    policyRevision: str
 
 
 def format_timestamp(seconds: float) -> str:
@@ -46,7 +47,9 @@ def format_timestamp(seconds: float) -> str:
     request_max_body_size=MAX_TOKEN_REQUEST_BYTES,
     summary="Mint a scoped Smithery service token for the calling user",
 )
-async def create_token(request: Request[Any, Any, Any], broker: BrokerState) -> Response[TokenResponse]:
+async def create_token(
+    request: Request[Any, Any, Any], broker: BrokerState
+) -> Response[TokenResponse]:
     principal = broker.authenticate(request.headers.get("authorization"))
     body = decode_json_body(
         await request.body(), request.headers.get("content-type"), TokenRequest, TokenRequest()

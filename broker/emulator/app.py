@@ -1,0 +1,96 @@
+"""Assembling the emulator: one Litestar app per call, and running it with uvicorn.
+
+``create_emulator_app`` builds the state, wires the routes and maps errors to Smithery-shaped
+bodies in one table. Nothing here reads the environment. The emulator must not import anything
+from ``broker`` outside ``broker/emulator/``: it is the independent party the broker is checked
+against.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import uvicorn
+from litestar import Litestar, MediaType, Request, Response
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+
+from broker.emulator.clock import Clock
+from broker.emulator.errors import EmulatorError
+from broker.emulator.routes import connections, control, tokens
+from broker.emulator.state import EmulatorState
+from broker.emulator.token import TOKEN_PREFIX, TokenCodec
+
+DEFAULT_API_KEY = "dev-api-key"
+
+
+def create_emulator_app(
+    api_key: str = DEFAULT_API_KEY,
+    *,
+    signing_key: bytes | None = None,
+    clock: Clock = time.time,
+) -> Litestar:
+    """A fresh Smithery stand-in with its own connections, counters and signing key.
+
+    ``api_key``: the bearer that acts as the account's Smithery API key (may do everything).
+    ``signing_key``: the HMAC key tokens are signed with; random per app when None. Anyone who
+    holds it can forge tokens of any scope: never log it. Pass one only to keep tokens valid
+    across restarts or apps.
+    ``clock``: seconds since the epoch; inject a fake one in tests.
+    """
+    if not api_key or api_key.startswith(f"{TOKEN_PREFIX}."):
+        # A key shaped like a service token would be checked as a token and never match.
+        raise ValueError("api_key must be non-empty and must not look like a service token")
+    state = EmulatorState(api_key=api_key, codec=TokenCodec(signing_key), clock=clock)
+
+    def provide_emulator() -> EmulatorState:
+        return state
+
+    return Litestar(
+        route_handlers=[
+            tokens.create_token,
+            connections.list_connections,
+            connections.get_connection,
+            connections.upsert_connection,
+            connections.delete_connection,
+            control.health,
+            control.stats,
+            control.reset,
+            control.introspect,
+        ],
+        dependencies={"emulator": Provide(provide_emulator, use_cache=True, sync_to_thread=False)},
+        exception_handlers={EmulatorError: _emulator_error, HTTPException: _http_exception},
+        openapi_config=None,
+    )
+
+
+def run_emulator(host: str, port: int, api_key: str) -> None:
+    """Serve a fresh emulator with uvicorn until interrupted (blocking)."""
+    uvicorn.run(
+        create_emulator_app(api_key), host=host, port=port, log_level="warning", lifespan="on"
+    )
+
+
+def _emulator_error(_: Request[Any, Any, Any], error: EmulatorError) -> Response[dict[str, str]]:
+    return Response(
+        {"error": error.code, "message": error.message},
+        status_code=error.status_code,
+        media_type=MediaType.JSON,
+    )
+
+
+# Litestar's own errors (unknown route, wrong method) in the same {error, message} shape.
+_HTTP_ERROR_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+def _http_exception(_: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, str]]:
+    return Response(
+        {
+            "error": _HTTP_ERROR_CODES.get(error.status_code, "http_error"),
+            "message": error.detail,
+        },
+        status_code=error.status_code,
+        media_type=MediaType.JSON,
+        headers=error.headers,
+    )

@@ -1,0 +1,210 @@
+"""Smithery's ``/connect/{namespace}`` connection routes (a subset), guarded by token scope.
+
+The API key may do everything. A service token needs ``connections:read`` to get or list and
+``connections:write`` to create, update or delete, in the path's namespace, on a connection whose
+metadata its constraints accept (``scope.py``). List results are filtered to what the token may
+read.
+
+OPEN (not documented by Smithery): a token that may read connections in the namespace but whose
+metadata filter excludes a connection gets 404, exactly as if the connection did not exist, and
+never 403, so a token cannot probe for other users' connection ids. A token that may not touch
+connections in the namespace at all gets 403.
+
+``POST /connect/{namespace}/{connectionId}/mcp`` (needs ``connections:execute`` plus
+``rpcReqMatch``) is not served yet; it belongs in its own module beside this one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import msgspec
+from litestar import Request, Response, delete, get, put
+from litestar.params import FromPath
+
+from broker.emulator.clock import format_timestamp
+from broker.emulator.connection import (
+    DEFAULT_LIST_LIMIT,
+    MAX_LIST_LIMIT,
+    Connection,
+    ConnectionsListResponse,
+    StoredConnection,
+    decode_cursor,
+    decode_upsert_request,
+    encode_cursor,
+)
+from broker.emulator.errors import (
+    ForbiddenError,
+    NotFoundError,
+    UnauthorizedError,
+    ValidationFailedError,
+)
+from broker.emulator.principal import Principal
+from broker.emulator.scope import Action
+from broker.emulator.state import EmulatorDependency, EmulatorState
+
+AnyRequest: TypeAlias = Request[Any, Any, Any]
+
+_METADATA_QUERY_PREFIX = "metadata."
+_LIST_QUERY_KEYS = frozenset({"limit", "cursor", "name", "mcpUrl"})
+
+
+class Success(msgspec.Struct, frozen=True):
+    """OpenAPI ``Success``."""
+
+    success: bool = True
+
+
+@get("/connect/{namespace:str}")
+async def list_connections(
+    request: AnyRequest, emulator: EmulatorDependency, namespace: FromPath[str]
+) -> ConnectionsListResponse:
+    read = Action(namespace, "connections", "read")
+    principal = _authorize(emulator, request, read)
+    limit, after_id, filters = _decode_list_query(request)
+    visible = [
+        item.connection
+        for item in emulator.connections.in_namespace(namespace)
+        if principal.permits(read, item.connection.metadata) and _matches(item.connection, filters)
+    ]
+    if after_id is not None:
+        visible = [c for c in visible if c.connection_id > after_id]
+    page = visible[:limit]
+    more = len(visible) > limit
+    return ConnectionsListResponse(
+        connections=page, next_cursor=encode_cursor(page[-1].connection_id) if more else None
+    )
+
+
+@get("/connect/{namespace:str}/{connection_id:str}")
+async def get_connection(
+    request: AnyRequest,
+    emulator: EmulatorDependency,
+    namespace: FromPath[str],
+    connection_id: FromPath[str],
+) -> Connection:
+    read = Action(namespace, "connections", "read")
+    principal = _authorize(emulator, request, read)
+    item = emulator.connections.get(namespace, connection_id)
+    if item is None or not principal.permits(read, item.connection.metadata):
+        raise NotFoundError("Connection not found")
+    return item.connection
+
+
+@put("/connect/{namespace:str}/{connection_id:str}")
+async def upsert_connection(
+    request: AnyRequest,
+    emulator: EmulatorDependency,
+    namespace: FromPath[str],
+    connection_id: FromPath[str],
+) -> Response[Connection]:
+    write = Action(namespace, "connections", "write")
+    principal = _authorize(emulator, request, write)
+    upsert = decode_upsert_request(await request.body())
+    # No await from here on: the checks and the save see the same store.
+    existing = emulator.connections.get(namespace, connection_id)
+    if existing is not None:
+        _require_writable(emulator, principal, existing, write)
+    planned = emulator.connections.plan_upsert(
+        namespace, connection_id, upsert, created_at=format_timestamp(emulator.now_ms())
+    )
+    # The result must stay inside the token's scope too: a token limited to {userId: alice}
+    # may not create or retag a connection as bob's. The caller's own body is no secret: 403.
+    if not principal.permits(write, planned.connection.metadata):
+        emulator.stats.requests_forbidden += 1
+        raise ForbiddenError("Token policy does not permit this connection's metadata")
+    created = emulator.connections.save(planned)
+    # OpenAPI: 201 "Connection created", 200 "Connection updated".
+    return Response(planned.connection, status_code=201 if created else 200)
+
+
+@delete("/connect/{namespace:str}/{connection_id:str}", status_code=200)
+async def delete_connection(
+    request: AnyRequest,
+    emulator: EmulatorDependency,
+    namespace: FromPath[str],
+    connection_id: FromPath[str],
+) -> Success:
+    write = Action(namespace, "connections", "write")
+    principal = _authorize(emulator, request, write)
+    item = emulator.connections.get(namespace, connection_id)
+    if item is None:
+        raise NotFoundError("Connection not found")
+    _require_writable(emulator, principal, item, write)
+    emulator.connections.delete(namespace, connection_id)
+    return Success()
+
+
+def _authorize(emulator: EmulatorState, request: AnyRequest, action: Action) -> Principal:
+    """Authenticate, then require the action in the namespace for some metadata (else 403)."""
+    try:
+        principal = emulator.authenticate(request.headers.get("authorization"))
+    except UnauthorizedError:
+        emulator.stats.requests_unauthorized += 1
+        raise
+    if not principal.permits_action(action):
+        emulator.stats.requests_forbidden += 1
+        raise ForbiddenError(
+            f"Token policy does not permit {action.resource}:{action.operation}"
+            f" in namespace {action.namespace!r}"
+        )
+    return principal
+
+
+def _require_writable(
+    emulator: EmulatorState, principal: Principal, item: StoredConnection, write: Action
+) -> None:
+    """404 when the token may neither read nor write this connection, 403 when only read."""
+    metadata = item.connection.metadata
+    if principal.permits(write, metadata):
+        return
+    read = Action(write.namespace, write.resource, "read")
+    if not principal.permits(read, metadata):
+        raise NotFoundError("Connection not found")
+    emulator.stats.requests_forbidden += 1
+    raise ForbiddenError("Token policy does not permit writing this connection")
+
+
+def _decode_list_query(
+    request: AnyRequest,
+) -> tuple[int, str | None, dict[str, str]]:
+    """``limit`` (1-100, default 100), ``cursor``, and exact-match filters.
+
+    Filters are ``name``, ``mcpUrl`` and ``metadata.{key}``; every other parameter is a 400,
+    as ``ConnectionsListQuery`` has ``additionalProperties: false``.
+    """
+    limit = DEFAULT_LIST_LIMIT
+    after_id: str | None = None
+    filters: dict[str, str] = {}
+    for key, value in request.query_params.items():
+        if len(request.query_params.getall(key)) > 1:
+            raise ValidationFailedError(f"Query parameter given more than once - at `{key}`")
+        if key == "limit":
+            if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_LIST_LIMIT:
+                raise ValidationFailedError(
+                    f"Expected an integer from 1 to {MAX_LIST_LIMIT} - at `limit`"
+                )
+            limit = int(value)
+        elif key == "cursor":
+            after_id = decode_cursor(value)
+        elif key in _LIST_QUERY_KEYS or (
+            key.startswith(_METADATA_QUERY_PREFIX) and len(key) > len(_METADATA_QUERY_PREFIX)
+        ):
+            filters[key] = value
+        else:
+            raise ValidationFailedError(f"Unknown query parameter - at `{key}`")
+    return limit, after_id, filters
+
+
+def _matches(connection: Connection, filters: dict[str, str]) -> bool:
+    """All filters hold. Metadata values compare as strings; non-string values never match."""
+    for key, value in filters.items():
+        if key == "name":
+            actual: Any = connection.name
+        elif key == "mcpUrl":
+            actual = connection.mcp_url
+        else:
+            actual = (connection.metadata or {}).get(key.removeprefix(_METADATA_QUERY_PREFIX))
+        if actual != value:
+            return False
+    return True

@@ -1,0 +1,62 @@
+"""The emulator's per-app state: its secrets, its clock, its counters and its connections.
+
+One ``EmulatorState`` is built by ``create_emulator_app`` and injected into every handler, so two
+apps in one process never share anything. It holds data only; routes give it meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+import msgspec
+from litestar.di import NamedDependency
+
+from broker.emulator.clock import Clock, to_epoch_ms
+from broker.emulator.connection import ConnectionStore
+from broker.emulator.principal import Principal, authenticate
+from broker.emulator.token import TokenCodec
+
+
+class Stats(msgspec.Struct):
+    """Counters since start (or the last reset), served by ``GET /_emulator/stats``.
+
+    ``tokens_rejected`` counts ``POST /tokens`` requests answered with an error (400 or 401);
+    ``requests_unauthorized`` and ``requests_forbidden`` count 401s and 403s on ``/connect``.
+    """
+
+    tokens_minted: int = 0
+    tokens_rejected: int = 0
+    connections: int = 0
+    requests_unauthorized: int = 0
+    requests_forbidden: int = 0
+
+
+@dataclass(slots=True)
+class EmulatorState:
+    """Everything one emulator app owns. ``api_key`` is a secret: never log or return it."""
+
+    api_key: str = field(repr=False)
+    codec: TokenCodec
+    clock: Clock
+    stats: Stats = field(default_factory=Stats)
+    connections: ConnectionStore = field(default_factory=ConnectionStore)
+
+    def now_ms(self) -> int:
+        return to_epoch_ms(self.clock())
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        return authenticate(
+            authorization, api_key=self.api_key, codec=self.codec, now_ms=self.now_ms()
+        )
+
+    def snapshot_stats(self) -> Stats:
+        return msgspec.structs.replace(self.stats, connections=len(self.connections))
+
+    def reset(self) -> None:
+        self.stats = Stats()
+        self.connections.clear()
+
+
+EmulatorDependency: TypeAlias = NamedDependency[EmulatorState]
+"""How handlers ask for the state: a parameter named ``emulator`` of this type."""

@@ -1,0 +1,101 @@
+"""``broker check`` / ``broker serve`` startup validation: every problem listed, non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.cli import dev_banner, main
+from broker.policy import load_policy_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+INVALID = Path(__file__).parent / "fixtures" / "policies" / "invalid"
+BROKER = str(Path(sys.executable).parent / "broker")
+
+
+@pytest.fixture
+def valid_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(
+        json.dumps(
+            {
+                "keys": [
+                    {
+                        "kty": "EC",
+                        "crv": "P-256",
+                        "kid": "k",
+                        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+                    }
+                ]
+            }
+        )
+    )
+    for name in list(__import__("os").environ):
+        if name.startswith("BROKER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("BROKER_POLICIES_DIR", str(ROOT / "policies"))
+    monkeypatch.setenv("BROKER_SMITHERY_API_KEY", "sk-cli-test")
+    monkeypatch.setenv("BROKER_AUTH_ISSUER", "https://idp.example/")
+    monkeypatch.setenv("BROKER_AUTH_AUDIENCE", "app")
+    monkeypatch.setenv("BROKER_AUTH_JWKS_FILE", str(jwks))
+    return tmp_path
+
+
+def test_check_passes_on_valid_setup(valid_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "5 rule(s)" in out
+
+
+def test_check_lists_every_problem(
+    valid_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policies = valid_env / "policies"
+    shutil.copytree(INVALID, policies)
+    monkeypatch.setenv("BROKER_POLICIES_DIR", str(policies))
+    monkeypatch.delenv("BROKER_SMITHERY_API_KEY")
+    monkeypatch.setenv("BROKER_AUTH_ALGORITHMS", "HS256")
+    monkeypatch.setenv("BROKER_AUTH_ISUER", "typo")
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "BROKER_SMITHERY_API_KEY or BROKER_SMITHERY_API_KEY_FILE: required" in err
+    assert "BROKER_AUTH_ALGORITHMS: unsupported HS256" in err
+    assert "warning: BROKER_AUTH_ISUER is not a known setting" in err
+    assert "grant-schema.yaml:17:12: g: $.rules[0].grant.ttl: must not exceed 24h" in err
+    assert "rpc.yaml" in err
+    assert "conditions.yaml" in err
+    assert "sk-cli-test" not in err
+
+
+def test_serve_refuses_to_start_with_invalid_policies(valid_env: Path) -> None:
+    policies = valid_env / "policies"
+    shutil.copytree(INVALID, policies)
+    env = {k: v for k, v in __import__("os").environ.items()}
+    env["BROKER_POLICIES_DIR"] = str(policies)
+    result = subprocess.run(
+        [BROKER, "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "problem(s):" in result.stderr
+    assert "duplicate-id.yaml:5:9: same" in result.stderr
+    assert "placeholders.yaml" in result.stderr
+
+
+def test_dev_banner_shows_urls_and_curl_commands() -> None:
+    banner = dev_banner(
+        "http://127.0.0.1:8080", "http://127.0.0.1:8081", load_policy_dir(ROOT / "policies")
+    )
+    assert "curl -s -X POST http://127.0.0.1:8080/dev/login" in banner
+    assert "http://127.0.0.1:8080/v1/tokens" in banner
+    assert "http://127.0.0.1:8081/_emulator/introspect" in banner

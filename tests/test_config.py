@@ -1,0 +1,142 @@
+"""Settings: mechanical BROKER_* mapping, secrets by value or file, every problem at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker.config import (
+    Secret,
+    Settings,
+    env_names,
+    load_settings,
+    production_problems,
+    unknown_env_names,
+)
+from broker.errors import ConfigError
+
+
+def test_defaults_without_environment() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert settings.policies.dir == "policies"
+    assert settings.smithery.base_url == "https://api.smithery.ai"
+    assert settings.smithery.api_key is None
+    assert settings.cors.origins == ()  # CORS off by default
+
+
+def test_issue_named_variables_map_onto_settings(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "BROKER_POLICIES_DIR": "/etc/broker/policies",
+            "BROKER_SMITHERY_BASE_URL": "http://127.0.0.1:9",
+            "BROKER_SMITHERY_API_KEY": "sk-live-123",
+            "BROKER_AUTH_ISSUER": "https://idp.example/",
+            "BROKER_AUTH_AUDIENCE": "app, api",
+            "BROKER_AUTH_JWKS_FILE": "/keys.json",
+            "BROKER_AUTH_ALGORITHMS": "RS256,EdDSA",
+            "BROKER_CORS_ORIGINS": "https://app.example,https://admin.example",
+            "BROKER_CACHE_MAX_ENTRIES": "5",
+        }
+    )
+    assert settings.policies.dir == "/etc/broker/policies"
+    assert settings.smithery.base_url == "http://127.0.0.1:9"
+    assert settings.smithery.api_key == Secret("sk-live-123")
+    assert settings.auth.issuer == "https://idp.example/"
+    assert settings.auth.audience == ("app", "api")
+    assert settings.auth.jwks_file == "/keys.json"
+    assert settings.auth.algorithms == ("RS256", "EdDSA")
+    assert settings.cors.origins == ("https://app.example", "https://admin.example")
+    assert settings.cache.max_entries == 5
+
+
+def test_api_key_from_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    settings = load_settings({"BROKER_SMITHERY_API_KEY_FILE": str(key_file)})
+    assert settings.smithery.api_key is not None
+    assert settings.smithery.api_key.reveal() == "sk-from-file"
+
+
+def test_secret_never_printed() -> None:
+    settings = load_settings({"BROKER_SMITHERY_API_KEY": "sk-very-secret"})
+    assert "sk-very-secret" not in repr(settings)
+    assert "sk-very-secret" not in str(settings.smithery)
+
+
+def test_every_problem_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                "BROKER_SMITHERY_API_KEY": "a",
+                "BROKER_SMITHERY_API_KEY_FILE": str(tmp_path / "k"),
+                "BROKER_CACHE_MAX_ENTRIES": "many",
+                "BROKER_AUTH_LEEWAY_SECONDS": "1.5",
+                "BROKER_SMITHERY_TIMEOUT_SECONDS": "inf",
+            }
+        )
+    problems = caught.value.problems
+    assert problems == (
+        "BROKER_SMITHERY_API_KEY: set either BROKER_SMITHERY_API_KEY or "
+        "BROKER_SMITHERY_API_KEY_FILE, not both",
+        "BROKER_SMITHERY_TIMEOUT_SECONDS: 'inf' is not a finite number",
+        "BROKER_AUTH_LEEWAY_SECONDS: '1.5' is not an integer",
+        "BROKER_CACHE_MAX_ENTRIES: 'many' is not an integer",
+    )
+
+
+def test_cross_field_checks() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                "BROKER_AUTH_ALGORITHMS": "HS256,none,RS256",
+                "BROKER_SMITHERY_BASE_URL": "ftp://x",
+                "BROKER_CORS_ORIGINS": "app.example",
+                "BROKER_CACHE_REFRESH_MARGIN_RATIO": "1.5",
+            }
+        )
+    text = "\n".join(caught.value.problems)
+    assert "BROKER_SMITHERY_BASE_URL: must be an http(s) URL" in text
+    assert "BROKER_AUTH_ALGORITHMS: unsupported HS256, none" in text
+    assert "BROKER_CORS_ORIGINS: 'app.example' is not an origin" in text
+    assert "BROKER_CACHE_REFRESH_MARGIN_RATIO: must be in [0, 1)" in text
+
+
+def test_missing_secret_file_is_a_clear_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BROKER_SMITHERY_API_KEY_FILE": str(tmp_path / "missing")})
+    assert caught.value.problems == (
+        f"BROKER_SMITHERY_API_KEY: cannot read {tmp_path / 'missing'}: No such file or directory",
+    )
+
+
+def test_production_requirements_listed_together() -> None:
+    assert [p.split(":")[0] for p in production_problems(Settings())] == [
+        "BROKER_SMITHERY_API_KEY or BROKER_SMITHERY_API_KEY_FILE",
+        "BROKER_AUTH_ISSUER",
+        "BROKER_AUTH_AUDIENCE",
+        "BROKER_AUTH_JWKS_FILE",
+    ]
+
+
+def test_unknown_broker_variables_are_flagged() -> None:
+    assert unknown_env_names(
+        {"BROKER_AUTH_ISUER": "x", "BROKER_AUTH_ISSUER": "y", "HOME": "/"}
+    ) == ["BROKER_AUTH_ISUER"]
+
+
+def test_env_names_cover_issue_interface() -> None:
+    names = env_names()
+    for name in (
+        "BROKER_POLICIES_DIR",
+        "BROKER_SMITHERY_BASE_URL",
+        "BROKER_SMITHERY_API_KEY",
+        "BROKER_SMITHERY_API_KEY_FILE",
+        "BROKER_AUTH_ISSUER",
+        "BROKER_AUTH_AUDIENCE",
+        "BROKER_AUTH_JWKS_FILE",
+        "BROKER_AUTH_ALGORITHMS",
+        "BROKER_CORS_ORIGINS",
+    ):
+        assert name in names
