@@ -21,8 +21,8 @@ dev: install
 test: install lint unit integration
 
 lint: install
-	$(BIN)/ruff check broker tests bench
-	$(BIN)/ruff format --check broker tests bench
+	$(BIN)/ruff check broker tests
+	$(BIN)/ruff format --check broker tests
 	$(BIN)/mypy
 
 unit: install
