@@ -21,11 +21,13 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from broker import __version__
+from broker.authentication import Authenticator
 from broker.cache import TokenCache
 from broker.config import Settings
 from broker.errors import AuthenticationError, BrokerError, UpstreamError
-from broker.identity import DevSigner, setup_verifier
+from broker.identity import DevSigner
 from broker.issuance import Issuance
+from broker.jwks import JwksManager, setup_verifier
 from broker.policy import PolicySet, load_policy_dir
 from broker.routes import dev, health, tokens
 from broker.state import BrokerState
@@ -114,12 +116,21 @@ def create_app(
     dev_signer: DevSigner | None = None,
     clock: Callable[[], float] = time.time,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
+    idp_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Litestar:
     """Build the broker. Raises ``PolicyError``/``ConfigError`` listing every problem."""
     policies = policy_set if policy_set is not None else load_policy_dir(settings.policies.dir)
-    verifier = setup_verifier(settings.auth)
+    verifier, remote_issuers = setup_verifier(settings.auth)
     if dev_signer is not None:
-        verifier.add_issuer(dev_signer.issuer_keys(settings.auth.leeway_seconds))
+        verifier.add_issuer(dev_signer.rules(settings.auth.leeway_seconds), dev_signer.keys())
+    keys = None
+    if remote_issuers:
+        keys = JwksManager(
+            verifier, remote_issuers, settings.auth, clock=clock, transport=idp_transport
+        )
+    authenticator = Authenticator(
+        verifier, clock=clock, keys=keys, cache_entries=settings.auth.verified_cache_entries
+    )
     upstream = SmitheryClient(settings.smithery, transport=upstream_transport)
     cache = TokenCache(
         max_entries=settings.cache.max_entries,
@@ -130,7 +141,7 @@ def create_app(
     state = BrokerState(
         settings=settings,
         policy_set=policies,
-        verifier=verifier,
+        authenticator=authenticator,
         upstream=upstream,
         cache=cache,
         issuance=Issuance(policy=lambda: state.policy_set, cache=cache, upstream=upstream),
@@ -150,7 +161,13 @@ def create_app(
             max_age=600,
         )
 
-    async def close_upstream() -> None:
+    async def start_keys() -> None:
+        if keys is not None:
+            await keys.start()
+
+    async def close_resources() -> None:
+        if keys is not None:
+            await keys.aclose()
         await upstream.aclose()
 
     return Litestar(
@@ -165,7 +182,8 @@ def create_app(
         openapi_config=OpenAPIConfig(
             title="Token Broker", version=__version__, path="/schema", create_examples=False
         ),
-        on_shutdown=[close_upstream],
+        on_startup=[start_keys],
+        on_shutdown=[close_resources],
         debug=False,
         logging_config=None,
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, NamedTuple, Protocol
+from typing import Final, Generic, NamedTuple, Protocol, TypeVar
 
 import cachetools
 
@@ -157,3 +157,44 @@ class TokenCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+V = TypeVar("V")
+
+
+class ExpiringCache(Generic[V]):
+    """A bounded LRU whose entries each expire at their own time (``expires_at`` on the injected
+    clock). Used to remember verified JWTs by hash until their ``exp``; never serves past it."""
+
+    def __init__(self, *, max_entries: int, clock: Callable[[], float]) -> None:
+        self._enabled = max_entries > 0
+        self._entries: cachetools.TLRUCache[bytes, tuple[float, V]] = cachetools.TLRUCache(
+            maxsize=max(1, max_entries), ttu=_expiry_of, timer=clock
+        )
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> V | None:
+        if not self._enabled:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires_at, value = entry
+        if self._clock() >= expires_at:  # TLRUCache expires lazily; be exact here
+            self._entries.pop(key, None)
+            return None
+        return value
+
+    def put(self, key: bytes, value: V, expires_at: float) -> None:
+        if self._enabled and expires_at > self._clock():
+            self._entries[key] = (expires_at, value)
+
+    def discard(self, key: bytes) -> None:
+        self._entries.pop(key, None)
+
+
+def _expiry_of(_key: object, value: tuple[float, object], _now: float) -> float:
+    return value[0]

@@ -27,7 +27,8 @@ from broker.config import (
     unknown_env_names,
 )
 from broker.errors import ConfigError, PolicyError
-from broker.identity import DevSigner, setup_verifier
+from broker.identity import DevSigner
+from broker.jwks import setup_verifier
 from broker.policy import PolicySet, load_policy_dir
 from broker.telemetry import setup_logging
 
@@ -189,7 +190,12 @@ def dev(*, host: str, port: int, upstream_port: int, policies: str | None) -> in
             base.smithery, base_url=upstream_url, api_key=Secret(DEV_API_KEY)
         ),
         auth=msgspec.structs.replace(
-            base.auth, issuer=None, jwks_file=None, audience=(DEV_AUDIENCE,)
+            base.auth,
+            issuer=None,
+            jwks_file=None,
+            jwks_url=None,
+            config_file=None,
+            audience=(DEV_AUDIENCE,),
         ),
     )
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final, get_args, get_origin, get_type_hints
 
 import msgspec
+import msgspec.yaml
 
 from broker.errors import ConfigError
 
@@ -80,13 +81,57 @@ class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Exact ``iss`` the app users' JWTs must carry."""
     audience: tuple[str, ...] = ()
     """Accepted ``aud`` values (comma-separated); a token must name at least one."""
-    jwks_file: str | None = None
-    """Path of a static JWKS JSON file holding the issuer's public keys."""
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     """Allowed JWS algorithms (comma-separated). Never taken from the token; ``none`` and HMAC are
     not supported."""
+    jwks_url: str | None = None
+    """JWKS URL; overrides OIDC discovery (``<issuer>/.well-known/openid-configuration``)."""
+    jwks_file: str | None = None
+    """Path of a static JWKS JSON file (air-gapped setups); no network fetch at all."""
     leeway_seconds: int = 30
     """Clock skew tolerated on ``exp``/``nbf``/``iat``."""
+    subject_claim: str = "sub"
+    """Claim that identifies the user (cache key, audit, ``{claims.sub}``-style policies)."""
+    required_claims: tuple[str, ...] = ()
+    """Claims every token must carry besides ``exp`` and the subject (comma-separated)."""
+    typ: str | None = None
+    """Required JWT header ``typ``, e.g. ``at+jwt`` (RFC 9068). Empty: not checked."""
+    max_token_age_seconds: int | None = None
+    """Refuse tokens issued (``iat``) longer ago than this. Empty: no limit."""
+    config_file: str | None = None
+    """YAML file listing several issuers; replaces the single-issuer settings above."""
+    jwks_default_ttl_seconds: int = 300
+    """How long fetched keys are used when the IdP sends no ``Cache-Control: max-age``."""
+    jwks_min_ttl_seconds: int = 60
+    """Lower bound on the key cache lifetime, whatever ``Cache-Control`` says."""
+    jwks_max_ttl_seconds: int = 86_400
+    """Upper bound on the key cache lifetime, whatever ``Cache-Control`` says."""
+    jwks_refetch_interval_seconds: int = 30
+    """A token with an unknown ``kid`` triggers at most one JWKS refetch per issuer per interval."""
+    http_timeout_seconds: float = 5.0
+    """Time allowed for each discovery or JWKS request to the identity provider."""
+    verified_cache_entries: int = 10_000
+    """Verified JWTs remembered (by hash, until ``exp``), so a repeated token skips the signature
+    check. 0 disables the cache."""
+
+
+class IssuerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One accepted identity provider (an entry of ``BROKER_AUTH_CONFIG_FILE``'s ``issuers``)."""
+
+    issuer: str
+    audiences: tuple[str, ...]
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    subject_claim: str = "sub"
+    required_claims: tuple[str, ...] = ()
+    typ: str | None = None
+    leeway_seconds: int = 30
+    max_token_age_seconds: int | None = None
+
+
+class IssuersFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    issuers: tuple[IssuerConfig, ...]
 
 
 class CorsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -187,6 +232,29 @@ def settings_problems(settings: Settings) -> list[str]:
         problems.append("BROKER_AUTH_ALGORITHMS: at least one algorithm is required")
     if settings.auth.leeway_seconds < 0 or settings.auth.leeway_seconds > 300:
         problems.append("BROKER_AUTH_LEEWAY_SECONDS: must be between 0 and 300")
+    auth = settings.auth
+    if (
+        not 1
+        <= auth.jwks_min_ttl_seconds
+        <= auth.jwks_default_ttl_seconds
+        <= auth.jwks_max_ttl_seconds
+    ):
+        problems.append(
+            "BROKER_AUTH_JWKS_*_TTL_SECONDS: need 1 <= MIN_TTL <= DEFAULT_TTL <= MAX_TTL"
+        )
+    if auth.jwks_refetch_interval_seconds < 1:
+        problems.append("BROKER_AUTH_JWKS_REFETCH_INTERVAL_SECONDS: must be at least 1")
+    if auth.http_timeout_seconds <= 0:
+        problems.append("BROKER_AUTH_HTTP_TIMEOUT_SECONDS: must be greater than 0")
+    if auth.verified_cache_entries < 0:
+        problems.append("BROKER_AUTH_VERIFIED_CACHE_ENTRIES: must not be negative")
+    if auth.config_file and (auth.issuer or auth.jwks_url or auth.jwks_file):
+        problems.append(
+            "BROKER_AUTH_CONFIG_FILE: set either the config file or BROKER_AUTH_ISSUER (with "
+            "its JWKS settings), not both"
+        )
+    if auth.jwks_url and auth.jwks_file:
+        problems.append("BROKER_AUTH_JWKS_URL and BROKER_AUTH_JWKS_FILE: set at most one")
     if settings.cache.max_entries < 1:
         problems.append("BROKER_CACHE_MAX_ENTRIES: must be at least 1")
     if settings.cache.refresh_margin_seconds < 0:
@@ -210,13 +278,87 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append(
             "BROKER_SMITHERY_API_KEY or BROKER_SMITHERY_API_KEY_FILE: required (the app's API key)"
         )
+    if settings.auth.config_file:
+        return problems
     if not settings.auth.issuer:
-        problems.append("BROKER_AUTH_ISSUER: required (the iss of your users' JWTs)")
+        problems.append(
+            "BROKER_AUTH_ISSUER: required (the iss of your users' JWTs), or BROKER_AUTH_CONFIG_FILE"
+        )
     if not settings.auth.audience:
         problems.append("BROKER_AUTH_AUDIENCE: required (the aud of your users' JWTs)")
-    if not settings.auth.jwks_file:
-        problems.append("BROKER_AUTH_JWKS_FILE: required (your identity provider's public keys)")
     return problems
+
+
+def load_issuers(auth: AuthSettings) -> tuple[IssuerConfig, ...]:
+    """The accepted issuers: from ``BROKER_AUTH_CONFIG_FILE``, or the single env-configured one.
+
+    Raises ConfigError listing every problem (file unreadable, schema path, bad values).
+    """
+    if auth.config_file:
+        issuers = _read_issuers_file(auth.config_file)
+    elif auth.issuer:
+        issuers = (
+            IssuerConfig(
+                issuer=auth.issuer,
+                audiences=auth.audience,
+                algorithms=auth.algorithms,
+                jwks_url=auth.jwks_url,
+                jwks_file=auth.jwks_file,
+                subject_claim=auth.subject_claim,
+                required_claims=auth.required_claims,
+                typ=auth.typ,
+                leeway_seconds=auth.leeway_seconds,
+                max_token_age_seconds=auth.max_token_age_seconds,
+            ),
+        )
+    else:
+        return ()
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, issuer in enumerate(issuers):
+        where = f"issuer {issuer.issuer!r}" if auth.config_file else "BROKER_AUTH"
+        if issuer.issuer in seen:
+            problems.append(f"{where}: listed twice")
+        seen.add(issuer.issuer)
+        if not issuer.issuer.startswith(("https://", "http://")):
+            problems.append(f"{where}: issuer must be an http(s) URL (issuers[{index}])")
+        if not issuer.audiences:
+            problems.append(f"{where}: at least one audience is required")
+        unsupported = [a for a in issuer.algorithms if a not in SUPPORTED_ALGORITHMS]
+        if unsupported or not issuer.algorithms:
+            problems.append(
+                f"{where}: algorithms must be chosen from {', '.join(sorted(SUPPORTED_ALGORITHMS))}"
+                + (f" (unsupported: {', '.join(unsupported)})" if unsupported else "")
+            )
+        if issuer.jwks_url and issuer.jwks_file:
+            problems.append(f"{where}: set at most one of jwks_url and jwks_file")
+        if not issuer.subject_claim:
+            problems.append(f"{where}: subject_claim must not be empty")
+        if not 0 <= issuer.leeway_seconds <= 300:
+            problems.append(f"{where}: leeway_seconds must be between 0 and 300")
+        if issuer.max_token_age_seconds is not None and issuer.max_token_age_seconds < 1:
+            problems.append(f"{where}: max_token_age_seconds must be at least 1")
+    if problems:
+        raise ConfigError(problems)
+    return issuers
+
+
+def _read_issuers_file(path: str) -> tuple[IssuerConfig, ...]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            [f"BROKER_AUTH_CONFIG_FILE: cannot read {path}: {exc.strerror}"]
+        ) from None
+    try:
+        parsed = msgspec.yaml.decode(data, type=IssuersFile)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([f"BROKER_AUTH_CONFIG_FILE: {path}: {exc}"]) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError([f"BROKER_AUTH_CONFIG_FILE: {path} is not valid YAML: {exc}"]) from None
+    if not parsed.issuers:
+        raise ConfigError([f"BROKER_AUTH_CONFIG_FILE: {path} lists no issuers"])
+    return parsed.issuers
 
 
 def _is_secret(field_type: Any) -> bool:

@@ -77,6 +77,17 @@ class AuthenticationError(CallerError):
         self.reason = reason
 
 
+class UnknownKeyError(AuthenticationError):
+    """The token names a signing key (``kid``) its issuer's current key set does not hold.
+
+    The one authentication failure that may succeed after refreshing the issuer's keys.
+    """
+
+    def __init__(self, issuer: str) -> None:
+        super().__init__("unknown_kid")
+        self.issuer = issuer
+
+
 class ForbiddenError(CallerError):
     """The caller is authenticated but the policy grants nothing for this request."""
 
@@ -205,6 +216,14 @@ class PolicyError(BrokerError):
     def __init__(self, problems: Sequence[PolicyProblem]) -> None:
         self.problems = tuple(problems)
         super().__init__(f"{len(self.problems)} problem(s) in the policy set")
+
+
+class IdentityProviderError(BrokerError):
+    """Discovery or JWKS could not be fetched or used. Logged; never reaches a caller, because
+    verification keeps using the last good keys."""
+
+    code = "identity_provider_error"
+    title = "Identity provider unavailable"
 
 
 class PatternError(BrokerError):

@@ -116,7 +116,6 @@ def test_production_requirements_listed_together() -> None:
         "BROKER_SMITHERY_API_KEY or BROKER_SMITHERY_API_KEY_FILE",
         "BROKER_AUTH_ISSUER",
         "BROKER_AUTH_AUDIENCE",
-        "BROKER_AUTH_JWKS_FILE",
     ]
 
 

@@ -14,17 +14,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from broker.config import AuthSettings
-from broker.errors import AuthenticationError, ConfigError
+from broker.errors import AuthenticationError, ConfigError, UnknownKeyError
 from broker.identity import (
     MAX_TOKEN_BYTES,
     DevSigner,
-    IssuerKeys,
+    IssuerRules,
     Verifier,
     bearer_token,
     load_jwks,
     load_jwks_file,
-    setup_verifier,
+    parse_jwks,
 )
+from broker.jwks import setup_verifier
 
 ISSUER = "https://idp.example/"
 AUDIENCE = "token-broker"
@@ -46,15 +47,11 @@ def public_jwk(private_key: Any, kid: str) -> dict[str, Any]:
 JWKS = {"keys": [public_jwk(RSA_KEY, "rsa-1"), public_jwk(EC_KEY, "ec-1")]}
 
 
-def verifier(algorithms: tuple[str, ...] = ("RS256", "ES256")) -> Verifier:
+def verifier(algorithms: tuple[str, ...] = ("RS256", "ES256"), **rules: Any) -> Verifier:
     v = Verifier()
     v.add_issuer(
-        IssuerKeys(
-            issuer=ISSUER,
-            audiences=(AUDIENCE,),
-            algorithms=algorithms,
-            keys=load_jwks(JWKS, algorithms),
-        )
+        IssuerRules(issuer=ISSUER, audiences=(AUDIENCE,), algorithms=algorithms, **rules),
+        load_jwks(JWKS, algorithms),
     )
     return v
 
@@ -92,7 +89,7 @@ def reason_of(call: Callable[[], object]) -> str:
 
 
 def test_valid_rs256_token_allowed() -> None:
-    principal = verifier().verify(sign(claims(email_verified=True)), now=NOW)
+    principal = verifier().verify(sign(claims(email_verified=True)), now=NOW).principal
     assert principal.subject == "alice"
     assert principal.issuer == ISSUER
     assert principal.claims["email_verified"] is True
@@ -100,7 +97,7 @@ def test_valid_rs256_token_allowed() -> None:
 
 def test_valid_es256_token_allowed() -> None:
     token = sign(claims(), key=EC_KEY, alg="ES256", kid="ec-1")
-    assert verifier().verify(token, now=NOW).subject == "alice"
+    assert verifier().verify(token, now=NOW).principal.subject == "alice"
 
 
 def test_alg_none_rejected() -> None:
@@ -141,7 +138,7 @@ def test_expired_rejected() -> None:
 
 def test_expiry_within_leeway_allowed() -> None:
     token = sign(claims(exp=int(NOW) - 29))
-    assert verifier().verify(token, now=NOW).subject == "alice"
+    assert verifier().verify(token, now=NOW).principal.subject == "alice"
 
 
 def test_nbf_in_future_rejected() -> None:
@@ -151,7 +148,7 @@ def test_nbf_in_future_rejected() -> None:
 
 def test_wrong_issuer_rejected() -> None:
     token = sign(claims(iss="https://evil.example/"))
-    assert reason_of(lambda: verifier().verify(token, now=NOW)) == "unknown_issuer"
+    assert reason_of(lambda: verifier().verify(token, now=NOW)) == "wrong_issuer"
 
 
 def test_wrong_audience_rejected() -> None:
@@ -171,7 +168,9 @@ def test_missing_exp_rejected() -> None:
 
 def test_unknown_kid_rejected() -> None:
     token = sign(claims(), kid="../../etc/passwd")
-    assert reason_of(lambda: verifier().verify(token, now=NOW)) == "unknown_kid"
+    with pytest.raises(UnknownKeyError) as caught:
+        verifier().verify(token, now=NOW)
+    assert caught.value.issuer == ISSUER
 
 
 def test_embedded_jwk_is_not_a_key_source() -> None:
@@ -187,7 +186,11 @@ def test_unknown_crit_rejected() -> None:
 
 @pytest.mark.parametrize("token", ["", "abc", "a.b", "a.b.c.d", "...", "e30.e30.", "x" * 50])
 def test_garbled_tokens_rejected(token: str) -> None:
-    assert reason_of(lambda: verifier().verify(token, now=NOW)) in {"malformed", "unknown_issuer"}
+    assert reason_of(lambda: verifier().verify(token, now=NOW)) in {
+        "malformed",
+        "invalid",
+        "algorithm_not_allowed",
+    }
 
 
 def test_oversized_token_rejected_before_parsing() -> None:
@@ -237,17 +240,85 @@ def test_jwks_file_errors_are_clear(tmp_path: Path) -> None:
 def test_setup_verifier_from_settings(tmp_path: Path) -> None:
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(JWKS))
-    v = setup_verifier(AuthSettings(issuer=ISSUER, audience=(AUDIENCE,), jwks_file=str(jwks)))
+    v, remote = setup_verifier(
+        AuthSettings(issuer=ISSUER, audience=(AUDIENCE,), jwks_file=str(jwks))
+    )
+    assert remote == ()
     assert v.ready
-    assert v.verify(sign(claims()), now=NOW).subject == "alice"
+    assert v.verify(sign(claims()), now=NOW).principal.subject == "alice"
 
 
 def test_dev_signer_tokens_verify_and_carry_extra_claims() -> None:
     signer = DevSigner.generate("http://127.0.0.1:8080/dev", "dev-aud")
     v = Verifier()
-    v.add_issuer(signer.issuer_keys())
+    v.add_issuer(signer.rules(), signer.keys())
     token = signer.sign({"sub": "bob", "groups": ["support"]}, now=NOW, lifetime_seconds=60)
-    principal = v.verify(token, now=NOW)
+    principal = v.verify(token, now=NOW).principal
     assert principal.subject == "bob"
     assert principal.claims["groups"] == ["support"]
     assert reason_of(lambda: v.verify(token, now=NOW + 100)) == "expired"
+
+
+def test_typ_required_when_configured() -> None:
+    v = verifier(typ="at+jwt")
+    assert v.verify(sign(claims(), typ="at+JWT"), now=NOW).principal.subject == "alice"
+    assert v.verify(sign(claims(), typ="application/at+jwt"), now=NOW).principal.subject == "alice"
+    assert reason_of(lambda: v.verify(sign(claims(), typ="JWT"), now=NOW)) == "wrong_typ"
+
+
+def test_required_claims_and_subject_claim() -> None:
+    v = verifier(required_claims=("email",), subject_claim="oid")
+    token = sign(claims(email="a@example.com", oid="object-1"))
+    assert v.verify(token, now=NOW).principal.subject == "object-1"
+    assert reason_of(lambda: v.verify(sign(claims(oid="o")), now=NOW)) == "missing_email"
+    assert reason_of(lambda: v.verify(sign(claims(email="e")), now=NOW)) == "missing_oid"
+
+
+def test_max_token_age() -> None:
+    v = verifier(max_token_age_seconds=300)
+    fresh = v.verify(sign(claims(iat=int(NOW) - 100)), now=NOW)
+    assert fresh.valid_until == NOW - 100 + 300 + 30  # earlier than exp
+    assert reason_of(lambda: v.verify(sign(claims(iat=int(NOW) - 400)), now=NOW)) == "too_old"
+    assert reason_of(lambda: v.verify(sign(claims(iat=None)), now=NOW)) == "missing_iat"
+
+
+def test_multiple_issuers_select_rules_by_iss() -> None:
+    v = verifier()
+    other = ec.generate_private_key(ec.SECP256R1())
+    v.add_issuer(
+        IssuerRules(issuer="https://other.example/", audiences=("x",), algorithms=("ES256",)),
+        load_jwks({"keys": [public_jwk(other, "o1")]}, ["ES256"]),
+    )
+    token = sign(claims(iss="https://other.example/", aud="x"), key=other, alg="ES256", kid="o1")
+    assert v.verify(token, now=NOW).principal.issuer == "https://other.example/"
+    assert reason_of(lambda: v.verify(sign(claims(iss="https://nope/")), now=NOW)) == (
+        "unknown_issuer"
+    )
+    # A key of one issuer never verifies a token claiming the other issuer.
+    forged = sign(claims(iss="https://other.example/", aud="x"), kid="rsa-1")
+    assert reason_of(lambda: v.verify(forged, now=NOW)) == "algorithm_not_allowed"
+
+
+def test_remote_jwks_parsing_skips_unusable_keys_with_reasons() -> None:
+    keys, problems = parse_jwks(
+        {
+            "keys": [
+                public_jwk(RSA_KEY, "a"),
+                {"kty": "oct", "k": "eA"},
+                {"kty": "RSA", "n": "!"},
+                {**public_jwk(EC_KEY, "enc"), "use": "enc"},
+            ]
+        },
+        ["RS256", "ES256"],
+    )
+    assert [k.kid for k in keys] == ["a"]
+    assert problems == [
+        "JWKS keys[1]: symmetric (oct) keys are not accepted",
+        "JWKS keys[2]: not a valid RSA public key (InvalidKeyError)",
+    ]
+
+
+def test_thumbprint_is_stable_across_kid_changes() -> None:
+    first, _ = parse_jwks({"keys": [public_jwk(RSA_KEY, "a")]}, ["RS256"])
+    second, _ = parse_jwks({"keys": [public_jwk(RSA_KEY, "b")]}, ["RS256"])
+    assert first[0].thumbprint == second[0].thumbprint

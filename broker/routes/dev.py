@@ -9,6 +9,7 @@ from typing import Any, Final
 
 import msgspec
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
 
 from broker.errors import InvalidRequestError
 from broker.routes.body import decode_json_body
@@ -32,7 +33,7 @@ class LoginResponse(msgspec.Struct, frozen=True):
     include_in_schema=True,
 )
 async def dev_login(
-    request: Request[Any, Any, Any], broker: BrokerState
+    request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
 ) -> Response[LoginResponse]:
     claims = decode_json_body(
         await request.body(), request.headers.get("content-type"), dict[str, Any], {}

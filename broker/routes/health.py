@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from broker.state import BrokerState
 
@@ -24,11 +25,11 @@ def livez() -> dict[str, str]:
     summary="Readiness: policies loaded, upstream and identity configured",
     sync_to_thread=False,
 )
-def readyz(broker: BrokerState) -> Response[Readiness]:
+def readyz(broker: NamedDependency[BrokerState]) -> Response[Readiness]:
     checks = {
         "policies": bool(broker.policy_set.rules),
         "upstream": broker.upstream.configured,
-        "identity": broker.verifier.ready,
+        "identity": broker.authenticator.ready,
     }
     ready = all(checks.values())
     return Response(

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
 
 from broker.routes.body import decode_json_body
 from broker.state import BrokerState
@@ -48,9 +49,9 @@ def format_timestamp(seconds: float) -> str:
     summary="Mint a scoped Smithery service token for the calling user",
 )
 async def create_token(
-    request: Request[Any, Any, Any], broker: BrokerState
+    request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
 ) -> Response[TokenResponse]:
-    principal = broker.authenticate(request.headers.get("authorization"))
+    principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
     body = decode_json_body(
         await request.body(), request.headers.get("content-type"), TokenRequest, TokenRequest()
     )

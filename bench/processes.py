@@ -1,0 +1,128 @@
+"""Server processes on inherited loopback sockets: start, check once, stop (always).
+
+The harness binds and listens on ``127.0.0.1`` before starting a server and hands the socket over
+with ``--fd``: a request sent right away waits in the kernel's backlog until the server accepts
+it, so there is nothing to poll. The parent closes its own copy at once, so a server that dies
+makes the next connection fail immediately instead of hanging in the backlog.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import httpx
+
+from bench.errors import HarnessError
+
+LOOPBACK: Final = "127.0.0.1"
+BACKLOG: Final = 1024
+STARTUP_TIMEOUT_SECONDS: Final = 60.0
+STOP_TIMEOUT_SECONDS: Final = 10.0
+OUTPUT_TAIL_CHARS: Final = 3000
+
+
+@dataclass
+class Server:
+    """One running server: its URL, process and captured output files."""
+
+    name: str
+    url: str
+    popen: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output_tail(self) -> str:
+        """The end of what the server wrote to stderr (and stdout), for error messages."""
+        parts = []
+        for path in (self.stderr_path, self.stdout_path):
+            if path.exists():
+                with path.open("rb") as stream:
+                    stream.seek(max(0, path.stat().st_size - OUTPUT_TAIL_CHARS))
+                    text = stream.read().decode(errors="replace").strip()
+                if text:
+                    parts.append(f"--- {path.name} (end) ---\n{text}")
+        return "\n".join(parts) or "(no output)"
+
+    def check(self, path: str) -> None:
+        """One GET to ``path`` must answer 200; otherwise raise with the server's output."""
+        try:
+            with httpx.Client(trust_env=False, timeout=STARTUP_TIMEOUT_SECONDS) as client:
+                response = client.get(f"{self.url}{path}")
+        except httpx.HTTPError as exc:
+            raise HarnessError(self._failure(f"GET {path} failed: {exc!r}")) from None
+        if response.status_code != 200:
+            raise HarnessError(self._failure(f"GET {path} answered {response.status_code}"))
+
+    def ensure_running(self) -> None:
+        if self.popen.poll() is not None:
+            raise HarnessError(self._failure("the process exited"))
+
+    def _failure(self, what: str) -> str:
+        code = self.popen.poll()
+        state = "running" if code is None else f"exited with code {code}"
+        return f"{self.name} ({state}): {what}\n{self.output_tail()}"
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited in time. Safe to call twice."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
+def listening_socket() -> socket.socket:
+    """A TCP socket bound to a free loopback port and already listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, 0))
+    sock.listen(BACKLOG)
+    return sock
+
+
+def start_server(
+    name: str,
+    argv: Sequence[str],
+    *,
+    log_dir: Path,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+) -> Server:
+    """Start ``argv + ["--fd", N]`` serving on a fresh loopback socket; output goes to files.
+
+    ``BROKER_*`` variables of the caller's environment are not inherited: only ``env`` counts.
+    """
+    sock = listening_socket()
+    host, port = sock.getsockname()
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    child_env.update(env or {})
+    stdout_path, stderr_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
+    try:
+        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+            popen = subprocess.Popen(
+                [*argv, "--fd", str(sock.fileno())],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(sock.fileno(),),
+                env=child_env,
+                cwd=cwd,
+            )
+    except OSError as exc:
+        raise HarnessError(f"{name}: cannot start {argv[0]}: {exc}") from None
+    finally:
+        sock.close()  # the child holds its own copy
+    return Server(name, f"http://{host}:{port}", popen, stdout_path, stderr_path)
