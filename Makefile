@@ -11,7 +11,13 @@ $(BIN)/broker: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
-install: $(BIN)/broker
+IDP_MODULES := tests/idp/node_modules/.package-lock.json
+
+# The real identity provider the integration tests start (npm package oidc-provider).
+$(IDP_MODULES): tests/idp/package.json tests/idp/package-lock.json
+	npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
+
+install: $(BIN)/broker $(IDP_MODULES)
 
 ## Run the broker, a Smithery emulator and a dev identity on loopback.
 dev: install
@@ -21,8 +27,8 @@ dev: install
 test: install lint unit integration
 
 lint: install
-	$(BIN)/ruff check broker tests
-	$(BIN)/ruff format --check broker tests
+	$(BIN)/ruff check broker tests bench
+	$(BIN)/ruff format --check broker tests bench
 	$(BIN)/mypy
 
 unit: install
@@ -30,6 +36,22 @@ unit: install
 
 integration: install
 	$(BIN)/pytest -q -m integration
+
+.PHONY: bench bench-smoke
+
+$(VENV)/.bench-installed: $(BIN)/broker pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+## Benchmarks: broker vs a bare Litestar baseline on loopback, A/B runs (a few minutes).
+## Results: bench/results/<date>-<time>.{json,md,png}. See bench/README.md.
+## Options: make bench BENCH_ARGS='--scenarios R1,R5 --profile'.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## A few seconds: check that the benchmark harness works (never fails on a performance ratio).
+bench-smoke: $(VENV)/.bench-installed
+	$(BIN)/python -m bench.run --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -69,7 +69,10 @@ class Server:
             raise HarnessError(self._failure("the process exited"))
 
     def _failure(self, what: str) -> str:
-        code = self.popen.poll()
+        try:  # a server that refused to start is usually exiting right now: get its code
+            code: int | None = self.popen.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
         state = "running" if code is None else f"exited with code {code}"
         return f"{self.name} ({state}): {what}\n{self.output_tail()}"
 

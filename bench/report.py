@@ -36,6 +36,15 @@ def markdown(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
         f"{machine['wrk']}, load average at start {machine['load_average_at_start']}.",
         f"Plan: {meta['plan_description']}.",
         "",
+        *(
+            [
+                "**Smoke run**: it checks that the harness works; its runs are too short and too "
+                "few for the numbers to mean anything.",
+                "",
+            ]
+            if meta["plan"]["name"] == "smoke"
+            else []
+        ),
         "Medians of alternated runs (baseline, broker, baseline, ...). The ratio is broker req/s "
         "over baseline req/s (range of the per-pair ratios in parentheses): compare ratios, not "
         "absolute numbers, which drift between runs on shared machines.",

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypedDict
 
 from bench.burst import BurstResult, run_burst
 from bench.errors import HarnessError
@@ -72,7 +72,8 @@ def ab_load(ctx: Context, baseline: LoadTarget, broker: LoadTarget) -> tuple[lis
     One untimed warm-up run per app and concurrency comes first. Returns the measured runs and
     the number of tokens the emulator minted during the broker's measured runs.
     """
-    plan, runs, mints = ctx.plan, [], 0
+    plan, mints = ctx.plan, 0
+    runs: list[Run] = []
     targets: tuple[tuple[App, LoadTarget], ...] = (("baseline", baseline), ("broker", broker))
     for concurrency in plan.concurrencies:
         label = f"c={concurrency}"
@@ -304,7 +305,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "R6",
         "memory per cached token",
         "RSS growth of a fresh process filling broker.cache.TokenCache with realistic entries",
-        f"<= {R6_TARGET_BYTES} B of RSS per cached token (100 000 tokens)",
+        f"<= {R6_TARGET_BYTES} B of RSS per cached token",
         run=r6_memory,
     ),
     Scenario(
@@ -317,7 +318,14 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
 )
 
 
-def _meta(scenario_id: str) -> dict[str, str]:
+class _Meta(TypedDict):
+    id: str
+    title: str
+    measures: str
+    target: str
+
+
+def _meta(scenario_id: str) -> _Meta:
     scenario = next(s for s in SCENARIOS if s.id == scenario_id)
     return {
         "id": scenario.id,

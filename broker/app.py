@@ -16,6 +16,7 @@ import httpx
 import msgspec
 from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
@@ -183,6 +184,8 @@ def create_app(
             title="Token Broker", version=__version__, path="/schema", create_examples=False
         ),
         on_startup=[start_keys],
+        # Operators' tooling and tests reach the live resources through app.state.broker.
+        state=State({"broker": state}),
         on_shutdown=[close_resources],
         debug=False,
         logging_config=None,

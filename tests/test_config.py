@@ -139,3 +139,54 @@ def test_env_names_cover_issue_interface() -> None:
         "BROKER_CORS_ORIGINS",
     ):
         assert name in names
+
+
+def test_issuers_file_loads_several_issuers(tmp_path: Path) -> None:
+    from broker.config import load_issuers
+
+    path = tmp_path / "issuers.yaml"
+    path.write_text(
+        "issuers:\n"
+        "  - issuer: https://a.example/\n    audiences: [api]\n    typ: at+jwt\n"
+        "  - issuer: https://b.example/\n    audiences: [api, other]\n"
+        "    subject_claim: oid\n    algorithms: [ES256]\n"
+    )
+    issuers = load_issuers(load_settings({"BROKER_AUTH_CONFIG_FILE": str(path)}).auth)
+    assert [(i.issuer, i.audiences, i.subject_claim, i.typ) for i in issuers] == [
+        ("https://a.example/", ("api",), "sub", "at+jwt"),
+        ("https://b.example/", ("api", "other"), "oid", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("issuers:\n  - issuer: https://a/\n    audience: [x]\n", "unknown field `audience`"),
+        ("issuers: []\n", "lists no issuers"),
+        ("issuers:\n  - {issuer: https://a/, audiences: []}\n", "at least one audience"),
+        (
+            "issuers:\n  - {issuer: https://a/, audiences: [x], algorithms: [HS256]}\n",
+            "unsupported: HS256",
+        ),
+        ("issuers:\n  - {issuer: ftp://a/, audiences: [x]}\n", "must be an http(s) URL"),
+        (
+            "issuers:\n  - {issuer: https://a/, audiences: [x]}\n"
+            "  - {issuer: https://a/, audiences: [y]}\n",
+            "listed twice",
+        ),
+        ("issuers: [", "is not valid YAML"),
+    ],
+)
+def test_issuers_file_problems_are_clear(tmp_path: Path, content: str, message: str) -> None:
+    from broker.config import load_issuers
+
+    path = tmp_path / "issuers.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        load_issuers(load_settings({"BROKER_AUTH_CONFIG_FILE": str(path)}).auth)
+    assert message in "\n".join(caught.value.problems)
+
+
+def test_config_file_and_env_issuer_are_exclusive() -> None:
+    with pytest.raises(ConfigError, match="not both"):
+        load_settings({"BROKER_AUTH_CONFIG_FILE": "/x.yaml", "BROKER_AUTH_ISSUER": "https://a/"})
