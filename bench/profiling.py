@@ -3,7 +3,8 @@
 py-spy writes collapsed stacks (``--format raw``, one ``frame;frame;... count`` line per stack;
 idle threads are not sampled). They are summarised as self time per package or broker module
 (additive, sums to 100 % of the busy samples) and inclusive time per function (a frame counts
-once per sample that has it anywhere on the stack).
+once per sample that has it anywhere on the stack). Time spent in C (uvloop, httptools, system
+calls) is charged to the Python frame that called it.
 """
 
 from __future__ import annotations
@@ -73,10 +74,13 @@ def summarise(raw: str, top: int = 15) -> Profile:
             inclusive[name] += count
     if total == 0:
         return Profile(0)
+    # The entry chain (main, asyncio.run, ...) is on nearly every stack and says nothing.
+    root_level = max(inclusive.values()) - total // 200
+    below_root = [(k, v) for k, v in inclusive.most_common() if v < root_level]
     return Profile(
         samples=total,
         self_by_area=[(k, 100.0 * v / total) for k, v in self_time.most_common(top)],
-        inclusive_by_function=[(k, 100.0 * v / total) for k, v in inclusive.most_common(top * 2)],
+        inclusive_by_function=[(k, 100.0 * v / total) for k, v in below_root[: top * 2]],
     )
 
 
@@ -118,7 +122,8 @@ def markdown(profile: Profile, what: str) -> str:
         "|---|---:|",
         *(f"| {name} | {share:.1f} |" for name, share in profile.self_by_area),
         "",
-        "Inclusive time by function (a frame counts once per sample that has it on the stack):",
+        "Inclusive time by function (a frame counts once per sample that has it on the stack; "
+        "the entry chain common to every sample is left out):",
         "",
         "| function (area) | inclusive % |",
         "|---|---:|",

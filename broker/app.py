@@ -22,15 +22,16 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from broker import __version__
+from broker.admission import Admission
 from broker.authentication import Authenticator
 from broker.cache import TokenCache
 from broker.config import Settings
-from broker.errors import AuthenticationError, BrokerError, UpstreamError
+from broker.errors import AuthenticationError, BrokerError, RequestDeniedError, UpstreamError
 from broker.identity import DevSigner
 from broker.issuance import Issuance
 from broker.jwks import JwksManager, setup_verifier
 from broker.policy import PolicySet, load_policy_dir
-from broker.routes import dev, health, tokens
+from broker.routes import dev, health, precheck, proxy, tokens
 from broker.state import BrokerState
 from broker.upstream import SmitheryClient
 
@@ -61,6 +62,8 @@ class Problem(msgspec.Struct, omit_defaults=True):
     code: str
     detail: str | None = None
     instance: str | None = None
+    reasons: list[dict[str, Any]] | None = None
+    """For ``request_denied``: why each rule did not allow the message."""
 
 
 def problem_response(
@@ -89,6 +92,8 @@ def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Re
         # The precise reason is for operators only; the body stays generic (no probing).
         logger.info("authentication failed: reason=%s path=%s", exc.reason, request.url.path)
     response = problem_response(request, exc.status, exc.code, exc.title, exc.detail)
+    if isinstance(exc, RequestDeniedError):
+        response.content.reasons = exc.reasons
     if isinstance(exc, UpstreamError) and exc.retry_after_seconds is not None:
         response.headers["Retry-After"] = str(exc.retry_after_seconds)
     return response
@@ -146,10 +151,23 @@ def create_app(
         upstream=upstream,
         cache=cache,
         issuance=Issuance(policy=lambda: state.policy_set, cache=cache, upstream=upstream),
+        admission=Admission(
+            policy=lambda: state.policy_set,
+            upstream=upstream,
+            clock=clock,
+            exempt_lifecycle=settings.precheck.exempt_lifecycle,
+            connection_cache_seconds=settings.precheck.connection_cache_seconds,
+        ),
         clock=clock,
         dev_signer=dev_signer,
     )
-    handlers: list[Any] = [tokens.create_token, health.livez, health.readyz]
+    handlers: list[Any] = [
+        tokens.create_token,
+        precheck.precheck,
+        proxy.proxy_mcp,
+        health.livez,
+        health.readyz,
+    ]
     if dev_signer is not None:
         handlers.append(dev.dev_login)
     cors = None

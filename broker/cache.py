@@ -198,3 +198,19 @@ class ExpiringCache(Generic[V]):
 
 def _expiry_of(_key: object, value: tuple[float, object], _now: float) -> float:
     return value[0]
+
+
+K = TypeVar("K")
+
+
+class BoundedCache(Generic[K, V]):
+    """A plain bounded LRU for derived, immutable values (e.g. compiled constraints by digest)."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._entries: cachetools.LRUCache[K, V] = cachetools.LRUCache(maxsize=max_entries)
+
+    def get(self, key: K) -> V | None:
+        return self._entries.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = value

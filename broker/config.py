@@ -74,6 +74,8 @@ class SmitherySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Time allowed for each read/write of an upstream call; exceeded → 504."""
     max_connections: int = 100
     """Size of the upstream connection pool."""
+    mcp_timeout_seconds: float = 300.0
+    """Time allowed between bytes of a proxied MCP response (tool calls can be slow)."""
 
 
 class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -139,6 +141,18 @@ class CorsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Browser origins allowed to call the broker (comma-separated). Empty: CORS off."""
 
 
+class PrecheckSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    exempt_lifecycle: bool = False
+    """Let ``initialize``, ``ping`` and ``notifications/*`` skip rpcReqMatch (Smithery must be
+    configured the same way; off by default, like Smithery)."""
+    max_body_bytes: int = 1024 * 1024
+    """Largest JSON-RPC body accepted by ``/v1/precheck`` and ``/v1/mcp``."""
+    max_depth: int = 64
+    """Deepest JSON nesting accepted in those bodies."""
+    connection_cache_seconds: int = 30
+    """How long a connection's metadata read from Smithery is reused for decisions."""
+
+
 class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_entries: int = 10_000
     """Service tokens kept in memory; least recently used are evicted first."""
@@ -160,6 +174,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     smithery: SmitherySettings = msgspec.field(default_factory=SmitherySettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     cors: CorsSettings = msgspec.field(default_factory=CorsSettings)
+    precheck: PrecheckSettings = msgspec.field(default_factory=PrecheckSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
 
@@ -255,6 +270,12 @@ def settings_problems(settings: Settings) -> list[str]:
         )
     if auth.jwks_url and auth.jwks_file:
         problems.append("BROKER_AUTH_JWKS_URL and BROKER_AUTH_JWKS_FILE: set at most one")
+    if not 1024 <= settings.precheck.max_body_bytes <= 16 * 1024 * 1024:
+        problems.append("BROKER_PRECHECK_MAX_BODY_BYTES: must be between 1024 and 16777216")
+    if not 4 <= settings.precheck.max_depth <= 512:
+        problems.append("BROKER_PRECHECK_MAX_DEPTH: must be between 4 and 512")
+    if settings.precheck.connection_cache_seconds < 0:
+        problems.append("BROKER_PRECHECK_CONNECTION_CACHE_SECONDS: must not be negative")
     if settings.cache.max_entries < 1:
         problems.append("BROKER_CACHE_MAX_ENTRIES: must be at least 1")
     if settings.cache.refresh_margin_seconds < 0:

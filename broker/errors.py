@@ -11,8 +11,9 @@ authentication failures lives in ``reason`` and goes only to logs and traces.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class BrokerError(Exception):
@@ -110,10 +111,31 @@ class RuleNotApplicableError(ForbiddenError):
     title = "Requested rule does not apply"
 
 
+class RequestDeniedError(ForbiddenError):
+    """A JSON-RPC notification the policy does not allow (requests get a JSON-RPC error).
+
+    ``reasons`` explains the denial (rule, reason, field, pattern): the proxy's job is to explain.
+    """
+
+    code = "request_denied"
+    title = "Request not permitted by policy"
+
+    def __init__(self, reasons: Sequence[Mapping[str, Any]]) -> None:
+        super().__init__("The policy does not allow this JSON-RPC message.")
+        self.reasons = [dict(reason) for reason in reasons]
+
+
 class NotFoundError(CallerError):
     status = 404
     code = "not_found"
     title = "Not found"
+
+
+class ConnectionNotFoundError(NotFoundError):
+    """Smithery has no such connection in that namespace (or the API key cannot see it)."""
+
+    code = "connection_not_found"
+    title = "Connection not found"
 
 
 class PayloadTooLargeError(CallerError):

@@ -132,10 +132,10 @@ def _to_unit_space(text: str) -> str:
     """Rewrite ``text`` so that one character is one UTF-16 code unit, in engine space.
 
     JavaScript regexes without the ``u`` flag see a string as code units, so ``.`` matches half
-    of an emoji and ``^.$`` does not match one. ``str.isascii`` is O(1) in CPython, so the
-    common case costs nothing.
+    of an emoji and ``^.$`` does not match one. Callers skip ASCII text (``str.isascii`` is O(1)
+    in CPython), which needs no rewriting.
     """
-    if text.isascii() or _NEEDS_REMAP.search(text) is None:
+    if _NEEDS_REMAP.search(text) is None:
         return text
     return _NEEDS_REMAP.sub(_remap, text)
 
@@ -384,7 +384,7 @@ class _Parser:
         if self._peek() in ("*", "+", "?") or (
             self._peek() == "{" and self._braced_quantifier(self._pos) is not None
         ):
-            what = f"nothing to repeat: {self._text[start : self._pos]!r} is an assertion"
+            what = f"nothing to repeat: '{self._text[start : self._pos]}' is an assertion"
             self._invalid(self._pos, what, "remove the quantifier, or escape the character")
 
     def _quantified(self, atom: _Node) -> _Node:
@@ -455,7 +455,7 @@ class _Parser:
             elif kind == "<" and self._peek(3) in ("=", "!"):
                 self._unsupported(
                     start,
-                    f"lookbehind {self._text[start : start + 4]!r}",
+                    f"lookbehind '{self._text[start : start + 4]}'",
                     "anchor with ^ or $, or use a lookahead right after a leading ^",
                 )
             elif kind == "<":
@@ -464,7 +464,7 @@ class _Parser:
             else:
                 self._invalid(
                     start,
-                    f"unknown group syntax {self._text[start : start + 3]!r}",
+                    f"unknown group syntax '{self._text[start : start + 3]}'",
                     "JavaScript has no inline flags like (?i) and no (?P<name>...); "
                     "write (?:...) to group, or (?<name>...) to name a group",
                 )
@@ -1061,7 +1061,9 @@ class Pattern:
 
     def search(self, text: str) -> bool:
         """JavaScript ``new RegExp(self.source).test(text)``: a search, not a full match."""
-        return self._test(_to_unit_space(text))
+        if not text.isascii():
+            text = _to_unit_space(text)
+        return self._test(text)
 
 
 def compile_pattern(source: str) -> Pattern:
@@ -1180,9 +1182,7 @@ def _lookup(message: object, segments: tuple[str, ...]) -> object:
     value = message
     for segment in segments:
         if isinstance(value, dict):
-            value = value.get(segment, _MISSING)
-            if value is _MISSING:
-                return _MISSING
+            value = value.get(segment, _MISSING)  # _MISSING then fails the next step or the caller
         elif isinstance(value, list) and _is_array_index(segment):
             index = int(segment)
             if index >= len(value):
@@ -1254,8 +1254,9 @@ class RpcMatcher:
         """The first entry ``message`` fails, or None when every entry matches."""
         for entry in self.entries:
             value = _lookup(message, entry.segments)
-            text = value if isinstance(value, str) else js_string(value)
-            if value is _MISSING or text is None:
+            # js_string(_MISSING) is None too: an absent path, an object and an array alike.
+            text = value if type(value) is str else js_string(value)
+            if text is None:
                 return RpcMismatch("rpc_field_missing", entry.field, entry.pattern.source)
             if not entry.pattern.search(text):
                 return RpcMismatch("rpc_pattern_mismatch", entry.field, entry.pattern.source)

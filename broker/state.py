@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from broker.admission import Admission
 from broker.authentication import Authenticator
 from broker.cache import TokenCache
 from broker.config import Settings
@@ -25,5 +26,6 @@ class BrokerState:
     upstream: SmitheryClient
     cache: TokenCache
     issuance: Issuance
+    admission: Admission
     clock: Callable[[], float]
     dev_signer: DevSigner | None = None

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
+from urllib.parse import quote
 
 import httpx
 import msgspec
 
 from broker.config import SmitherySettings
 from broker.errors import (
+    ConnectionNotFoundError,
     UpstreamProtocolError,
     UpstreamRejectedError,
     UpstreamTimeoutError,
@@ -51,6 +53,19 @@ class _TokenError(msgspec.Struct):
     error: str = ""
 
 
+MAX_CONNECTION_BYTES: Final = 256 * 1024
+MCP_FORWARDED_HEADERS: Final = ("content-type", "accept", "mcp-protocol-version")
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What the broker needs of a Smithery connection to decide: its metadata."""
+
+    namespace: str
+    connection_id: str
+    metadata: Mapping[str, Any] | None
+
+
 @dataclass(frozen=True, slots=True)
 class MintedToken:
     token: str
@@ -65,6 +80,11 @@ class SmitheryClient:
         self, settings: SmitherySettings, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self._api_key = settings.api_key
+        self._mcp_timeout = httpx.Timeout(
+            settings.timeout_seconds,
+            connect=settings.connect_timeout_seconds,
+            read=settings.mcp_timeout_seconds,
+        )
         self._client = httpx.AsyncClient(
             base_url=settings.base_url.rstrip("/"),
             timeout=httpx.Timeout(
@@ -112,22 +132,87 @@ class SmitheryClient:
             ) from None
         return _read_token_response(response)
 
+    async def fetch_connection(self, namespace: str, connection_id: str) -> Connection:
+        """``GET /connect/{namespace}/{connectionId}`` with the API key (for its metadata)."""
+        if self._api_key is None:
+            raise UpstreamUnavailableError("The Smithery API key is not configured.")
+        path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}"
+        try:
+            response = await self._client.get(
+                path,
+                headers={
+                    "Authorization": f"Bearer {self._api_key.reveal()}",
+                    "Accept": "application/json",
+                },
+            )
+        except httpx.TimeoutException:
+            raise UpstreamTimeoutError("Smithery did not answer in time.") from None
+        except httpx.TransportError as exc:
+            logger.warning("smithery GET connection unreachable: %s", type(exc).__name__)
+            raise UpstreamUnavailableError("Smithery is unreachable.") from None
+        if response.status_code == 404:
+            raise ConnectionNotFoundError(f"No connection {connection_id!r} in {namespace!r}.")
+        _raise_for_status(response, "GET connection")
+        if len(response.content) > MAX_CONNECTION_BYTES:
+            raise UpstreamProtocolError("Smithery's connection document is too large.")
+        try:
+            document = msgspec.json.decode(response.content)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError("Smithery's connection document is malformed.") from None
+        metadata = document.get("metadata") if isinstance(document, dict) else None
+        if metadata is not None and not isinstance(metadata, dict):
+            raise UpstreamProtocolError("Smithery's connection metadata is not an object.")
+        return Connection(namespace, connection_id, metadata)
 
-def _read_token_response(response: httpx.Response) -> MintedToken:
+    async def open_mcp(
+        self,
+        namespace: str,
+        connection_id: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        service_token: str,
+    ) -> httpx.Response:
+        """Send ``body`` unchanged to ``/connect/{ns}/{id}/mcp`` with the user's service token.
+
+        Returns the response with its body NOT yet read: the caller streams it and must close
+        it. Only the MCP headers named in ``MCP_FORWARDED_HEADERS`` are passed on.
+        """
+        path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}/mcp"
+        forwarded = {k: v for k, v in headers.items() if k.lower() in MCP_FORWARDED_HEADERS}
+        forwarded["Authorization"] = f"Bearer {service_token}"
+        # Pass bytes through untouched: no content-coding to undo on the way back.
+        forwarded["Accept-Encoding"] = "identity"
+        request = self._client.build_request(
+            "POST", path, content=body, headers=forwarded, timeout=self._mcp_timeout
+        )
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise UpstreamTimeoutError("Smithery did not answer in time.") from None
+        except httpx.TransportError as exc:
+            logger.warning("smithery mcp unreachable: %s", type(exc).__name__)
+            raise UpstreamUnavailableError("Smithery is unreachable.") from None
+
+
+def _raise_for_status(response: httpx.Response, what: str) -> None:
     status = response.status_code
     if status in (400, 401, 403):
         code = _error_code(response.content)
-        logger.error("smithery rejected /tokens: status=%d error=%s", status, code)
+        logger.error("smithery rejected %s: status=%d error=%s", what, status, code)
         raise UpstreamRejectedError(status, code)
     if status == 429 or status >= 500:
-        retry_after = _retry_after(response.headers.get("retry-after"))
-        logger.warning("smithery /tokens unavailable: status=%d", status)
+        logger.warning("smithery %s unavailable: status=%d", what, status)
         raise UpstreamUnavailableError(
-            f"Smithery answered {status}.", retry_after_seconds=retry_after
+            f"Smithery answered {status}.",
+            retry_after_seconds=_retry_after(response.headers.get("retry-after")),
         )
     if status != 200:
-        logger.error("smithery /tokens unexpected status=%d", status)
+        logger.error("smithery %s unexpected status=%d", what, status)
         raise UpstreamProtocolError(f"Smithery answered an unexpected status {status}.")
+
+
+def _read_token_response(response: httpx.Response) -> MintedToken:
+    _raise_for_status(response, "/tokens")
     if len(response.content) > MAX_TOKEN_RESPONSE_BYTES:
         raise UpstreamProtocolError("Smithery's token response is too large.")
     try:

@@ -1,16 +1,27 @@
-"""The README's settings table is checked against the settings' declarations in config.py."""
+"""The README's settings table is generated from the settings' declarations in config.py.
+
+Regenerate it after changing a setting: ``.venv/bin/python tests/test_readme.py``.
+"""
 
 from __future__ import annotations
 
 import ast
 import itertools
-import re
+import sys
 from pathlib import Path
-from typing import get_type_hints
-
-from broker.config import Secret, Settings
+from typing import Any, get_args, get_type_hints
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from broker.config import Secret, Settings  # noqa: E402
+
+START = "| variable | default | meaning |"
+EMPTY_DEFAULTS = {
+    "BROKER_AUTH_ISSUER": "(required)",
+    "BROKER_AUTH_AUDIENCE": "(required)",
+    "BROKER_CORS_ORIGINS": "(empty: CORS off)",
+}
 
 
 def field_docs() -> dict[tuple[str, str], str]:
@@ -20,8 +31,7 @@ def field_docs() -> dict[tuple[str, str], str]:
     for node in tree.body:
         if not isinstance(node, ast.ClassDef):
             continue
-        body = node.body
-        for current, following in itertools.pairwise(body):
+        for current, following in itertools.pairwise(node.body):
             if (
                 isinstance(current, ast.AnnAssign)
                 and isinstance(current.target, ast.Name)
@@ -33,35 +43,44 @@ def field_docs() -> dict[tuple[str, str], str]:
     return docs
 
 
-def readme_rows() -> dict[str, tuple[str, str]]:
-    text = (ROOT / "README.md").read_text()
-    table = text.split("<!-- settings-table", 1)[1].split("\n\n", 1)[0]
-    rows: dict[str, tuple[str, str]] = {}
-    for line in table.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        found = re.match(r"`(BROKER_[A-Z_]+)`", cells[0]) if cells else None
-        if found and len(cells) == 3:
-            rows[found.group(1)] = (cells[1], cells[2])
-    return rows
+def _default(env: str, field_type: Any, value: Any) -> str:
+    if field_type is Secret or Secret in get_args(field_type):
+        return "(required)"
+    if value is None or value == ():
+        return EMPTY_DEFAULTS.get(env, "(empty)")
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{','.join(value) if isinstance(value, tuple) else value}`"
 
 
-def test_every_setting_is_documented_with_its_default_and_docstring() -> None:
+def render_table() -> str:
     docs = field_docs()
-    rows = readme_rows()
-    expected_names = set()
     defaults = Settings()
+    rows = [START, "|---|---|---|"]
     for section, section_type in get_type_hints(Settings).items():
         for name, field_type in get_type_hints(section_type).items():
             env = f"BROKER_{section.upper()}_{name.upper()}"
-            expected_names.add(env)
-            assert env in rows, f"{env} missing from the README settings table"
-            default_cell, meaning = rows[env]
-            doc = docs[(section_type.__name__, name)].replace("``", "`")
-            assert meaning == doc, env
+            secret = field_type is Secret or Secret in get_args(field_type)
+            label = f"`{env}` / `_FILE`" if secret else f"`{env}`"
             value = getattr(getattr(defaults, section), name)
-            if value is None or value == () or field_type is Secret:
-                assert default_cell.startswith("("), env
-            else:
-                shown = ",".join(value) if isinstance(value, tuple) else str(value)
-                assert default_cell == f"`{shown}`", env
-    assert set(rows) == expected_names
+            meaning = docs[(section_type.__name__, name)].replace("``", "`")
+            rows.append(f"| {label} | {_default(env, field_type, value)} | {meaning} |")
+    return "\n".join(rows)
+
+
+def readme_table(text: str) -> tuple[int, int]:
+    start = text.index(START)
+    return start, text.index("\n\n", start)
+
+
+def test_settings_table_matches_config() -> None:
+    text = (ROOT / "README.md").read_text()
+    start, end = readme_table(text)
+    assert text[start:end] == render_table(), "run: .venv/bin/python tests/test_readme.py"
+
+
+if __name__ == "__main__":
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    begin, finish = readme_table(content)
+    readme.write_text(content[:begin] + render_table() + content[finish:])

@@ -36,3 +36,12 @@ def decode_json_body(body: bytes, content_type: str | None, type_: type[T], defa
         raise InvalidRequestError(str(exc)) from None
     except msgspec.DecodeError:
         raise InvalidJSONError("The body is not valid JSON.") from None
+
+
+def require_json(content_type: str | None) -> None:
+    """Refuse bodies not declared as JSON (415)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise UnsupportedMediaTypeError("Send the body as application/json.")

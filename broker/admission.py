@@ -1,0 +1,101 @@
+"""Admitting one JSON-RPC message for one user on one connection: the precheck and proxy use case.
+
+Renders the user's constraints exactly as the token endpoint does (same rules, same digest),
+reads the connection's metadata from Smithery when needed (briefly cached), and asks the pure
+``precheck.decide``. Every decision is written to the audit log with its reasons, never with
+tool arguments or credentials.
+
+No HTTP here (``routes/``); Smithery is reached only through ``upstream``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from broker.cache import BoundedCache, ExpiringCache
+from broker.constraints import constraints_digest, render_rules
+from broker.identity import Principal
+from broker.policy import PolicySet
+from broker.precheck import CompiledConstraint, Decision, Target, compile_constraints, decide
+from broker.telemetry import audit
+from broker.upstream import SmitheryClient
+
+COMPILED_CACHE_ENTRIES: Final = 4096
+CONNECTION_CACHE_ENTRIES: Final = 10_000
+
+
+@dataclass(slots=True)
+class Admission:
+    policy: Callable[[], PolicySet]
+    upstream: SmitheryClient
+    clock: Callable[[], float]
+    exempt_lifecycle: bool = False
+    connection_cache_seconds: float = 30.0
+    _compiled: BoundedCache[tuple[str, str, str], tuple[CompiledConstraint, ...]] | None = None
+    _connections: ExpiringCache[Mapping[str, Any] | None] | None = None
+
+    def __post_init__(self) -> None:
+        self._compiled = BoundedCache(COMPILED_CACHE_ENTRIES)
+        self._connections = ExpiringCache(
+            max_entries=CONNECTION_CACHE_ENTRIES if self.connection_cache_seconds > 0 else 0,
+            clock=self.clock,
+        )
+
+    def constraints_for(self, principal: Principal) -> tuple[CompiledConstraint, ...]:
+        """The user's rendered constraints, compiled once per (revision, issuer, subject)."""
+        policy_set = self.policy()
+        assert self._compiled is not None
+        rendering = render_rules(policy_set, principal.issuer, principal.claims)
+        digest = constraints_digest(
+            [{"rule": a.rule_id, "grant": a.constraint} for a in rendering.applied]
+        )
+        key = (policy_set.revision, principal.issuer, digest)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = compile_constraints(rendering.applied)
+            self._compiled.put(key, compiled)
+        return compiled
+
+    async def connection_metadata(
+        self, namespace: str, connection_id: str
+    ) -> Mapping[str, Any] | None:
+        assert self._connections is not None
+        key = f"{namespace}\0{connection_id}".encode()
+        cached = self._connections.get(key)
+        if cached is not None:
+            return cached
+        connection = await self.upstream.fetch_connection(namespace, connection_id)
+        metadata = connection.metadata or {}
+        self._connections.put(key, metadata, self.clock() + self.connection_cache_seconds)
+        return metadata
+
+    def decide(
+        self,
+        principal: Principal,
+        target: Target,
+        message: Mapping[str, Any],
+        *,
+        event: str,
+        connection_id: str | None,
+    ) -> Decision:
+        decision = decide(
+            self.constraints_for(principal), target, message, exempt_lifecycle=self.exempt_lifecycle
+        )
+        method = message.get("method")
+        params = message.get("params")
+        tool = params.get("name") if isinstance(params, dict) and method == "tools/call" else None
+        audit(
+            event,
+            subject=principal.subject,
+            issuer=principal.issuer,
+            namespace=target.namespace,
+            connection=connection_id,
+            method=method,
+            tool=tool if isinstance(tool, str) else None,
+            result="allow" if decision.allowed else "deny",
+            rule=decision.rule,
+            reasons=[d.reason for d in decision.reasons],
+        )
+        return decision

@@ -1,0 +1,116 @@
+"""Strict decoding of request bodies that carry MCP JSON-RPC messages.
+
+The broker checks a message and then forwards the very same bytes to Smithery, which parses them
+again with JavaScript's ``JSON.parse``. Two parsers must never see different values, so anything
+they could read differently is refused here: duplicate object keys (Python and JavaScript both
+keep the last, other parsers the first), ``NaN``/``Infinity`` (not JSON), batches (current MCP has
+no batching), nesting deeper than a limit. Each refusal is a ``CallerError`` with a stable code.
+
+Pure: no I/O. It does not decide whether a message is allowed (``precheck.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from broker.errors import CallerError, InvalidJSONError
+
+DEFAULT_MAX_DEPTH: Final = 64
+LIFECYCLE_METHODS: Final = frozenset({"initialize", "ping"})
+
+
+class DuplicateKeyError(CallerError):
+    code = "duplicate_key"
+    title = "Duplicate JSON object key"
+
+
+class TooDeepError(CallerError):
+    code = "too_deep"
+    title = "JSON nested too deeply"
+
+
+class BatchNotSupportedError(CallerError):
+    code = "batch_not_supported"
+    title = "JSON-RPC batches are not supported"
+
+
+class InvalidMessageError(CallerError):
+    code = "invalid_jsonrpc"
+    title = "Invalid JSON-RPC message"
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKeyError(f"The key {key[:64]!r} appears twice in one object.")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise InvalidJSONError(f"{name} is not valid JSON.")
+
+
+def decode_strict(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """Parse one JSON document, refusing duplicate keys, NaN/Infinity and deep nesting."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidJSONError("The body is not UTF-8.") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+    except RecursionError:
+        raise TooDeepError(f"JSON may nest at most {max_depth} levels.") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidJSONError(f"The body is not valid JSON ({exc.msg} at {exc.pos}).") from None
+    if _depth_exceeds(value, max_depth):
+        raise TooDeepError(f"JSON may nest at most {max_depth} levels.")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def check_message(message: Any) -> Mapping[str, Any]:
+    """One JSON-RPC 2.0 request or notification, as MCP sends them; anything else is refused."""
+    if isinstance(message, list):
+        raise BatchNotSupportedError("Send one JSON-RPC message per request; batches are refused.")
+    if not isinstance(message, dict):
+        raise InvalidMessageError("A JSON-RPC message must be a JSON object.")
+    if message.get("jsonrpc") != "2.0":
+        raise InvalidMessageError('"jsonrpc" must be "2.0".')
+    if not isinstance(message.get("method"), str):
+        raise InvalidMessageError('"method" must be a string.')
+    if "id" in message and not (
+        message["id"] is None
+        or isinstance(message["id"], str)
+        or (isinstance(message["id"], int) and not isinstance(message["id"], bool))
+    ):
+        raise InvalidMessageError('"id" must be a string or an integer.')
+    return message
+
+
+def is_notification(message: Mapping[str, Any]) -> bool:
+    return "id" not in message
+
+
+def is_lifecycle(method: str) -> bool:
+    """``initialize``, ``ping`` and ``notifications/*``: the messages the lifecycle exemption
+    lets through rpcReqMatch (Smithery's own TypeScript client skips ``initialize``)."""
+    return method in LIFECYCLE_METHODS or method.startswith("notifications/")

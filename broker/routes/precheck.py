@@ -1,0 +1,85 @@
+"""``POST /v1/precheck``: would this JSON-RPC message be allowed for the caller, and why not."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, post
+from litestar.di import NamedDependency
+
+from broker.errors import InvalidRequestError, PayloadTooLargeError
+from broker.jsonrpc import check_message, decode_strict
+from broker.precheck import Target
+from broker.routes.body import require_json
+from broker.routes.names import NAME_PATTERN
+from broker.state import BrokerState
+
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, max_length=128)]
+
+
+class PrecheckRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    namespace: Name
+    request: Any
+    """One JSON-RPC message, exactly as it would be sent to the MCP endpoint."""
+    connectionId: Name | None = None
+    """Read the connection's metadata from Smithery (cached briefly)."""
+    metadata: dict[str, str] | None = None
+    """Or give the connection's metadata directly."""
+
+
+class Reason(msgspec.Struct, frozen=True, omit_defaults=True):
+    rule: str | None
+    reason: str
+    detail: str
+    field: str | None = None
+    pattern: str | None = None
+
+
+class PrecheckResponse(msgspec.Struct, frozen=True):
+    allowed: bool
+    rule: str | None
+    reasons: list[Reason]
+
+
+@post(
+    "/v1/precheck",
+    status_code=200,
+    request_max_body_size=16 * 1024 * 1024,
+    summary="Decide whether a JSON-RPC message would be allowed, with reasons",
+)
+async def precheck(
+    request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
+) -> PrecheckResponse:
+    principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
+    limits = broker.settings.precheck
+    body = await request.body()
+    if len(body) > limits.max_body_bytes:
+        raise PayloadTooLargeError(f"The body may be at most {limits.max_body_bytes} bytes.")
+    require_json(request.headers.get("content-type"))
+    parsed = decode_strict(body, max_depth=limits.max_depth + 1)
+    try:
+        envelope = msgspec.convert(parsed, PrecheckRequest, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    if envelope.connectionId is not None and envelope.metadata is not None:
+        raise InvalidRequestError("Give either connectionId or metadata, not both.")
+    message = check_message(envelope.request)
+    metadata: Mapping[str, Any] | None = envelope.metadata
+    if envelope.connectionId is not None:
+        metadata = await broker.admission.connection_metadata(
+            envelope.namespace, envelope.connectionId
+        )
+    decision = broker.admission.decide(
+        principal,
+        Target(envelope.namespace, metadata),
+        message,
+        event="precheck.decision",
+        connection_id=envelope.connectionId,
+    )
+    return PrecheckResponse(
+        allowed=decision.allowed,
+        rule=decision.rule,
+        reasons=[Reason(**d.as_json()) for d in decision.reasons],
+    )

@@ -1,0 +1,111 @@
+"""``POST /v1/mcp/{namespace}/{connectionId}``: the guarded MCP proxy.
+
+Authenticate, decide, then forward the very bytes that were checked to Smithery's
+``/connect/{ns}/{id}/mcp`` with the caller's cached service token, streaming the answer back
+(``application/json`` or ``text/event-stream``) without buffering it. A denied request gets a
+JSON-RPC error (HTTP 200, code -32003, the reasons in ``data``) so MCP clients keep their
+session; a denied notification gets 403 problem details. Smithery enforces the same constraints
+again. GET and DELETE are 405, like Smithery's stateless endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import httpx
+import msgspec
+from litestar import Request, Response, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from broker.errors import PayloadTooLargeError, RequestDeniedError
+from broker.jsonrpc import check_message, decode_strict, is_notification
+from broker.precheck import Target
+from broker.routes.body import require_json
+from broker.routes.names import check_name
+from broker.state import BrokerState
+
+FORBIDDEN_CODE: Final = -32003
+FORBIDDEN_MESSAGE: Final = "Forbidden: request not permitted by policy"
+RETURNED_HEADERS: Final = ("content-type", "cache-control")
+
+
+class JsonRpcError(msgspec.Struct, frozen=True):
+    code: int
+    message: str
+    data: dict[str, Any]
+
+
+class JsonRpcErrorResponse(msgspec.Struct, frozen=True):
+    jsonrpc: str
+    id: str | int | None
+    error: JsonRpcError
+
+
+@post(
+    "/v1/mcp/{namespace:str}/{connection_id:str}",
+    status_code=200,
+    request_max_body_size=16 * 1024 * 1024,
+    summary="Guarded MCP endpoint: precheck, then forward to Smithery",
+)
+async def proxy_mcp(
+    request: Request[Any, Any, Any],
+    namespace: FromPath[str],
+    connection_id: FromPath[str],
+    broker: NamedDependency[BrokerState],
+) -> Response[Any]:
+    principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
+    check_name("namespace", namespace)
+    check_name("connectionId", connection_id)
+    limits = broker.settings.precheck
+    body = await request.body()
+    if len(body) > limits.max_body_bytes:
+        raise PayloadTooLargeError(f"The body may be at most {limits.max_body_bytes} bytes.")
+    require_json(request.headers.get("content-type"))
+    message = check_message(decode_strict(body, max_depth=limits.max_depth))
+    metadata = await broker.admission.connection_metadata(namespace, connection_id)
+    decision = broker.admission.decide(
+        principal,
+        Target(namespace, metadata),
+        message,
+        event="proxy.decision",
+        connection_id=connection_id,
+    )
+    if not decision.allowed:
+        reasons = [d.as_json() for d in decision.reasons]
+        if is_notification(message):
+            raise RequestDeniedError(reasons)
+        return Response(
+            JsonRpcErrorResponse(
+                jsonrpc="2.0",
+                id=message.get("id"),
+                error=JsonRpcError(FORBIDDEN_CODE, FORBIDDEN_MESSAGE, {"reasons": reasons}),
+            ),
+            status_code=200,
+        )
+    issued = await broker.issuance.issue(principal)
+    upstream = await broker.upstream.open_mcp(
+        namespace, connection_id, body, request.headers, issued.token
+    )
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() in RETURNED_HEADERS}
+    return Stream(
+        _relay(upstream),
+        status_code=upstream.status_code,
+        headers=headers,
+        media_type=upstream.headers.get("content-type", "application/json"),
+    )
+
+
+async def _relay(response: httpx.Response) -> AsyncIterator[bytes]:
+    """Pass Smithery's bytes through as they arrive; always release the upstream connection."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.HTTPError:
+        # The upstream stream broke mid-answer; the status line is already sent, so the only
+        # honest signal left is to end the response early.
+        return
+    finally:
+        await response.aclose()

@@ -1,0 +1,70 @@
+"""Strict JSON-RPC decoding: everything two parsers could read differently is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from broker.errors import CallerError
+from broker.jsonrpc import check_message, decode_strict, is_lifecycle, is_notification
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'{"a": 1, "a": 2}', "duplicate_key"),
+        (b'{"params": {"name": "x", "name": "y"}}', "duplicate_key"),
+        (b'{"a": NaN}', "invalid_json"),
+        (b'{"a": Infinity}', "invalid_json"),
+        (b'{"a": -Infinity}', "invalid_json"),
+        (b"[" * 70 + b"]" * 70, "too_deep"),
+        (b"[" * 100_000, "too_deep"),
+        (b'{"a": ' * 65 + b"1" + b"}" * 65, "too_deep"),
+        (b"\xff\xfe", "invalid_json"),
+        (b"{", "invalid_json"),
+        (b"", "invalid_json"),
+        (b'{"a": 1} {"b": 2}', "invalid_json"),
+    ],
+)
+def test_hostile_json_refused(body: bytes, code: str) -> None:
+    with pytest.raises(CallerError) as caught:
+        decode_strict(body)
+    assert caught.value.code == code
+    assert caught.value.status == 400
+
+
+def test_depth_limit_boundary() -> None:
+    assert decode_strict(b"[" * 64 + b"]" * 64) is not None
+    with pytest.raises(CallerError):
+        decode_strict(b"[" * 65 + b"]" * 65)
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ([{"jsonrpc": "2.0", "id": 1, "method": "ping"}], "batch_not_supported"),
+        ("ping", "invalid_jsonrpc"),
+        ({"id": 1, "method": "ping"}, "invalid_jsonrpc"),
+        ({"jsonrpc": "1.0", "id": 1, "method": "ping"}, "invalid_jsonrpc"),
+        ({"jsonrpc": "2.0", "id": 1, "method": 7}, "invalid_jsonrpc"),
+        ({"jsonrpc": "2.0", "id": 1, "result": {}}, "invalid_jsonrpc"),
+        ({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}, "invalid_jsonrpc"),
+        ({"jsonrpc": "2.0", "id": True, "method": "ping"}, "invalid_jsonrpc"),
+        ({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}, "invalid_jsonrpc"),
+    ],
+)
+def test_invalid_messages_refused(message: Any, code: str) -> None:
+    with pytest.raises(CallerError) as caught:
+        check_message(message)
+    assert caught.value.code == code
+
+
+def test_valid_messages_pass() -> None:
+    request = check_message({"jsonrpc": "2.0", "id": "a", "method": "tools/list"})
+    note = check_message({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert not is_notification(request)
+    assert is_notification(note)
+    assert is_lifecycle("initialize")
+    assert is_lifecycle("notifications/cancelled")
+    assert not is_lifecycle("tools/list")

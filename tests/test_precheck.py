@@ -1,0 +1,215 @@
+"""The precheck decision as decision tables (``..._allowed`` / ``..._denied``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from broker.constraints import AppliedRule
+from broker.precheck import Decision, Target, compile_constraints, decide
+
+
+def rules(*constraints: tuple[str, dict[str, Any]]) -> Any:
+    return compile_constraints([AppliedRule(rule, c, None) for rule, c in constraints])
+
+
+def call(tool: str, **arguments: Any) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments},
+    }
+
+
+LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}
+NOTE = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+OWN = (
+    "own",
+    {
+        "namespaces": "my-app",
+        "resources": "connections",
+        "operations": ["read", "execute"],
+        "metadata": {"userId": "alice"},
+    },
+)
+SUPPORT_SESSION = (
+    "support-session",
+    {
+        "namespaces": "my-app",
+        "resources": "connections",
+        "operations": ["read", "execute"],
+        "metadata": {"connectionId": "support-github"},
+        "rpcReqMatch": {"method": "^(initialize|notifications/initialized|ping|tools/list)$"},
+    },
+)
+SUPPORT_READ = (
+    "support-read",
+    {
+        "namespaces": "my-app",
+        "resources": "connections",
+        "operations": ["read", "execute"],
+        "metadata": {"connectionId": "support-github"},
+        "rpcReqMatch": {"method": "^tools/call$", "params.name": "^(search_issues|get_issue)$"},
+    },
+)
+READ_ONLY = ("read-only", {"namespaces": ["my-app", "other"], "operations": "read"})
+WORKSPACE = (
+    "workspace",
+    {"namespaces": "my-app", "metadata": [{"orgId": "acme"}, {"team": "core"}]},
+)
+ARG = (
+    "arg",
+    {
+        "rpcReqMatch": {
+            "params.arguments.repo": "^acme/",
+            "params.arguments.n": "^[0-9]+$",
+            "params.arguments.tags.0": "^bug$",
+        }
+    },
+)
+ALICE = Target("my-app", {"userId": "alice"})
+SUPPORT = Target("my-app", {"connectionId": "support-github"})
+
+
+@pytest.mark.parametrize(
+    ("constraints", "target", "message", "rule"),
+    [
+        ([OWN], ALICE, call("delete_repository", name="x"), "own"),
+        ([OWN], Target("my-app", {"userId": "alice", "extra": "x"}), LIST, "own"),
+        ([SUPPORT_SESSION, SUPPORT_READ], SUPPORT, LIST, "support-session"),
+        ([SUPPORT_SESSION, SUPPORT_READ], SUPPORT, INIT, "support-session"),
+        ([SUPPORT_SESSION, SUPPORT_READ], SUPPORT, NOTE, "support-session"),
+        ([SUPPORT_SESSION, SUPPORT_READ], SUPPORT, call("get_issue", number=1), "support-read"),
+        ([OWN, SUPPORT_READ], SUPPORT, call("search_issues", query="q"), "support-read"),
+        ([WORKSPACE], Target("my-app", {"team": "core"}), LIST, "workspace"),
+        ([WORKSPACE], Target("my-app", {"orgId": "acme", "team": "x"}), LIST, "workspace"),
+        ([ARG], Target("any"), call("t", repo="acme/api", n=42, tags=["bug"]), "arg"),
+        ([ARG], Target("any"), call("t", repo="acme/x", n="7", tags=["bug", "p1"]), "arg"),
+        # an all-digit segment also reads an object's key, as JavaScript's obj["0"] does
+        ([ARG], Target("any"), call("t", repo="acme/x", n=1, tags={"0": "bug"}), "arg"),
+    ],
+)
+def test_message_allowed(
+    constraints: Any, target: Target, message: dict[str, Any], rule: str
+) -> None:
+    decision = decide(rules(*constraints), target, message)
+    assert decision == Decision(True, rule)
+
+
+@pytest.mark.parametrize(
+    ("constraints", "target", "message", "expected"),
+    [
+        ([OWN], Target("my-app", {"userId": "bob"}), LIST, [("own", "metadata", None, None)]),
+        ([OWN], Target("my-app", None), LIST, [("own", "metadata", None, None)]),
+        ([OWN], Target("other", {"userId": "alice"}), LIST, [("own", "namespace", None, None)]),
+        ([READ_ONLY], Target("my-app"), LIST, [("read-only", "operation", None, None)]),
+        (
+            [("servers", {"resources": "servers"})],
+            Target("x"),
+            LIST,
+            [("servers", "resource", None, None)],
+        ),
+        (
+            [SUPPORT_SESSION, SUPPORT_READ],
+            SUPPORT,
+            call("delete_repository", name="x"),
+            [
+                (
+                    "support-session",
+                    "rpc_pattern_mismatch",
+                    "method",
+                    "^(initialize|notifications/initialized|ping|tools/list)$",
+                ),
+                (
+                    "support-read",
+                    "rpc_pattern_mismatch",
+                    "params.name",
+                    "^(search_issues|get_issue)$",
+                ),
+            ],
+        ),
+        (
+            [SUPPORT_READ],
+            SUPPORT,
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call"},
+            [("support-read", "rpc_field_missing", "params.name", "^(search_issues|get_issue)$")],
+        ),
+        (
+            [SUPPORT_READ],
+            SUPPORT,
+            call("get_issue\n"),
+            [
+                (
+                    "support-read",
+                    "rpc_pattern_mismatch",
+                    "params.name",
+                    "^(search_issues|get_issue)$",
+                )
+            ],
+        ),
+        (
+            [SUPPORT_READ],
+            SUPPORT,
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": ["get_issue"]}},
+            [("support-read", "rpc_field_missing", "params.name", "^(search_issues|get_issue)$")],
+        ),
+        (
+            [SUPPORT_READ],
+            SUPPORT,
+            INIT,
+            [("support-read", "rpc_pattern_mismatch", "method", "^tools/call$")],
+        ),
+        (
+            [WORKSPACE],
+            Target("my-app", {"orgId": "other"}),
+            LIST,
+            [("workspace", "metadata", None, None)],
+        ),
+        (
+            [ARG],
+            Target("any"),
+            call("t", repo="acme/x", n="7a", tags=["bug"]),
+            [("arg", "rpc_pattern_mismatch", "params.arguments.n", "^[0-9]+$")],
+        ),
+        ([], Target("my-app"), LIST, [(None, "no_matching_rule", None, None)]),
+    ],
+)
+def test_message_denied(
+    constraints: Any, target: Target, message: dict[str, Any], expected: list[Any]
+) -> None:
+    decision = decide(rules(*constraints), target, message)
+    assert not decision.allowed
+    assert decision.rule is None
+    assert [(d.rule, d.reason, d.field, d.pattern) for d in decision.reasons] == expected
+
+
+def test_metadata_value_must_be_a_string_equal() -> None:
+    decision = decide(rules(("r", {"metadata": {"n": "1"}})), Target("x", {"n": 1}), LIST)
+    assert not decision.allowed
+
+
+def test_lifecycle_exemption_allowed_only_when_switched_on() -> None:
+    constraints = rules(SUPPORT_READ)
+    for message in (INIT, NOTE, {"jsonrpc": "2.0", "id": 3, "method": "ping"}):
+        assert not decide(constraints, SUPPORT, message).allowed
+        assert decide(constraints, SUPPORT, message, exempt_lifecycle=True).allowed
+    # the exemption skips rpcReqMatch only, never metadata
+    assert not decide(constraints, ALICE, INIT, exempt_lifecycle=True).allowed
+    assert not decide(constraints, SUPPORT, LIST, exempt_lifecycle=True).allowed
+
+
+def test_denial_json_names_rule_field_and_pattern() -> None:
+    decision = decide(rules(SUPPORT_READ), SUPPORT, call("delete_repository"))
+    assert [d.as_json() for d in decision.reasons] == [
+        {
+            "rule": "support-read",
+            "reason": "rpc_pattern_mismatch",
+            "detail": "params.name does not match ^(search_issues|get_issue)$",
+            "field": "params.name",
+            "pattern": "^(search_issues|get_issue)$",
+        }
+    ]
