@@ -54,6 +54,16 @@ class Server:
                     parts.append(f"--- {path.name} (end) ---\n{text}")
         return "\n".join(parts) or "(no output)"
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far (``/proc/<pid>/stat``)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            raise HarnessError(self._failure("cannot read its CPU time")) from None
+        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
     def check(self, path: str) -> None:
         """One GET to ``path`` must answer 200; otherwise raise with the server's output."""
         try:

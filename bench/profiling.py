@@ -1,4 +1,4 @@
-"""Optional (``--profile``): sample the broker with py-spy during one extra, unmeasured R1 run.
+"""Optional (``--profile``): sample an app with py-spy during one extra, unmeasured R1 run.
 
 py-spy writes collapsed stacks (``--format raw``, one ``frame;frame;... count`` line per stack;
 idle threads are not sampled). They are summarised as self time per package or broker module
@@ -112,9 +112,9 @@ def profile_during(pid: int, seconds: int, out_path: Path, load: Callable[[], ob
     return profile
 
 
-def markdown(profile: Profile, what: str) -> str:
+def markdown(profile: Profile, app: str, what: str) -> str:
     lines = [
-        f"## Where the broker spends its time ({what}; py-spy, {profile.samples} busy samples)",
+        f"## Where the {app} spends its time ({what}; py-spy, {profile.samples} busy samples)",
         "",
         "Self time by package or broker module (sums to 100 %):",
         "",

@@ -47,11 +47,13 @@ def markdown(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
         ),
         "Medians of alternated runs (baseline, broker, baseline, ...). The ratio is broker req/s "
         "over baseline req/s (range of the per-pair ratios in parentheses): compare ratios, not "
-        "absolute numbers, which drift between runs on shared machines.",
+        "absolute numbers, which drift between runs on shared machines. CPU µs/req is the "
+        "server process's own CPU time (user + system) per request: it does not depend on how "
+        "busy the rest of the machine is.",
         "",
         "| scenario | load | baseline req/s | broker req/s | ratio | baseline p50 / p99 ms "
-        "| broker p50 / p99 ms | target | met |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        "| broker p50 / p99 ms | CPU µs/req baseline / broker | target | met |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for result in results:
         for comparison in result.comparisons:
@@ -60,7 +62,8 @@ def markdown(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
                 f"| {result.id} {result.title} | {comparison.load} | {_num(base.rps)} "
                 f"| {_num(brok.rps)} | {_ratio_cell(comparison)} "
                 f"| {_num(base.p50_ms, 2)} / {_num(base.p99_ms, 2)} "
-                f"| {_num(brok.p50_ms, 2)} / {_num(brok.p99_ms, 2)} | {result.target} "
+                f"| {_num(brok.p50_ms, 2)} / {_num(brok.p99_ms, 2)} "
+                f"| {_num(base.cpu_us)} / {_num(brok.cpu_us)} | {result.target} "
                 f"| {_met(result)} |"
             )
     lines += ["", "| scenario | result | target | met |", "|---|---|---|---|"]

@@ -39,6 +39,8 @@ class Run:
     rps: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float
+    """Server CPU time (user + system) per request, in µs; NaN when not measured."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,6 +50,7 @@ class AppSummary:
     rps: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float
 
     @classmethod
     def of(cls, runs: Sequence[Run]) -> AppSummary:
@@ -56,6 +59,7 @@ class AppSummary:
             rps=median([r.rps for r in runs]),
             p50_ms=median([r.p50_ms for r in runs]),
             p99_ms=median([r.p99_ms for r in runs]),
+            cpu_us=median([r.cpu_us for r in runs if not math.isnan(r.cpu_us)]),
         )
 
 

@@ -91,24 +91,28 @@ def run_scenarios(ctx: Context, wanted: list[str]) -> list[ScenarioResult]:
     return results
 
 
-def profile_r1(ctx: Context, out_dir: Path, stem: str) -> str:
+def profile_r1(ctx: Context, out_dir: Path, stem: str) -> list[str]:
+    """One extra, unmeasured R1 run per app under py-spy; Markdown sections, broker first."""
     concurrency = max(ctx.plan.concurrencies)
     seconds = ctx.plan.duration_s
-    log(f"profiling the broker with py-spy during one extra R1 run (c={concurrency}, {seconds} s)")
-
-    def load() -> object:
-        return run_wrk(
-            f"{ctx.stack.broker.url}{TOKEN_PATH}",
-            connections=concurrency,
-            threads=ctx.plan.threads,
-            duration_s=seconds,
-            authorization=f"Bearer {ctx.reference_jwt}",
-        )
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{stem}-broker-r1.pyspy.txt"
-    profile = profiling.profile_during(ctx.stack.broker.pid, seconds, path, load)
-    return profiling.markdown(profile, f"R1 at c={concurrency}")
+    sections = []
+    for server in (ctx.stack.broker, ctx.stack.baseline):
+        log(f"profiling the {server.name} with py-spy during one extra R1 run (c={concurrency})")
+
+        def load(url: str = server.url) -> object:
+            return run_wrk(
+                f"{url}{TOKEN_PATH}",
+                connections=concurrency,
+                threads=ctx.plan.threads,
+                duration_s=seconds,
+                authorization=f"Bearer {ctx.reference_jwt}",
+            )
+
+        path = out_dir / f"{stem}-{server.name}-r1.pyspy.txt"
+        profile = profiling.profile_during(server.pid, seconds, path, load)
+        sections.append(profiling.markdown(profile, server.name, f"R1 at c={concurrency}"))
+    return sections
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ctx = Context(plan, stack, identity, reference_jwt, work_dir, log)
                 results = run_scenarios(ctx, wanted)
                 if args.profile and "R1" in wanted:
-                    meta["notes"].append(profile_r1(ctx, out_dir, stem))
+                    meta["notes"].extend(profile_r1(ctx, out_dir, stem))
                 stack.ensure_running()
         except HarnessError as exc:
             print(f"bench: FAILED: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ it on the entry and document it in ``bench/README.md``.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from bench.errors import HarnessError
 from bench.identity import Identity
 from bench.loadgen import WrkRun, run_wrk
 from bench.plan import Plan
+from bench.processes import Server
 from bench.results import App, Check, Comparison, Run, ScenarioResult, percentile
 from bench.stack import ROOT, TOKEN_PATH, Stack
 
@@ -45,11 +47,19 @@ class Context:
 
 @dataclass(frozen=True, slots=True)
 class LoadTarget:
-    """What wrk sends to one app: a URL, an Authorization header and an optional body."""
+    """What wrk sends to one app: a path on a server, an Authorization header, an optional body.
 
-    url: str
+    The server's CPU time is read before and after every measured run.
+    """
+
+    server: Server
+    path: str
     authorization: str = ""
     body: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"{self.server.url}{self.path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +92,17 @@ def ab_load(ctx: Context, baseline: LoadTarget, broker: LoadTarget) -> tuple[lis
         for index in range(plan.runs):
             for app, target in targets:
                 before = ctx.stack.tokens_minted() if app == "broker" else 0
+                cpu_before = target.server.cpu_seconds()
                 run = _wrk(ctx, app, target, concurrency, plan.duration_s)
+                cpu_us = (target.server.cpu_seconds() - cpu_before) / run.requests * 1e6
                 minted = ctx.stack.tokens_minted() - before if app == "broker" else 0
                 mints += minted
                 extra = asdict(run) | {"mints": minted}
-                runs.append(Run(app, label, index, run.rps, run.p50_ms, run.p99_ms, extra))
+                runs.append(Run(app, label, index, run.rps, run.p50_ms, run.p99_ms, cpu_us, extra))
                 ctx.log(
                     f"  {label} run {index + 1}/{plan.runs} {app:8s} {run.rps:9,.0f} req/s  "
-                    f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms"
+                    f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  "
+                    f"CPU {cpu_us:5.0f} us/req"
                 )
     return runs, mints
 
@@ -122,6 +135,7 @@ def _burst_run(app: App, index: int, result: BurstResult) -> Run:
         rps=result.size / wall_s if wall_s > 0 else 0.0,
         p50_ms=percentile(result.latencies_ms, 50),
         p99_ms=percentile(result.latencies_ms, 99),
+        cpu_us=math.nan,
         extra={
             "wall_ms": result.wall_ms,
             "max_ms": result.latencies_ms[-1] if result.latencies_ms else None,
@@ -147,8 +161,8 @@ def r1_same_jwt(ctx: Context) -> ScenarioResult:
     authorization = f"Bearer {ctx.reference_jwt}"
     runs, mints = ab_load(
         ctx,
-        baseline=LoadTarget(f"{ctx.stack.baseline.url}{TOKEN_PATH}", authorization),
-        broker=LoadTarget(f"{ctx.stack.broker.url}{TOKEN_PATH}", authorization),
+        baseline=LoadTarget(ctx.stack.baseline, TOKEN_PATH, authorization),
+        broker=LoadTarget(ctx.stack.broker, TOKEN_PATH, authorization),
     )
     plan = ctx.plan
     comparisons = [

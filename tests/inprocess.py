@@ -6,7 +6,7 @@ fast; the integration tests run the same pieces as real processes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,16 +48,21 @@ class Harness:
 
 
 @asynccontextmanager
-async def harness(policies: Path | None = None, **precheck: Any) -> AsyncIterator[Harness]:
+async def harness(
+    policies: Path | None = None,
+    *,
+    upstream: Callable[[Any], httpx.AsyncBaseTransport] | None = None,
+    **precheck: Any,
+) -> AsyncIterator[Harness]:
+    """``upstream`` wraps the emulator's ASGI app into the broker's upstream transport."""
     emulator_app = create_emulator_app(api_key=API_KEY)
+    transport = (upstream or (lambda app: httpx.ASGITransport(app=app)))(emulator_app)
     settings = Settings(
         policies=PoliciesSettings(dir=str(policies or ROOT / "policies")),
         smithery=SmitherySettings(base_url="http://emulator", api_key=Secret(API_KEY)),
         precheck=PrecheckSettings(**precheck),
     )
-    app = create_app(
-        settings, dev_signer=SIGNER, upstream_transport=httpx.ASGITransport(app=emulator_app)
-    )
+    app = create_app(settings, dev_signer=SIGNER, upstream_transport=transport)
     async with (
         AsyncTestClient(app) as client,
         httpx.AsyncClient(

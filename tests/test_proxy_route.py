@@ -1,0 +1,218 @@
+"""``POST /v1/mcp/{namespace}/{connectionId}`` in-process: what is forwarded, what is refused.
+
+Smithery's token and connection endpoints are the real emulator; its MCP endpoint is replaced
+here by a recorder, so each test can see exactly which bytes and headers reached it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.inprocess import Harness, harness
+
+SUPPORT = {"groups": ["support"]}
+
+
+def streamed(status: int, body: bytes, content_type: str = "application/json") -> httpx.Response:
+    """A response whose body is still to be read, as from a real network transport."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    return httpx.Response(status, headers={"content-type": content_type}, content=chunks())
+
+
+@dataclass
+class RecordingMcp(httpx.AsyncBaseTransport):
+    """Routes ``.../mcp`` to a recorder and everything else to the emulator."""
+
+    emulator: httpx.AsyncBaseTransport
+    seen: list[httpx.Request] = field(default_factory=list)
+    answer: Any = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/mcp"):
+            return await self.emulator.handle_async_request(request)
+        await request.aread()
+        self.seen.append(request)
+        if self.answer is not None:
+            result: httpx.Response = self.answer(request)
+            return result
+        return streamed(200, b'{"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}')
+
+
+@dataclass
+class Proxy:
+    broker: Harness
+    mcp: RecordingMcp
+
+    async def post(
+        self, connection: str, body: bytes, *, sub: str = "sam", claims: Any = None, **headers: str
+    ) -> httpx.Response:
+        return await self.broker.client.post(
+            f"/v1/mcp/my-app/{connection}",
+            content=body,
+            headers={
+                **self.broker.auth(sub, **(claims or SUPPORT)),
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+                **headers,
+            },
+        )
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[Proxy]:
+    recorder: list[RecordingMcp] = []
+
+    def upstream(app: Any) -> httpx.AsyncBaseTransport:
+        recorder.append(RecordingMcp(httpx.ASGITransport(app=app)))
+        return recorder[0]
+
+    async with harness(upstream=upstream) as h:
+        await h.create_connection(
+            "my-app", "support-github", metadata={"connectionId": "support-github"}
+        )
+        await h.create_connection("my-app", "alice-github", metadata={"userId": "alice"})
+        yield Proxy(h, recorder[0])
+
+
+CALL_GET_ISSUE = b'{"jsonrpc":"2.0",  "id":1,"method":"tools/call","params":{"name":"get_issue"}}'
+
+
+async def test_allowed_call_forwards_exact_bytes_with_service_token(proxy: Proxy) -> None:
+    response = await proxy.post(
+        "support-github",
+        CALL_GET_ISSUE,
+        **{"MCP-Protocol-Version": "2025-06-18", "X-Internal": "secret", "Cookie": "session=abc"},
+    )
+    assert response.status_code == 200
+    assert response.json()["result"] == {"tools": []}
+    [forwarded] = proxy.mcp.seen
+    assert forwarded.url.path == "/connect/my-app/support-github/mcp"
+    assert forwarded.content == CALL_GET_ISSUE
+    assert forwarded.headers["mcp-protocol-version"] == "2025-06-18"
+    assert forwarded.headers["accept"] == "application/json, text/event-stream"
+    assert "x-internal" not in forwarded.headers
+    assert "cookie" not in forwarded.headers
+    service_token = forwarded.headers["authorization"].removeprefix("Bearer ")
+    seen = await proxy.broker.emulator.post("/_emulator/introspect", json={"token": service_token})
+    assert [c.get("metadata") for c in seen.json()["policy"]] == [
+        {"connectionId": "support-github"},
+        {"connectionId": "support-github"},
+    ]
+
+
+async def test_denied_request_is_jsonrpc_error_and_never_forwarded(proxy: Proxy) -> None:
+    body = (
+        b'{"jsonrpc":"2.0","id":"x-9","method":"tools/call","params":{"name":"delete_repository"}}'
+    )
+    response = await proxy.post("support-github", body)
+    assert response.status_code == 200
+    payload = response.json()
+    assert payload["jsonrpc"] == "2.0"
+    assert payload["id"] == "x-9"
+    assert payload["error"]["code"] == -32003
+    assert [r["reason"] for r in payload["error"]["data"]["reasons"]] == [
+        "rpc_pattern_mismatch",
+        "rpc_pattern_mismatch",
+    ]
+    assert proxy.mcp.seen == []
+
+
+async def test_denied_notification_is_403_problem(proxy: Proxy) -> None:
+    response = await proxy.post("alice-github", b'{"jsonrpc":"2.0","method":"notifications/x"}')
+    assert response.status_code == 403
+    assert response.json()["code"] == "request_denied"
+    assert response.json()["reasons"][0]["reason"] == "metadata"
+    assert proxy.mcp.seen == []
+
+
+async def test_event_stream_is_relayed(proxy: Proxy) -> None:
+    events = [b'event: message\ndata: {"n": %d}\n\n' % n for n in range(3)]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+
+    proxy.mcp.answer = lambda _: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, content=chunks()
+    )
+    response = await proxy.post("support-github", CALL_GET_ISSUE)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == b"".join(events)
+
+
+async def test_upstream_jsonrpc_errors_pass_through(proxy: Proxy) -> None:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "error": {"code": -32001, "message": "Authorization required"},
+    }
+    proxy.mcp.answer = lambda _: streamed(401, json.dumps(body).encode())
+    response = await proxy.post("support-github", CALL_GET_ISSUE)
+    assert response.status_code == 401
+    assert response.json() == body
+
+
+async def test_unknown_connection_is_404(proxy: Proxy) -> None:
+    response = await proxy.post("nope", CALL_GET_ISSUE)
+    assert response.status_code == 404
+    assert response.json()["code"] == "connection_not_found"
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])
+async def test_other_methods_are_405(proxy: Proxy, method: str) -> None:
+    response = await proxy.broker.client.request(method, "/v1/mcp/my-app/support-github")
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("connection", ["..", "a..b", "-x", "a%2F..%2Ftokens", "x" * 129])
+async def test_path_injection_refused(proxy: Proxy, connection: str) -> None:
+    response = await proxy.post(connection, CALL_GET_ISSUE)
+    assert response.status_code in (400, 404)
+    assert proxy.mcp.seen == []
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]', "batch_not_supported"),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_issue",'
+            b'"name":"delete_repository"}}',
+            "duplicate_key",
+        ),
+        (b'{"jsonrpc":"2.0","id":1}', "invalid_jsonrpc"),
+        (b"not json", "invalid_json"),
+    ],
+)
+async def test_hostile_messages_are_400(proxy: Proxy, body: bytes, code: str) -> None:
+    response = await proxy.post("support-github", body)
+    assert response.status_code == 400
+    assert response.json()["code"] == code
+    assert proxy.mcp.seen == []
+
+
+async def test_unauthenticated_is_401(proxy: Proxy) -> None:
+    response = await proxy.broker.client.post(
+        "/v1/mcp/my-app/support-github", content=CALL_GET_ISSUE
+    )
+    assert response.status_code == 401
+
+
+async def test_upstream_down_is_503(proxy: Proxy) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    proxy.mcp.answer = refuse
+    response = await proxy.post("support-github", CALL_GET_ISSUE)
+    assert response.status_code == 503
+    assert response.json()["code"] == "upstream_unavailable"
