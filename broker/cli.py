@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -26,10 +28,14 @@ from broker.config import (
     load_settings,
     unknown_env_names,
 )
-from broker.errors import ConfigError, PolicyError
+from broker.errors import BrokerError, ConfigError, PolicyError
+from broker.explain import explain, format_text
 from broker.identity import DevSigner
 from broker.jwks import setup_verifier
 from broker.policy import PolicySet, load_policy_dir
+from broker.policy_lint import lint_policy_set
+from broker.policy_testing import load_cases, run_cases
+from broker.precheck import Target
 from broker.telemetry import setup_logging
 
 EXIT_OK: Final = 0
@@ -52,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dev(
             host=args.host, port=args.port, upstream_port=args.upstream_port, policies=args.policies
         )
+    if command == "policy":
+        return policy_command(args)
     if command == "emulator":
         from broker.emulator import create_emulator_app
 
@@ -79,6 +87,22 @@ def _parser() -> argparse.ArgumentParser:
     dev_cmd.add_argument("--upstream-port", type=int, default=DEFAULT_DEV_UPSTREAM_PORT)
     dev_cmd.add_argument("--policies", default=None, help="policies directory (default policies)")
     sub.add_parser("check", help="validate settings, keys and policies; print every problem")
+    policy = sub.add_parser("policy", help="check, explain and test policies")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    p_check = policy_sub.add_parser("check", help="every error and warning in the policy files")
+    p_check.add_argument("dirs", nargs="*", metavar="DIR", help="policy directories")
+    p_check.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+    p_explain = policy_sub.add_parser("explain", help="dry run: which rules apply, what is sent")
+    p_explain.add_argument("--claims", required=True, help="claims as JSON, or @file")
+    p_explain.add_argument("--issuer", default="", help="the token's iss (for issuer conditions)")
+    p_explain.add_argument("--request", help="a JSON-RPC message as JSON, or @file")
+    p_explain.add_argument("--namespace", help="target namespace for --request")
+    p_explain.add_argument("--metadata", help="target connection metadata as JSON, or @file")
+    p_explain.add_argument("--policies", help="policy directory (default BROKER_POLICIES_DIR)")
+    p_explain.add_argument("--json", action="store_true", help="machine-readable output")
+    p_test = policy_sub.add_parser("test", help="run the policy test cases (DIR/tests/*.yaml)")
+    p_test.add_argument("dir", nargs="?", metavar="DIR", help="policy directory")
+    p_test.add_argument("--tests", help="test case directory (default DIR/tests)")
     emu = sub.add_parser("emulator", help="run the Smithery emulator alone")
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=DEFAULT_DEV_UPSTREAM_PORT)
@@ -166,6 +190,125 @@ def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
     app = create_app(settings, policy_set=policy_set)
     run_server(app, host or settings.server.host, port or settings.server.port, fd=fd)
     return EXIT_OK
+
+
+def _policies_dir(given: str | None) -> str:
+    return given or os.environ.get("BROKER_POLICIES_DIR") or "policies"
+
+
+def _json_arg(value: str, what: str) -> Any:
+    """``--claims '{...}'`` or ``--claims @file.json``."""
+    try:
+        text = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
+        return json.loads(text)
+    except OSError as exc:
+        raise ConfigError([f"--{what}: cannot read {value[1:]}: {exc.strerror}"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"--{what}: not valid JSON ({exc})"]) from None
+
+
+def policy_command(args: argparse.Namespace) -> int:
+    try:
+        if args.policy_command == "check":
+            return policy_check(args.dirs or [_policies_dir(None)], strict=args.strict)
+        if args.policy_command == "explain":
+            return policy_explain(args)
+        return policy_test(_policies_dir(args.dir), args.tests)
+    except ConfigError as exc:
+        _report(exc.problems)
+        return EXIT_INVALID
+
+
+def policy_check(dirs: Sequence[str], *, strict: bool) -> int:
+    """Errors as ``file:line:column: rule-id: $.path: message`` (exit 2), then warnings."""
+    errors = 0
+    warnings = 0
+    for directory in dirs:
+        try:
+            policy_set = load_policy_dir(directory)
+        except PolicyError as exc:
+            for problem in exc.problems:
+                print(problem)
+            errors += len(exc.problems)
+            continue
+        for warning in lint_policy_set(policy_set):
+            print(
+                f"{warning.file}:{warning.line}:{warning.column}: {warning.rule_id}: "
+                f"{warning.path}: warning: {warning.message}"
+            )
+            warnings += 1
+        print(
+            f"{directory}: {len(policy_set.rules)} rule(s), revision {policy_set.revision}",
+            file=sys.stderr,
+        )
+    print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
+    if errors:
+        return EXIT_INVALID
+    return 1 if strict and warnings else EXIT_OK
+
+
+def policy_explain(args: argparse.Namespace) -> int:
+    claims = _json_arg(args.claims, "claims")
+    if not isinstance(claims, dict):
+        raise ConfigError(["--claims: must be a JSON object"])
+    request = _json_arg(args.request, "request") if args.request else None
+    metadata = _json_arg(args.metadata, "metadata") if args.metadata else None
+    if request is not None and not args.namespace:
+        raise ConfigError(["--namespace: required with --request"])
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ConfigError(["--metadata: must be a JSON object"])
+    try:
+        policy_set = load_policy_dir(_policies_dir(args.policies))
+    except PolicyError as exc:
+        raise ConfigError([str(p) for p in exc.problems]) from None
+    target = Target(args.namespace, metadata) if args.namespace else None
+    try:
+        result = explain(
+            policy_set,
+            claims,
+            issuer=args.issuer,
+            request=request,
+            target=target,
+            exempt_lifecycle=_exempt_lifecycle(),
+        )
+    except BrokerError as exc:
+        raise ConfigError([f"--request: {exc.detail}"]) from None
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    else:
+        print(format_text(result), end="")
+    return EXIT_OK
+
+
+def _exempt_lifecycle() -> bool:
+    try:
+        return load_settings().precheck.exempt_lifecycle
+    except ConfigError:
+        return False
+
+
+def policy_test(directory: str, tests: str | None) -> int:
+    """Run policy test cases; prints one line per case and ``N passed, M failed``."""
+    try:
+        policy_set = load_policy_dir(directory)
+    except PolicyError as exc:
+        raise ConfigError([str(p) for p in exc.problems]) from None
+    tests_dir = Path(tests) if tests else Path(directory) / "tests"
+    try:
+        cases = load_cases(tests_dir)
+    except PolicyError as exc:
+        raise ConfigError([str(p) for p in exc.problems]) from None
+    if not cases:
+        raise ConfigError([f"{tests_dir}: no policy test cases found (*.yaml with 'cases:')"])
+    results = run_cases(policy_set, cases, exempt_lifecycle=_exempt_lifecycle())
+    for result in results:
+        status = "PASS" if result.passed else "FAIL"
+        print(f"{status} {result.file}: {result.name}")
+        for failure in result.failures:
+            print(f"     {failure}")
+    failed = sum(not r.passed for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else EXIT_OK
 
 
 def dev(*, host: str, port: int, upstream_port: int, policies: str | None) -> int:

@@ -30,7 +30,8 @@ OPERATIONS: Final = ("read", "write", "execute")
 GRANT_FIELDS: Final = ("namespaces", "resources", "operations", "metadata", "rpcReqMatch", "ttl")
 RULE_FIELDS: Final = ("id", "description", "when", "grant")
 WHEN_FIELDS: Final = ("claims", "issuer")
-CONDITION_OPS: Final = ("equals", "in", "contains", "present")
+CONDITION_OPS: Final = ("equals", "in", "contains", "present", "type")
+CLAIM_TYPES: Final = ("string", "number", "boolean", "array", "object")
 MAX_TTL_SECONDS: Final = 24 * 3600
 MAX_RPC_KEY_CHARS: Final = 200
 MAX_RPC_PATTERN_CHARS: Final = 500
@@ -45,7 +46,7 @@ _PLACEHOLDER: Final = re.compile(r"\{claims\.([^{}\s]+)\}")
 _BRACED: Final = re.compile(r"\{[^{}]*\}")
 
 ClaimScalar = str | int | float | bool
-Operator = Literal["equals", "in", "contains", "present"]
+Operator = Literal["equals", "in", "contains", "present", "type"]
 
 
 # --- the model (frozen) -------------------------------------------------------------------------
@@ -98,6 +99,10 @@ class Rule(msgspec.Struct, frozen=True):
     issuers: tuple[str, ...] = ()
     """Accepted ``iss`` values; empty means any configured issuer."""
     file: str = ""
+    path: str = ""
+    """Where the rule is in its file (``$.rules[2]``) and on which line, for tooling."""
+    line: int = 0
+    column: int = 0
 
 
 class PolicySet(msgspec.Struct, frozen=True):
@@ -164,6 +169,10 @@ def evaluate_test(test: ClaimTest, claims: Mapping[str, Any]) -> str | None:
         return f"claim {test.claim} is {'missing' if test.operand else 'present'}"
     if value is _MISSING:
         return f"claim {test.claim} is missing"
+    if test.op == "type":
+        if json_type(value) == test.operand:
+            return None
+        return f"claim {test.claim} is not a {test.operand}"
     if test.op == "equals":
         if same_scalar(value, test.operand):
             return None
@@ -183,6 +192,21 @@ def evaluate_test(test: ClaimTest, claims: Mapping[str, Any]) -> str | None:
     if held:
         return None
     return f"claim {test.claim} does not contain {test.operand!r}"
+
+
+def json_type(value: Any) -> str:
+    """The JSON type name of a decoded claim value."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return "null"
 
 
 def match_rule(rule: Rule, issuer: str, claims: Mapping[str, Any]) -> str | None:
@@ -446,6 +470,9 @@ class _FileChecker:
             issuers=issuers,
             grant=grant,
             file=self.file,
+            path=path,
+            line=item.line,
+            column=item.column,
         )
 
     def _check_when(
@@ -515,6 +542,11 @@ class _FileChecker:
                     self.problem(op_path, "must be true or false", operand)
                     continue
                 tests.append(ClaimTest(claim=claim, op="present", operand=operand.value))
+            elif op == "type":
+                if operand.value not in CLAIM_TYPES:
+                    self.problem(op_path, f"must be one of {', '.join(CLAIM_TYPES)}", operand)
+                    continue
+                tests.append(ClaimTest(claim=claim, op="type", operand=operand.value))
             else:
                 self.problem(
                     op_path, f"unknown operator; use one of {', '.join(CONDITION_OPS)}", operand.key
