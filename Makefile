@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint unit integration install clean
+.PHONY: dev test lint policy-test unit integration install test-deps clean
 
 $(BIN)/broker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,24 +17,31 @@ IDP_MODULES := tests/idp/node_modules/.package-lock.json
 $(IDP_MODULES): tests/idp/package.json tests/idp/package-lock.json
 	npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
 
-install: $(BIN)/broker $(IDP_MODULES)
+install: $(BIN)/broker
+
+test-deps: install $(IDP_MODULES)
 
 ## Run the broker, a Smithery emulator and a dev identity on loopback.
 dev: install
 	$(BIN)/broker dev
 
-## Lint, type-check, unit tests, then integration tests (real servers on loopback).
-test: install lint unit integration
+## Lint, type-check, policy tests, unit tests, then integration tests (real servers on loopback).
+test: test-deps lint policy-test unit integration
 
 lint: install
 	$(BIN)/ruff check broker tests bench
 	$(BIN)/ruff format --check broker tests bench
 	$(BIN)/mypy
 
-unit: install
+## The example policies' own test cases (policies/tests/*.yaml).
+policy-test: install
+	$(BIN)/broker policy check policies --strict
+	$(BIN)/broker policy test policies
+
+unit: test-deps
 	$(BIN)/pytest -q -m "not integration"
 
-integration: install
+integration: test-deps
 	$(BIN)/pytest -q -m integration
 
 .PHONY: bench bench-smoke

@@ -9,6 +9,7 @@ calls) is charged to the Python frame that called it.
 
 from __future__ import annotations
 
+import gzip
 import re
 import shutil
 import subprocess
@@ -108,7 +109,10 @@ def profile_during(pid: int, seconds: int, out_path: Path, load: Callable[[], ob
         text = output.decode(errors="replace") if recorder.stdout else ""
         raise HarnessError(f"py-spy failed (exit {recorder.returncode}): {text[-2000:]}")
     profile = summarise(out_path.read_text())
-    profile.raw_path = str(out_path)
+    packed = out_path.with_name(out_path.name + ".gz")
+    packed.write_bytes(gzip.compress(out_path.read_bytes()))
+    out_path.unlink()
+    profile.raw_path = str(packed)
     return profile
 
 
@@ -129,6 +133,6 @@ def markdown(profile: Profile, app: str, what: str) -> str:
         "|---|---:|",
         *(f"| `{name}` | {share:.1f} |" for name, share in profile.inclusive_by_function),
         "",
-        f"Collapsed stacks: `{profile.raw_path}`.",
+        f"Collapsed stacks (gzip): `{Path(profile.raw_path).name}`, next to this report.",
     ]
     return "\n".join(lines)

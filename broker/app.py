@@ -31,7 +31,8 @@ from broker.identity import DevSigner
 from broker.issuance import Issuance
 from broker.jwks import JwksManager, setup_verifier
 from broker.policy import PolicySet, load_policy_dir
-from broker.routes import dev, health, precheck, proxy, tokens
+from broker.reload import PolicyReloader
+from broker.routes import admin, dev, health, precheck, proxy, tokens
 from broker.state import BrokerState
 from broker.upstream import SmitheryClient
 
@@ -159,6 +160,12 @@ def create_app(
             connection_cache_seconds=settings.precheck.connection_cache_seconds,
         ),
         clock=clock,
+        reloader=PolicyReloader(
+            directory=settings.policies.dir,
+            current=lambda: state.policy_set,
+            apply=lambda new: setattr(state, "policy_set", new),
+            interval_seconds=settings.policies.reload_interval_seconds,
+        ),
         dev_signer=dev_signer,
     )
     handlers: list[Any] = [
@@ -167,6 +174,7 @@ def create_app(
         proxy.proxy_mcp,
         health.livez,
         health.readyz,
+        admin.explain_route,
     ]
     if dev_signer is not None:
         handlers.append(dev.dev_login)
@@ -180,11 +188,13 @@ def create_app(
             max_age=600,
         )
 
-    async def start_keys() -> None:
+    async def start_background() -> None:
+        await state.reloader.start()
         if keys is not None:
             await keys.start()
 
     async def close_resources() -> None:
+        await state.reloader.stop()
         if keys is not None:
             await keys.aclose()
         await upstream.aclose()
@@ -201,7 +211,7 @@ def create_app(
         openapi_config=OpenAPIConfig(
             title="Token Broker", version=__version__, path="/schema", create_examples=False
         ),
-        on_startup=[start_keys],
+        on_startup=[start_background],
         # Operators' tooling and tests reach the live resources through app.state.broker.
         state=State({"broker": state}),
         on_shutdown=[close_resources],

@@ -61,6 +61,8 @@ class Secret:
 class PoliciesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dir: str = "policies"
     """Directory holding the policy files (``*.yaml``/``*.yml``, not recursive)."""
+    reload_interval_seconds: float = 2.0
+    """How often the directory is checked for changes (also reloaded on SIGHUP). 0: never."""
 
 
 class SmitherySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -162,6 +164,11 @@ class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """...or this fraction of its lifetime, whichever is larger."""
 
 
+class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    token: Secret | None = None
+    """Bearer credential for operator endpoints (``POST /v1/explain``). Unset: they answer 404."""
+
+
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     """Interface ``broker serve`` listens on (``0.0.0.0`` in containers)."""
@@ -176,6 +183,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cors: CorsSettings = msgspec.field(default_factory=CorsSettings)
     precheck: PrecheckSettings = msgspec.field(default_factory=PrecheckSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
 
 

@@ -15,6 +15,7 @@ from broker.config import Settings
 from broker.identity import DevSigner
 from broker.issuance import Issuance
 from broker.policy import PolicySet
+from broker.reload import PolicyReloader
 from broker.upstream import SmitheryClient
 
 
@@ -28,4 +29,5 @@ class BrokerState:
     issuance: Issuance
     admission: Admission
     clock: Callable[[], float]
+    reloader: PolicyReloader
     dev_signer: DevSigner | None = None

@@ -99,3 +99,103 @@ def test_dev_banner_shows_urls_and_curl_commands() -> None:
     assert "curl -s -X POST http://127.0.0.1:8080/dev/login" in banner
     assert "http://127.0.0.1:8080/v1/tokens" in banner
     assert "http://127.0.0.1:8081/_emulator/introspect" in banner
+
+
+def test_policy_check_examples_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "check", str(ROOT / "policies"), "--strict"]) == 0
+    assert "0 error(s), 0 warning(s)" in capsys.readouterr().err
+
+
+def test_policy_check_errors_exit_2_in_file_line_column_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(INVALID, tmp_path / "bad")
+    assert main(["policy", "check", str(tmp_path / "bad")]) == 2
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'bad' / 'grant-schema.yaml'}:17:12: g: $.rules[0].grant.ttl: " in out
+
+
+def test_policy_check_warnings_exit_0_unless_strict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "p.yaml").write_text("rules:\n  - {id: r, grant: {namespaces: a, ttl: 5m}}\n")
+    assert main(["policy", "check", str(tmp_path)]) == 0
+    assert main(["policy", "check", str(tmp_path), "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'p.yaml'}:2:5: r: $.rules[0].grant: warning: no metadata" in out
+
+
+def test_policy_explain_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "policy",
+            "explain",
+            "--policies",
+            str(ROOT / "policies"),
+            "--json",
+            "--claims",
+            '{"sub": "alice", "email_verified": true}',
+            "--request",
+            '{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}',
+            "--namespace",
+            "my-app",
+            "--metadata",
+            '{"userId": "bob"}',
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rules"]["applied"] == ["own-connections"]
+    assert result["decision"]["allowed"] is False
+    assert result["decision"]["reasons"][0]["reason"] == "metadata"
+
+
+def test_policy_explain_reads_claims_file_and_reports_bad_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    claims = tmp_path / "claims.json"
+    claims.write_text('{"sub": "sam", "groups": ["support"]}')
+    assert (
+        main(["policy", "explain", "--policies", str(ROOT / "policies"), "--claims", f"@{claims}"])
+        == 0
+    )
+    assert "+ support-github-readonly" in capsys.readouterr().out
+    assert main(["policy", "explain", "--claims", "{nope"]) == 2
+    assert "--claims: not valid JSON" in capsys.readouterr().err
+
+
+def test_policy_test_runs_shipped_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "test", str(ROOT / "policies")]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("0 failed")
+    assert "PASS support-readonly.yaml: support cannot delete a repository" in out
+
+
+def test_policy_test_reports_failures_and_missing_cases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(ROOT / "policies", tmp_path / "p", ignore=shutil.ignore_patterns("tests"))
+    (tmp_path / "p" / "tests").mkdir()
+    assert main(["policy", "test", str(tmp_path / "p")]) == 2
+    assert "no policy test cases found" in capsys.readouterr().err
+    (tmp_path / "p" / "tests" / "t.yaml").write_text(
+        "cases:\n"
+        "  - name: wrong expectation\n"
+        "    claims: {sub: a, email_verified: true}\n"
+        "    expect: {rules: [support-github-readonly]}\n"
+        "  - name: right expectation\n"
+        "    claims: {sub: a, email_verified: true}\n"
+        "    expect: {rules: [own-connections]}\n"
+        "  - name: decision without request\n"
+        "    claims: {sub: a}\n"
+        "    expect: {allowed: true}\n"
+    )
+    assert main(["policy", "test", str(tmp_path / "p")]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL t.yaml: wrong expectation" in out
+    assert "rules: expected ['support-github-readonly'], got ['own-connections']" in out
+    assert "expects a decision but the case has no request" in out
+    assert out.rstrip().endswith("1 passed, 2 failed")
+    (tmp_path / "p" / "tests" / "t.yaml").write_text("cases:\n  - {name: x, claims: {}}\n")
+    assert main(["policy", "test", str(tmp_path / "p")]) == 2
+    assert "invalid test file" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """Assembling the emulator: one Litestar app per call, and running it with uvicorn.
 
-``create_emulator_app`` builds the state, wires the routes and maps errors to Smithery-shaped
-bodies in one table. Nothing here reads the environment. The emulator must not import anything
+``create_emulator_app`` builds the state, wires the routes, maps errors to Smithery-shaped
+bodies in one table (JSON-RPC error objects for the MCP endpoint, ``{error, message}`` elsewhere)
+and closes the state's resources (node oracle, MCP relay) on shutdown. Nothing here reads the
+environment. The emulator must not import anything
 from ``broker`` outside ``broker/emulator/``: it is the independent party the broker is checked
 against.
 """
@@ -17,8 +19,9 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException
 
 from broker.emulator.clock import Clock
-from broker.emulator.errors import EmulatorError
-from broker.emulator.routes import connections, control, tokens
+from broker.emulator.errors import EmulatorError, JsonRpcEndpointError
+from broker.emulator.jsonrpc import ErrorObject, ErrorResponse
+from broker.emulator.routes import connections, control, mcp, tokens
 from broker.emulator.state import EmulatorState
 from broker.emulator.token import TOKEN_PREFIX, TokenCodec
 
@@ -30,6 +33,7 @@ def create_emulator_app(
     *,
     signing_key: bytes | None = None,
     clock: Clock = time.time,
+    exempt_lifecycle: bool = False,
 ) -> Litestar:
     """A fresh Smithery stand-in with its own connections, counters and signing key.
 
@@ -38,11 +42,22 @@ def create_emulator_app(
     holds it can forge tokens of any scope: never log it. Pass one only to keep tokens valid
     across restarts or apps.
     ``clock``: seconds since the epoch; inject a fake one in tests.
+    ``exempt_lifecycle``: let ``initialize``, ``ping`` and ``notifications/*`` through
+    ``POST /connect/{ns}/{id}/mcp`` without ``rpcReqMatch`` (namespaces, operations and metadata
+    still apply). Off by default, as SMITHERY-SEMANTICS.md leaves it OPEN.
+
+    The MCP endpoint starts a ``node`` process on first use; it is stopped on shutdown, so run the
+    app with its lifespan (uvicorn, or Litestar's test clients as context managers).
     """
     if not api_key or api_key.startswith(f"{TOKEN_PREFIX}."):
         # A key shaped like a service token would be checked as a token and never match.
         raise ValueError("api_key must be non-empty and must not look like a service token")
-    state = EmulatorState(api_key=api_key, codec=TokenCodec(signing_key), clock=clock)
+    state = EmulatorState(
+        api_key=api_key,
+        codec=TokenCodec(signing_key),
+        clock=clock,
+        exempt_lifecycle=exempt_lifecycle,
+    )
 
     def provide_emulator() -> EmulatorState:
         return state
@@ -54,21 +69,33 @@ def create_emulator_app(
             connections.get_connection,
             connections.upsert_connection,
             connections.delete_connection,
+            mcp.post_message,
+            mcp.refuse_session_method,
             control.health,
             control.stats,
             control.reset,
             control.introspect,
         ],
         dependencies={"emulator": Provide(provide_emulator, use_cache=True, sync_to_thread=False)},
-        exception_handlers={EmulatorError: _emulator_error, HTTPException: _http_exception},
+        exception_handlers={
+            EmulatorError: _emulator_error,
+            # Litestar picks the most specific class along the MRO: this one wins for its subtree.
+            JsonRpcEndpointError: _json_rpc_error,
+            HTTPException: _http_exception,
+        },
+        on_shutdown=[state.aclose],
         openapi_config=None,
     )
 
 
-def run_emulator(host: str, port: int, api_key: str) -> None:
+def run_emulator(host: str, port: int, api_key: str, exempt_lifecycle: bool = False) -> None:
     """Serve a fresh emulator with uvicorn until interrupted (blocking)."""
     uvicorn.run(
-        create_emulator_app(api_key), host=host, port=port, log_level="warning", lifespan="on"
+        create_emulator_app(api_key, exempt_lifecycle=exempt_lifecycle),
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
     )
 
 
@@ -77,6 +104,19 @@ def _emulator_error(_: Request[Any, Any, Any], error: EmulatorError) -> Response
         {"error": error.code, "message": error.message},
         status_code=error.status_code,
         media_type=MediaType.JSON,
+    )
+
+
+def _json_rpc_error(
+    _: Request[Any, Any, Any], error: JsonRpcEndpointError
+) -> Response[ErrorResponse]:
+    return Response(
+        ErrorResponse(
+            id=error.request_id, error=ErrorObject(code=error.rpc_code, message=error.message)
+        ),
+        status_code=error.status_code,
+        media_type=MediaType.JSON,
+        headers=error.headers,
     )
 
 

@@ -1,9 +1,10 @@
 """The emulator's error tree, shaped like Smithery's error bodies.
 
 Each error carries the HTTP status and the ``error`` code Smithery answers with; ``app.py`` turns
-them into ``{"error": ..., "message": ...}`` in one place. Handlers raise, they never build error
-responses. This module must not import anything from the broker: the emulator is the independent
-party the broker is checked against.
+them into ``{"error": ..., "message": ...}`` in one place, except ``JsonRpcEndpointError`` (the MCP
+endpoint's errors), which also carries a JSON-RPC error code and becomes a JSON-RPC error object.
+Handlers raise, they never build error responses. This module must not import anything from the
+broker: the emulator is the independent party the broker is checked against.
 """
 
 from __future__ import annotations
@@ -73,3 +74,115 @@ class ConflictError(EmulatorError):
 
     status_code = 409
     code = "conflict"
+
+
+RequestId = str | int | float
+"""A JSON-RPC request id as MCP allows it: a string or a number, never null."""
+
+
+class JsonRpcEndpointError(EmulatorError):
+    """An answer of ``POST /connect/{ns}/{id}/mcp`` other than 401: a JSON-RPC error object.
+
+    Smithery's MCP endpoint answers errors as ``{"jsonrpc": "2.0", "id", "error": {code,
+    message}}`` (SMITHERY-SEMANTICS.md, "The MCP endpoint"), not ``{error, message}``. ``app.py``
+    renders these; ``request_id`` is echoed when the message was readable, else null.
+    """
+
+    status_code = 500
+    code = "internal_error"
+    rpc_code = -32603
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: RequestId | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.headers = headers or {}
+
+
+class JsonRpcParseError(JsonRpcEndpointError):
+    """The body is not JSON (JSON-RPC 2.0 ``-32700 Parse error``)."""
+
+    status_code = 400
+    code = "parse_error"
+    rpc_code = -32700
+
+    def __init__(self) -> None:
+        super().__init__("Parse error")
+
+
+class JsonRpcInvalidRequestError(JsonRpcEndpointError):
+    """JSON, but not one JSON-RPC message object (JSON-RPC 2.0 ``-32600 Invalid Request``)."""
+
+    status_code = 400
+    code = "invalid_request"
+    rpc_code = -32600
+
+    def __init__(self) -> None:
+        super().__init__("Invalid Request")
+
+
+class McpForbiddenError(JsonRpcEndpointError):
+    """The token's constraints do not allow this message on this connection.
+
+    OPEN (SMITHERY-SEMANTICS.md): undocumented upstream; the emulator answers 403 ``-32003``.
+    """
+
+    status_code = 403
+    code = "forbidden"
+    rpc_code = -32003
+
+    def __init__(self, *, request_id: RequestId | None) -> None:
+        super().__init__("Forbidden: request not permitted by token policy", request_id=request_id)
+
+
+class McpConnectionNotFoundError(JsonRpcEndpointError):
+    """No such connection, or one the token may not see (404, as for ``GET``).
+
+    OPEN: Smithery documents the 404 but not its JSON-RPC code; the emulator uses ``-32000``,
+    the first implementation-defined server error code of JSON-RPC 2.0.
+    """
+
+    status_code = 404
+    code = "not_found"
+    rpc_code = -32000
+
+    def __init__(self, *, request_id: RequestId | None) -> None:
+        super().__init__("Connection not found", request_id=request_id)
+
+
+class McpMethodNotAllowedError(JsonRpcEndpointError):
+    """``GET`` or ``DELETE``: the endpoint is stateless Streamable HTTP, POST only.
+
+    MCP spec (Streamable HTTP): a server that offers no SSE stream answers GET with 405, and one
+    without sessions may answer DELETE with 405.
+    """
+
+    status_code = 405
+    code = "method_not_allowed"
+    rpc_code = -32000
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Method not allowed: this endpoint is stateless", headers={"Allow": "POST"}
+        )
+
+
+class McpBadGatewayError(JsonRpcEndpointError):
+    """The connection has no ``mcpUrl``, or its MCP server could not be reached (502)."""
+
+    status_code = 502
+    code = "bad_gateway"
+    rpc_code = -32000
+
+
+class McpOracleError(JsonRpcEndpointError):
+    """The rpcReqMatch oracle (node) gave no answer: neither allow nor deny, fail the request."""
+
+    status_code = 500
+    code = "internal_error"
+    rpc_code = -32603

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.emulator.errors import UnauthorizedError
-from broker.emulator.scope import Action
+from broker.emulator.scope import Action, RpcMatcher
 from broker.emulator.token import TOKEN_PREFIX, ServiceToken, TokenCodec, TokenInvalidError
 
 
@@ -28,6 +28,20 @@ class Principal:
 
     def permits(self, action: Action, metadata: Mapping[str, Any] | None) -> bool:
         return self.token is None or self.token.scope.permits(action, metadata)
+
+    async def permits_message(
+        self,
+        action: Action,
+        metadata: Mapping[str, Any] | None,
+        body: str,
+        match: RpcMatcher,
+        *,
+        skip_rpc_match: bool = False,
+    ) -> bool:
+        """``Scope.permits_message`` for a token; the API key may send anything."""
+        return self.token is None or await self.token.scope.permits_message(
+            action, metadata, body, match, skip_rpc_match=skip_rpc_match
+        )
 
 
 def authenticate(

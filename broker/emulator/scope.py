@@ -7,16 +7,18 @@ without a policy) adds no restriction. The per-constraint rules follow
 ``reference/SMITHERY-SEMANTICS.md``: fields inside a constraint are AND'ed, an omitted field does
 not restrict, a list widens. ``ttl`` is not part of the check.
 
-``rpcReqMatch`` only concerns ``POST /connect/{ns}/{id}/mcp``, which the emulator does not serve
-yet; when it does, the JSON-RPC matching belongs next to ``Scope.permits`` as a separate check
-for the ``execute`` operation. This module is pure: no I/O, no clock.
+``rpcReqMatch`` only concerns ``POST /connect/{ns}/{id}/mcp``: ``Scope.permits_message`` adds it
+to the per-constraint check for that endpoint. Its regexes have JavaScript semantics, so this module
+never evaluates them: it asks an injected ``RpcMatcher`` (the node oracle, ``rpc_oracle.py``), only
+for constraints whose other fields already allow the message. Apart from that call this module is
+pure: no I/O, no clock. It must not import the broker's matcher.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from msgspec import UnsetType
 
@@ -30,6 +32,16 @@ class Action:
     namespace: str
     resource: Resource
     operation: Operation
+
+
+class RpcMatcher(Protocol):
+    """Whether every ``{dotPath: pattern}`` of an ``rpcReqMatch`` map matches a JSON-RPC body.
+
+    ``body`` is the message's exact JSON text. Implementations must use JavaScript semantics
+    (SMITHERY-SEMANTICS.md, "rpcReqMatch") and raise rather than guess when they cannot answer.
+    """
+
+    async def __call__(self, rules: Mapping[str, str], body: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +71,51 @@ class Scope:
             )
             for block in self.blocks
         )
+
+    async def permits_message(
+        self,
+        action: Action,
+        metadata: Mapping[str, Any] | None,
+        body: str,
+        match: RpcMatcher,
+        *,
+        skip_rpc_match: bool = False,
+    ) -> bool:
+        """Whether the action on this connection is allowed for this JSON-RPC message ``body``.
+
+        As ``permits``, and besides every ``rpcReqMatch`` entry of the constraint must match
+        (an omitted ``rpcReqMatch`` does not restrict). ``skip_rpc_match`` ignores
+        ``rpcReqMatch`` but nothing else (the lifecycle exemption). Blocks and constraints are
+        tried in order and ``match`` is awaited only when it can change the answer.
+        """
+        for block in self.blocks:
+            if block and not await _block_permits_message(
+                block, action, metadata, body, match, skip_rpc_match=skip_rpc_match
+            ):
+                return False
+        return True
+
+
+async def _block_permits_message(
+    block: Sequence[Constraint],
+    action: Action,
+    metadata: Mapping[str, Any] | None,
+    body: str,
+    match: RpcMatcher,
+    *,
+    skip_rpc_match: bool,
+) -> bool:
+    """At least one constraint of the block allows the message (OR)."""
+    for constraint in block:
+        if not (
+            _constraint_permits_action(constraint, action)
+            and _constraint_permits_metadata(constraint, metadata)
+        ):
+            continue
+        rules = constraint.rpc_req_match
+        if skip_rpc_match or isinstance(rules, UnsetType) or await match(rules, body):
+            return True
+    return False
 
 
 def _constraint_permits_action(constraint: Constraint, action: Action) -> bool:

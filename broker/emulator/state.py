@@ -1,7 +1,9 @@
 """The emulator's per-app state: its secrets, its clock, its counters and its connections.
 
 One ``EmulatorState`` is built by ``create_emulator_app`` and injected into every handler, so two
-apps in one process never share anything. It holds data only; routes give it meaning.
+apps in one process never share anything. It holds data and the app's two resources (the node
+oracle and the MCP relay, both started on first use and closed by ``aclose`` on shutdown); routes
+give it meaning.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from litestar.di import NamedDependency
 from broker.emulator.clock import Clock, to_epoch_ms
 from broker.emulator.connection import ConnectionStore
 from broker.emulator.principal import Principal, authenticate
+from broker.emulator.relay import McpRelay
+from broker.emulator.rpc_oracle import RpcMatchOracle
 from broker.emulator.token import TokenCodec
 
 
@@ -22,7 +26,10 @@ class Stats(msgspec.Struct):
     """Counters since start (or the last reset), served by ``GET /_emulator/stats``.
 
     ``tokens_rejected`` counts ``POST /tokens`` requests answered with an error (400 or 401);
-    ``requests_unauthorized`` and ``requests_forbidden`` count 401s and 403s on ``/connect``.
+    ``requests_unauthorized`` and ``requests_forbidden`` count 401s and 403s on ``/connect``
+    (the MCP endpoint included). On ``POST /connect/{ns}/{id}/mcp``: ``mcp_allowed`` counts
+    messages the token's scope allowed, ``mcp_denied`` those it refused (403 ``-32003``), and
+    ``mcp_forwarded`` those the MCP server answered (any status).
     """
 
     tokens_minted: int = 0
@@ -30,17 +37,27 @@ class Stats(msgspec.Struct):
     connections: int = 0
     requests_unauthorized: int = 0
     requests_forbidden: int = 0
+    mcp_allowed: int = 0
+    mcp_denied: int = 0
+    mcp_forwarded: int = 0
 
 
 @dataclass(slots=True)
 class EmulatorState:
-    """Everything one emulator app owns. ``api_key`` is a secret: never log or return it."""
+    """Everything one emulator app owns. ``api_key`` is a secret: never log or return it.
+
+    ``exempt_lifecycle``: whether ``initialize``, ``ping`` and ``notifications/*`` skip
+    ``rpcReqMatch`` at the MCP endpoint (OPEN switch in SMITHERY-SEMANTICS.md, off by default).
+    """
 
     api_key: str = field(repr=False)
     codec: TokenCodec
     clock: Clock
+    exempt_lifecycle: bool = False
     stats: Stats = field(default_factory=Stats)
     connections: ConnectionStore = field(default_factory=ConnectionStore)
+    oracle: RpcMatchOracle = field(default_factory=RpcMatchOracle)
+    relay: McpRelay = field(default_factory=McpRelay)
 
     def now_ms(self) -> int:
         return to_epoch_ms(self.clock())
@@ -56,6 +73,13 @@ class EmulatorState:
     def reset(self) -> None:
         self.stats = Stats()
         self.connections.clear()
+
+    async def aclose(self) -> None:
+        """Stop the node oracle and close the relay's connections (Litestar ``on_shutdown``)."""
+        try:
+            await self.oracle.aclose()
+        finally:
+            await self.relay.aclose()
 
 
 EmulatorDependency: TypeAlias = NamedDependency[EmulatorState]

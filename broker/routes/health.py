@@ -13,6 +13,8 @@ class Readiness(msgspec.Struct, frozen=True):
     status: str
     policyRevision: str
     checks: dict[str, bool]
+    lastReloadError: str | None
+    """Why the newest policy files were refused (the previous revision keeps serving)."""
 
 
 @get("/livez", summary="Liveness: the process is up", sync_to_thread=False)
@@ -37,6 +39,7 @@ def readyz(broker: NamedDependency[BrokerState]) -> Response[Readiness]:
             status="ready" if ready else "not_ready",
             policyRevision=broker.policy_set.revision,
             checks=checks,
+            lastReloadError=broker.reloader.last_error,
         ),
         status_code=200 if ready else 503,
     )

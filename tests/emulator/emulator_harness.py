@@ -1,7 +1,9 @@
-"""Helpers shared by the emulator's tests: a fake clock, bearer headers, mint and introspect."""
+"""Helpers shared by the emulator's tests: a fake clock, bearer headers, mint and introspect,
+and JSON-RPC messages for the MCP endpoint."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from litestar.testing import TestClient
@@ -50,3 +52,60 @@ def introspect(client: TestClient[Any], token: str) -> dict[str, Any]:
     body = response.json()
     assert isinstance(body, dict)
     return body
+
+
+# --- the MCP endpoint ---------------------------------------------------------------------------
+
+FORBIDDEN_MESSAGE = "Forbidden: request not permitted by token policy"
+MCP_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json, text/event-stream",
+    "MCP-Protocol-Version": "2025-06-18",
+}
+
+
+def rpc(method: str, params: dict[str, Any] | None = None, *, request_id: Any = 1) -> bytes:
+    """A JSON-RPC request (a notification when ``request_id`` is None), as bytes."""
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if request_id is not None:
+        message["id"] = request_id
+    if params is not None:
+        message["params"] = params
+    return json.dumps(message).encode()
+
+
+def call_tool(tool: str, /, **arguments: Any) -> bytes:
+    return rpc("tools/call", {"name": tool, "arguments": arguments})
+
+
+def post_mcp(
+    client: TestClient[Any],
+    credential: str | None,
+    body: bytes,
+    *,
+    connection_id: str = "alice",
+    namespace: str = "app",
+    headers: dict[str, str] | None = None,
+) -> Any:
+    """POST one message to ``/connect/{namespace}/{connection_id}/mcp`` as ``credential``."""
+    sent = {**MCP_HEADERS, **(headers or {})}
+    if credential is not None:
+        sent.update(bearer(credential))
+    return client.post(f"/connect/{namespace}/{connection_id}/mcp", content=body, headers=sent)
+
+
+def forbidden_body(request_id: Any) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {"code": -32003, "message": FORBIDDEN_MESSAGE},
+    }
+
+
+def put_connection(
+    client: TestClient[Any], connection_id: str, body: dict[str, Any], *, namespace: str = "app"
+) -> None:
+    response = client.put(
+        f"/connect/{namespace}/{connection_id}", headers=API_KEY_HEADERS, json=body
+    )
+    assert response.status_code == 201, response.text

@@ -100,6 +100,9 @@ def test_stats_count_since_start(client: TestClient[Any], mint: Minter) -> None:
         "connections": 0,
         "requests_unauthorized": 0,
         "requests_forbidden": 0,
+        "mcp_allowed": 0,
+        "mcp_denied": 0,
+        "mcp_forwarded": 0,
     }
     token = mint({"policy": [{"namespaces": "app", "operations": "read"}]})
     client.post("/tokens", json={})
@@ -112,6 +115,9 @@ def test_stats_count_since_start(client: TestClient[Any], mint: Minter) -> None:
         "connections": 1,
         "requests_unauthorized": 1,
         "requests_forbidden": 1,
+        "mcp_allowed": 0,
+        "mcp_denied": 0,
+        "mcp_forwarded": 0,
     }
 
 

@@ -10,8 +10,8 @@ metadata filter excludes a connection gets 404, exactly as if the connection did
 never 403, so a token cannot probe for other users' connection ids. A token that may not touch
 connections in the namespace at all gets 403.
 
-``POST /connect/{namespace}/{connectionId}/mcp`` (needs ``connections:execute`` plus
-``rpcReqMatch``) is not served yet; it belongs in its own module beside this one.
+``POST /connect/{namespace}/{connectionId}/mcp`` (``connections:execute`` plus ``rpcReqMatch``)
+is served by ``mcp.py`` beside this module.
 """
 
 from __future__ import annotations

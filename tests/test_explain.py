@@ -1,0 +1,74 @@
+"""``explain`` output for the example policies is pinned by golden files.
+
+After an intended change, regenerate them: ``.venv/bin/python tests/test_explain.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from broker.explain import explain, format_text  # noqa: E402
+from broker.policy import load_policy_dir  # noqa: E402
+from broker.precheck import Target  # noqa: E402
+
+GOLDEN = ROOT / "tests" / "fixtures" / "explain"
+ISSUER = "https://idp.example/"
+CASES: dict[str, dict[str, Any]] = {
+    "verified-user": {"claims": {"sub": "alice", "email_verified": True}},
+    "nobody": {"claims": {"sub": "mallory"}},
+    "workspace-admin": {"claims": {"sub": "ada", "org_id": "acme", "org_role": "owner"}},
+    "support-denied-call": {
+        "claims": {"sub": "sam", "groups": ["support"]},
+        "request": {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "delete_repository"},
+        },
+        "target": Target("my-app", {"connectionId": "support-github"}),
+    },
+    "support-allowed-call": {
+        "claims": {"sub": "sam", "groups": ["support"]},
+        "request": {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "get_issue", "arguments": {"number": 1}},
+        },
+        "target": Target("my-app", {"connectionId": "support-github"}),
+    },
+}
+
+
+def render(name: str) -> tuple[str, str]:
+    case = CASES[name]
+    result = explain(
+        load_policy_dir(ROOT / "policies"),
+        case["claims"],
+        issuer=ISSUER,
+        request=case.get("request"),
+        target=case.get("target"),
+    )
+    return format_text(result), json.dumps(result.as_json(), indent=2, sort_keys=True) + "\n"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_explain_matches_golden(name: str) -> None:
+    text, as_json = render(name)
+    assert text == (GOLDEN / f"{name}.txt").read_text(), "regenerate: python tests/test_explain.py"
+    assert as_json == (GOLDEN / f"{name}.json").read_text()
+
+
+if __name__ == "__main__":
+    for case_name in CASES:
+        text_out, json_out = render(case_name)
+        (GOLDEN / f"{case_name}.txt").write_text(text_out)
+        (GOLDEN / f"{case_name}.json").write_text(json_out)

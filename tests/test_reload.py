@@ -1,0 +1,125 @@
+"""Hot reload never loses the last good policy set, and never serves an old revision after a swap."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from broker.reload import fingerprint_dir
+from tests.inprocess import ROOT, Harness, harness
+
+OWN = ROOT / "policies" / "per-user-connections.yaml"
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[tuple[Harness, Path]]:
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    shutil.copy(OWN, directory / "own.yaml")
+    async with harness(policies=directory) as h:
+        yield h, directory
+
+
+def variant(ttl_minutes: int) -> str:
+    return OWN.read_text().replace("ttl: 15m", f"ttl: {ttl_minutes}m")
+
+
+async def test_valid_change_is_served_after_reload(broker: tuple[Harness, Path]) -> None:
+    h, directory = broker
+    before = h.state.policy_set.revision
+    (directory / "own.yaml").write_text(variant(10))
+    assert await h.state.reloader.reload()
+    assert h.state.policy_set.revision != before
+    response = await h.client.post("/v1/tokens", headers=h.auth("alice", email_verified=True))
+    assert response.json()["policyRevision"] == h.state.policy_set.revision
+    ready = await h.client.get("/readyz")
+    assert ready.json()["policyRevision"] == h.state.policy_set.revision
+    assert ready.json()["lastReloadError"] is None
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["syntax", "invalid-regex", "deleted-directory", "empty-directory"],
+)
+async def test_broken_policies_leave_last_good_set_serving(
+    broker: tuple[Harness, Path], breakage: str
+) -> None:
+    h, directory = broker
+    good = h.state.policy_set.revision
+    if breakage == "syntax":
+        (directory / "own.yaml").write_text("rules: [\n")
+    elif breakage == "invalid-regex":
+        (directory / "own.yaml").write_text(
+            variant(15).replace("ttl: 15m", "ttl: 15m\n      rpcReqMatch: {method: '(tools'}")
+        )
+    elif breakage == "deleted-directory":
+        shutil.rmtree(directory)
+    else:
+        (directory / "own.yaml").unlink()
+    assert not await h.state.reloader.reload()
+    assert h.state.policy_set.revision == good
+    assert h.state.reloader.failures == 1
+    response = await h.client.post("/v1/tokens", headers=h.auth("alice", email_verified=True))
+    assert response.status_code == 200
+    assert response.json()["policyRevision"] == good
+    ready = await h.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["lastReloadError"]
+
+
+async def test_reload_under_load_never_fails_a_request(broker: tuple[Harness, Path]) -> None:
+    h, directory = broker
+    valid = {h.state.policy_set.revision}
+    headers = [h.auth(f"user-{i}", email_verified=True) for i in range(200)]
+
+    async def swap_ten_times() -> None:
+        for round_number in range(10):
+            if round_number % 2 == 0:
+                (directory / "own.yaml").write_text(variant(5 + round_number))
+                assert await h.state.reloader.reload()
+                valid.add(h.state.policy_set.revision)
+            else:
+                (directory / "own.yaml").write_text("rules: {broken")
+                assert not await h.state.reloader.reload()
+            await asyncio.sleep(0)  # let requests interleave with the swaps
+
+    requests = [h.client.post("/v1/tokens", headers=header) for header in headers]
+    *responses, _ = await asyncio.gather(*requests, swap_ten_times())
+    assert {r.status_code for r in responses} == {200}
+    assert {r.json()["policyRevision"] for r in responses} <= valid
+    (directory / "own.yaml").write_text(variant(7))
+    assert await h.state.reloader.reload()
+    final = h.state.policy_set.revision
+    after = await h.client.post("/v1/tokens", headers=headers[0])
+    assert after.json()["policyRevision"] == final
+
+
+async def test_old_revision_token_not_served_after_swap(broker: tuple[Harness, Path]) -> None:
+    h, directory = broker
+    auth = h.auth("alice", email_verified=True)
+    first = (await h.client.post("/v1/tokens", headers=auth)).json()
+    (directory / "own.yaml").write_text(variant(12))
+    assert await h.state.reloader.reload()
+    second = (await h.client.post("/v1/tokens", headers=auth)).json()
+    assert second["policyRevision"] != first["policyRevision"]
+    assert second["token"] != first["token"]
+
+
+async def test_watch_detects_changes_and_configmap_symlink_swaps(tmp_path: Path) -> None:
+    # Kubernetes mounts a ConfigMap as name -> ..data/name, with ..data -> ..<timestamp>.
+    mount = tmp_path / "mount"
+    first, second = mount / "..2026_01", mount / "..2026_02"
+    first.mkdir(parents=True)
+    second.mkdir()
+    shutil.copy(OWN, first / "own.yaml")
+    (second / "own.yaml").write_text(variant(9))
+    (mount / "..data").symlink_to(first.name)
+    (mount / "own.yaml").symlink_to("..data/own.yaml")
+    before = fingerprint_dir(str(mount))
+    (mount / "..data_tmp").symlink_to(second.name)
+    (mount / "..data_tmp").replace(mount / "..data")
+    assert fingerprint_dir(str(mount)) != before
