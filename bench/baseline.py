@@ -21,7 +21,7 @@ import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response, get, post
 
-NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+NO_STORE: Final = {"Cache-Control": "no-store"}
 MAX_BODY_BYTES: Final = 16 * 1024
 
 
@@ -37,8 +37,11 @@ def create_baseline_app(body: TokenResponse) -> Litestar:
 
     @post("/v1/tokens", status_code=200, request_max_body_size=MAX_BODY_BYTES)
     async def create_token(request: Request[Any, Any, Any]) -> Response[TokenResponse]:
-        request.headers.get("authorization")
-        await request.body()
+        headers = request.headers
+        headers.get("authorization")
+        # Like the broker: a request that declares no body is not read (RFC 9112 §6.3).
+        if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+            await request.body()
         return Response(body, headers=NO_STORE)
 
     @get("/livez")

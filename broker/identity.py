@@ -53,6 +53,9 @@ class Principal:
     subject: str
     claims: Mapping[str, Any]
     expires_at: float
+    token_digest: bytes = b""
+    """SHA-256 of the JWT this principal came from (set by ``authentication``; never the JWT).
+    Lets per-token work such as rendering the policy be reused for a repeated token."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,10 @@ No HTTP here (``routes/``) and no direct Smithery or cache-library calls (``upst
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Final
 
-from broker.cache import CacheKey, TokenCache
+from broker.cache import BoundedCache, CacheKey, TokenCache
 from broker.constraints import MintPlan, plan_mint, render_rules
 from broker.errors import NoMatchingRuleError, RuleNotApplicableError, UnknownRuleError
 from broker.identity import Principal
@@ -31,6 +32,9 @@ class IssuedToken:
     digest: str
 
 
+PLAN_CACHE_ENTRIES: Final = 10_000
+
+
 @dataclass(slots=True)
 class Issuance:
     """Everything the token endpoint needs; built once by ``create_app``."""
@@ -39,6 +43,10 @@ class Issuance:
     """The current policy set (a snapshot is taken once per request)."""
     cache: TokenCache
     upstream: SmitheryClient
+    plans: BoundedCache[tuple[str, bytes, tuple[str, ...]], MintPlan] = field(
+        default_factory=lambda: BoundedCache(PLAN_CACHE_ENTRIES)
+    )
+    """Plans by (policy revision, JWT digest, requested rules): a repeated token renders once."""
 
     def plan(
         self, policy_set: PolicySet, principal: Principal, requested: Sequence[str]
@@ -79,7 +87,12 @@ class Issuance:
 
     async def issue(self, principal: Principal, requested: Sequence[str] = ()) -> IssuedToken:
         policy_set = self.policy()
-        plan = self.plan(policy_set, principal, requested)
+        plan_key = (policy_set.revision, principal.token_digest, tuple(requested))
+        plan = self.plans.get(plan_key) if principal.token_digest else None
+        if plan is None:
+            plan = self.plan(policy_set, principal, requested)
+            if principal.token_digest:
+                self.plans.put(plan_key, plan)
         key = CacheKey(principal.issuer, principal.subject, plan.digest, policy_set.revision)
         entry, hit = await self.cache.get_or_mint(
             key, lambda: self.upstream.mint_token(plan.constraints)

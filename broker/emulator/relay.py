@@ -119,7 +119,8 @@ class McpRelay:
 async def _relay_body(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body chunk by chunk; a server that breaks off mid-stream just ends it."""
     try:
-        yield await response.aread()
+        async for chunk in response.aiter_bytes():
+            yield chunk
     except httpx.TransportError:
         return
     finally:

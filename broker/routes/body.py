@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
+from litestar import Request
 
 from broker.errors import CallerError, InvalidJSONError, InvalidRequestError
 
@@ -45,3 +46,15 @@ def require_json(content_type: str | None) -> None:
         media.startswith("application/") and media.endswith("+json")
     ):
         raise UnsupportedMediaTypeError("Send the body as application/json.")
+
+
+async def read_body(request: Request[Any, Any, Any]) -> bytes:
+    """The request body, without touching the receive channel when none was declared.
+
+    A POST without ``Content-Length`` (or with 0) and without ``Transfer-Encoding`` has no body
+    (RFC 9112 §6.3), which is how frontends usually call ``/v1/tokens``.
+    """
+    headers = request.headers
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return b""
+    return await request.body()

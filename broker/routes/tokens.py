@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
@@ -9,13 +10,13 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 
-from broker.routes.body import decode_json_body
+from broker.routes.body import decode_json_body, read_body
 from broker.state import BrokerState
 
 MAX_TOKEN_REQUEST_BYTES: Final = 16 * 1024
 MAX_REQUESTED_RULES: Final = 64
 RuleId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+NO_STORE: Final = {"Cache-Control": "no-store"}
 
 
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -36,6 +37,7 @@ class TokenResponse(msgspec.Struct, frozen=True):
     policyRevision: str
 
 
+@functools.lru_cache(maxsize=4096)
 def format_timestamp(seconds: float) -> str:
     """Unix seconds → ``2024-01-01T01:00:00.000Z``, the format Smithery uses."""
     moment = datetime.fromtimestamp(seconds, tz=UTC)
@@ -53,7 +55,7 @@ async def create_token(
 ) -> Response[TokenResponse]:
     principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
     body = decode_json_body(
-        await request.body(), request.headers.get("content-type"), TokenRequest, TokenRequest()
+        await read_body(request), request.headers.get("content-type"), TokenRequest, TokenRequest()
     )
     requested = tuple(dict.fromkeys(body.rules or ()))
     issued = await broker.issuance.issue(principal, requested)

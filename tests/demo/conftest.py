@@ -1,0 +1,27 @@
+"""Real servers on loopback for the demo tests: the demo MCP server and the Smithery emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from broker.demo import MCP_PATH, create_demo_mcp_app
+from broker.emulator import create_emulator_app
+from tests.emulator.loopback import LoopbackServer
+
+EMULATOR_API_KEY = "demo-test-api-key"
+
+
+@pytest.fixture
+def demo_mcp_url() -> Iterator[str]:
+    """A fresh demo MCP server (its own thread and event loop); yields its ``/mcp`` URL."""
+    with LoopbackServer(create_demo_mcp_app()) as server:
+        yield f"{server.url}{MCP_PATH}"
+
+
+@pytest.fixture
+def emulator_url() -> Iterator[str]:
+    """A fresh Smithery emulator under uvicorn; yields its base URL."""
+    with LoopbackServer(create_emulator_app(EMULATOR_API_KEY)) as server:
+        yield server.url

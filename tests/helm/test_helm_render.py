@@ -1,0 +1,106 @@
+"""``helm lint --strict`` and ``helm template`` for every CI values file, and every rendered object
+validated against the Kubernetes API schemas (PyPI ``kubernetes-validate``, strict: unknown fields
+are errors) of the oldest and a recent supported Kubernetes."""
+
+from __future__ import annotations
+
+import copy
+from typing import Final
+
+import kubernetes_validate
+import pytest
+
+from tests.helm.chart import CHART, HELM_VERSION, Helm, Manifest, Rendered, ci_values
+from tests.helm.conftest import CI_NAMES
+
+pytestmark = pytest.mark.integration
+
+KUBERNETES_VERSIONS: Final = ("1.29.0", "1.33.0")
+REQUIRED_CI_NAMES: Final = {
+    "default",
+    "ha",
+    "existing-secret-and-configmap",
+    "metrics-servicemonitor",
+    "multi-issuer",
+}
+#: Custom resources that kubernetes-validate has no schema for: it ships only the built-in API
+#: groups and cannot load a CRD's openAPIV3Schema. These objects are excluded from schema
+#: validation only; test_service_monitor_scrapes_metrics checks their shape instead.
+NOT_IN_KUBERNETES_SCHEMAS: Final = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "Prometheus Operator CRD, not a built-in kind",
+}
+
+
+def test_helm_is_the_pinned_release(helm: Helm) -> None:
+    result = helm.run("version", "--short")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(HELM_VERSION)
+
+
+def test_ci_values_cover_the_documented_scenarios() -> None:
+    assert set(CI_NAMES) >= REQUIRED_CI_NAMES
+
+
+@pytest.mark.parametrize("name", CI_NAMES)
+def test_lint_strict_passes(helm: Helm, name: str) -> None:
+    result = helm.run("lint", "--strict", str(CHART), "--values", str(ci_values(name)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("name", CI_NAMES)
+def test_rendered_objects_match_kubernetes_schemas(
+    ci_rendered: dict[str, Rendered], name: str, version: str
+) -> None:
+    rendered = ci_rendered[name]
+    validated = []
+    for obj in rendered.objects:
+        if (obj["apiVersion"], obj["kind"]) in NOT_IN_KUBERNETES_SCHEMAS:
+            continue
+        used = kubernetes_validate.validate(obj, version, strict=True)
+        assert used == version.rsplit(".", 1)[0]  # the schemas of that very version were used
+        validated.append(obj["kind"])
+    assert {"Deployment", "Service", "ConfigMap", "NetworkPolicy"} <= set(validated)
+
+
+def test_validator_rejects_an_unknown_field(ci_rendered: dict[str, Rendered]) -> None:
+    """The schema check above can fail: a field Kubernetes does not know is an error."""
+    deployment: Manifest = copy.deepcopy(ci_rendered["default"].one("Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+
+
+def test_rendered_kinds_per_scenario(ci_rendered: dict[str, Rendered]) -> None:
+    base = {"ServiceAccount", "Secret", "ConfigMap", "Service", "Deployment", "NetworkPolicy"}
+    expected = {
+        "default": base,
+        "ha": base | {"HorizontalPodAutoscaler", "PodDisruptionBudget"},
+        "existing-secret-and-configmap": {"Service", "Deployment", "NetworkPolicy"},
+        "metrics-servicemonitor": base | {"PodDisruptionBudget", "ServiceMonitor"},
+        "multi-issuer": base,
+    }
+    for name, kinds in expected.items():
+        assert set(ci_rendered[name].kinds()) == kinds, name
+    assert len(ci_rendered["multi-issuer"].all("ConfigMap")) == 2  # policies and issuers
+
+
+def test_service_monitor_scrapes_metrics(ci_rendered: dict[str, Rendered]) -> None:
+    rendered = ci_rendered["metrics-servicemonitor"]
+    monitor = rendered.one("ServiceMonitor")
+    service = rendered.one("Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["apps"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint == {
+        "port": "http",
+        "path": "/metrics",
+        "scheme": "http",
+        "interval": "15s",
+        "scrapeTimeout": "5s",
+    }
+    assert [port["name"] for port in service["spec"]["ports"]] == ["http"]
