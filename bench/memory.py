@@ -4,9 +4,9 @@ Run by the harness as ``python -m bench.memory --entries N --token-length L``; p
 object. It fills a real ``broker.cache.TokenCache`` through ``get_or_mint`` with N entries whose
 keys and tokens have realistic sizes and realistic sharing:
 
-- issuer: a fresh copy per entry (the broker decodes it from each JWT), ~26 characters;
+- issuer: one shared string (the broker keys entries with the configured issuer's own string);
 - subject: ``user-000123`` style, fresh per entry;
-- digest: 64 hex characters, fresh per entry (computed per request);
+- digest: 32 raw SHA-256 bytes, fresh per entry;
 - revision: 16 hex characters, ONE object shared by every entry (the loaded policy set's);
 - token: L ASCII characters, fresh per entry (L is a real emulator token's length);
 - expiry and mint time: fresh floats per entry.
@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from broker.cache import CachedToken, CacheKey, TokenCache
 
-ISSUER_BYTES: Final = b"https://idp.bench.invalid/"
+ISSUER: Final = "https://idp.bench.invalid/"
 REVISION: Final = "3f1c9a7e5b2d8c4f"
 WARMUP_ENTRIES: Final = 100
 TOKEN_LIFETIME_SECONDS: Final = 900.0
@@ -53,8 +53,9 @@ def rss_bytes() -> int:
 
 def make_key(index: int, revision: str) -> CacheKey:
     subject = f"user-{index:06d}"
-    digest = hashlib.sha256(subject.encode()).hexdigest()
-    return CacheKey(ISSUER_BYTES.decode(), subject, digest, revision)
+    digest = hashlib.sha256(subject.encode()).digest()
+    # The broker's keys share one issuer string (the configured issuer's), as here.
+    return CacheKey(ISSUER, subject, digest, revision)
 
 
 def make_token(index: int, filler: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from broker.cache import BoundedCache, ExpiringCache
+from broker.cache import BoundedCache, TimedCache
 from broker.constraints import constraints_digest, render_rules
 from broker.identity import Principal
 from broker.policy import PolicySet
@@ -34,12 +34,13 @@ class Admission:
     exempt_lifecycle: bool = False
     connection_cache_seconds: float = 30.0
     _compiled: BoundedCache[tuple[str, str, str], tuple[CompiledConstraint, ...]] | None = None
-    _connections: ExpiringCache[Mapping[str, Any] | None] | None = None
+    _connections: TimedCache[tuple[str, str], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self._compiled = BoundedCache(COMPILED_CACHE_ENTRIES)
-        self._connections = ExpiringCache(
-            max_entries=CONNECTION_CACHE_ENTRIES if self.connection_cache_seconds > 0 else 0,
+        self._connections = TimedCache(
+            max_entries=CONNECTION_CACHE_ENTRIES,
+            ttl_seconds=self.connection_cache_seconds,
             clock=self.clock,
         )
 
@@ -62,13 +63,13 @@ class Admission:
         self, namespace: str, connection_id: str
     ) -> Mapping[str, Any] | None:
         assert self._connections is not None
-        key = f"{namespace}\0{connection_id}".encode()
+        key = (namespace, connection_id)
         cached = self._connections.get(key)
         if cached is not None:
             return cached
         connection = await self.upstream.fetch_connection(namespace, connection_id)
         metadata = connection.metadata or {}
-        self._connections.put(key, metadata, self.clock() + self.connection_cache_seconds)
+        self._connections.put(key, metadata)
         return metadata
 
     def decide(

@@ -65,6 +65,9 @@ class MintPlan:
     rule_ids: tuple[str, ...]
     constraints: tuple[Constraint, ...]
     digest: str
+    """Hex SHA-256 of the canonical constraint list (for the audit log)."""
+    digest_bytes: bytes
+    """The same digest as raw bytes (the token cache key)."""
 
 
 class _RenderError(Exception):
@@ -130,10 +133,12 @@ def plan_mint(applied: Sequence[AppliedRule]) -> MintPlan:
     ttls = [a.ttl_seconds for a in applied if a.ttl_seconds is not None]
     if ttls:
         constraints[0]["ttl"] = min(ttls)
+    digest = constraints_digest(constraints)
     return MintPlan(
         rule_ids=tuple(a.rule_id for a in applied),
         constraints=tuple(constraints),
-        digest=constraints_digest(constraints),
+        digest=digest,
+        digest_bytes=bytes.fromhex(digest),
     )
 
 

@@ -93,7 +93,7 @@ class Issuance:
             plan = self.plan(policy_set, principal, requested)
             if principal.token_digest:
                 self.plans.put(plan_key, plan)
-        key = CacheKey(principal.issuer, principal.subject, plan.digest, policy_set.revision)
+        key = CacheKey(principal.issuer, principal.subject, plan.digest_bytes, policy_set.revision)
         entry, hit = await self.cache.get_or_mint(
             key, lambda: self.upstream.mint_token(plan.constraints)
         )

@@ -26,7 +26,7 @@ class Minted:
 
 
 def key(subject: str = "alice", revision: str = "rev1") -> CacheKey:
-    return CacheKey("https://idp.example", subject, "digest", revision)
+    return CacheKey("https://idp.example", subject, b"digest", revision)
 
 
 class Minter:

@@ -53,17 +53,17 @@ GOOD = "namespaces: a, metadata: {userId: '{claims.sub}'}, ttl: 15m"
             f"rules:\n  - {{id: r, when: {{claims: {{n: {{type: string, equals: 3}}}}}}, "
             f"grant: {{{GOOD}}}}}\n",
             [
-                "w.yaml:2:5: r: $.rules[0].when.claims: the conditions can never hold: claim n must "
-                "be a string but is compared with other types"
+                "w.yaml:2:5: r: $.rules[0].when.claims: the conditions can never hold: "
+                "claim n must be a string but is compared with other types"
             ],
         ),
         (
             f"rules:\n  - {{id: r, grant: {{{GOOD}, rpcReqMatch: {{method: '^(initialize|tools/"
             "list|tools/call)$', params.name: 'search'}}}\n",
             [
-                "w.yaml:2:5: r: $.rules[0].grant.rpcReqMatch: blocks initialize and tools/list, and "
-                "no other rule for the same users and connections allows them: MCP clients cannot "
-                "start a session",
+                "w.yaml:2:5: r: $.rules[0].grant.rpcReqMatch: blocks initialize and tools/list, "
+                "and no other rule for the same users and connections allows them: MCP clients "
+                "cannot start a session",
                 "w.yaml:2:5: r: $.rules[0].grant.rpcReqMatch.params.name: pattern 'search' is not "
                 "anchored: it also matches any tool whose name merely contains it; write ^(...)$",
             ],
@@ -78,8 +78,8 @@ GOOD = "namespaces: a, metadata: {userId: '{claims.sub}'}, ttl: 15m"
         (
             "rules:\n  - {id: r, grant: {namespaces: a, ttl: 15m}}\n",
             [
-                "w.yaml:2:5: r: $.rules[0].grant: no metadata: the grant covers every connection in "
-                "its namespaces"
+                "w.yaml:2:5: r: $.rules[0].grant: no metadata: the grant covers every connection "
+                "in its namespaces"
             ],
         ),
         (

@@ -1,4 +1,4 @@
-"""Hot reload never loses the last good policy set, and never serves an old revision after a swap."""
+"""Hot reload never loses the last good policy set, nor serves an old revision after a swap."""
 
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 Built on the official ``mcp`` SDK's low-level ``Server`` (not ``MCPServer``, whose constructor
 configures the process's root logger: a demo embedded in ``broker dev`` must not). Stateless
 because Smithery's ``/connect/{ns}/{id}/mcp`` is (SMITHERY-SEMANTICS.md, "The MCP endpoint"): each
-POST is served on its own, no ``Mcp-Session-Id`` is issued, GET has no stream (MCP spec,
-Streamable HTTP). Tool arguments are typed with msgspec, which also writes their input schemas.
+POST is served on its own and no ``Mcp-Session-Id`` is issued (MCP spec, Streamable HTTP). Answers
+are ``text/event-stream`` (the SDK's default), so a relay in front of it must stream. Tool
+arguments are typed with msgspec, which also writes their input schemas.
 
 Each ``create_demo_mcp_app`` call builds an independent server, tracker and session manager, so
 several can run in one process or event loop. The SDK's session manager runs in the app's ASGI
@@ -16,17 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mcp_types as types
 import msgspec
 import uvicorn
+from mcp import MCPError, types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
-from mcp.shared.exceptions import MCPError
-from starlette.applications import Starlette
 
 from broker.demo.tracker import REPOSITORY, IssueTracker
+
+if TYPE_CHECKING:
+    # The SDK builds the app with Starlette (a dependency of ``mcp``); only its type is named here.
+    from starlette.applications import Starlette
 
 DEMO_SERVER_NAME = "demo-github"
 DEMO_SERVER_VERSION = "1.0.0"

@@ -93,9 +93,20 @@ class RpcMatchOracle:
             return _decode_answer(answer, self._next_id)
 
     async def aclose(self) -> None:
-        """Stop the node process (close its stdin, then kill it if it lingers)."""
-        process, self._process = self._process, None
+        """Stop the node process (close its stdin, then kill it if it lingers).
+
+        An evaluation in flight finishes first. A later ``match`` starts a new process, so an
+        app restarted in another event loop gets its own.
+        """
+        if self._lock is not None:
+            async with self._lock:
+                await self._stop_current()
+        else:
+            await self._stop_current()
         self._lock = None
+
+    async def _stop_current(self) -> None:
+        process, self._process = self._process, None
         if process is not None:
             await _stop(process)
 

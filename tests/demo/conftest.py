@@ -8,9 +8,8 @@ import pytest
 
 from broker.demo import MCP_PATH, create_demo_mcp_app
 from broker.emulator import create_emulator_app
+from tests.demo.demo_harness import EMULATOR_API_KEY
 from tests.emulator.loopback import LoopbackServer
-
-EMULATOR_API_KEY = "demo-test-api-key"
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ from mcp import MCPError
 
 from broker.demo import create_demo_mcp_app, seed_dev_connections
 from broker.emulator import create_emulator_app
-from tests.demo.conftest import EMULATOR_API_KEY
-from tests.demo.mcp_client import mcp_session
+from tests.demo.demo_harness import EMULATOR_API_KEY, mcp_session
 from tests.emulator.loopback import LoopbackServer
 
 GRANT = {
@@ -38,20 +37,21 @@ SEARCH_ONLY = {
 FORBIDDEN = "Forbidden: request not permitted by token policy"
 
 
-def _mint(emulator_url: str, policy: list[dict[str, Any]]) -> str:
-    response = httpx.post(
-        f"{emulator_url}/tokens",
-        headers={"Authorization": f"Bearer {EMULATOR_API_KEY}"},
-        json={"policy": policy},
-        trust_env=False,
-    )
+async def _mint(emulator_url: str, policy: list[dict[str, Any]]) -> str:
+    async with httpx.AsyncClient(base_url=emulator_url, trust_env=False) as http:
+        response = await http.post(
+            "/tokens",
+            headers={"Authorization": f"Bearer {EMULATOR_API_KEY}"},
+            json={"policy": policy},
+        )
     assert response.status_code == 200, response.text
     token: str = response.json()["token"]
     return token
 
 
-def _stats(emulator_url: str) -> dict[str, int]:
-    stats: dict[str, int] = httpx.get(f"{emulator_url}/_emulator/stats", trust_env=False).json()
+async def _stats(emulator_url: str) -> dict[str, int]:
+    async with httpx.AsyncClient(base_url=emulator_url, trust_env=False) as http:
+        stats: dict[str, int] = (await http.get("/_emulator/stats")).json()
     return stats
 
 
@@ -62,7 +62,7 @@ async def seeded(emulator_url: str, demo_mcp_url: str) -> str:
 
 
 async def test_token_policy_enforced_through_the_emulator(seeded: str) -> None:
-    token = _mint(seeded, [SESSION, SEARCH_ONLY])
+    token = await _mint(seeded, [SESSION, SEARCH_ONLY])
     async with mcp_session(f"{seeded}/connect/my-app/alice-github/mcp", token) as session:
         initialized = await session.initialize()
         listing = await session.list_tools()
@@ -85,13 +85,13 @@ async def test_token_policy_enforced_through_the_emulator(seeded: str) -> None:
     }
     for denied in (delete, get):
         assert (denied.value.code, denied.value.message) == (-32003, FORBIDDEN)
-    stats = _stats(seeded)
+    stats = await _stats(seeded)
     # initialize, notifications/initialized, tools/list, search_issues; two calls refused.
     assert (stats["mcp_allowed"], stats["mcp_forwarded"], stats["mcp_denied"]) == (4, 4, 2)
 
 
 async def test_other_users_connection_does_not_exist_for_the_token(seeded: str) -> None:
-    token = _mint(seeded, [SESSION, SEARCH_ONLY])
+    token = await _mint(seeded, [SESSION, SEARCH_ONLY])
     async with mcp_session(f"{seeded}/connect/my-app/bob-github/mcp", token) as session:
         with pytest.raises(MCPError) as raised:
             await session.initialize()
@@ -100,7 +100,7 @@ async def test_other_users_connection_does_not_exist_for_the_token(seeded: str) 
 
 async def test_without_session_grant_initialize_is_refused(seeded: str) -> None:
     # rpcReqMatch applies to every message: a tools-only policy blocks the handshake too.
-    token = _mint(seeded, [SEARCH_ONLY])
+    token = await _mint(seeded, [SEARCH_ONLY])
     async with mcp_session(f"{seeded}/connect/my-app/alice-github/mcp", token) as session:
         with pytest.raises(MCPError) as raised:
             await session.initialize()
@@ -118,7 +118,7 @@ async def test_lifecycle_exemption_lets_a_tools_only_policy_start_a_session(
 ) -> None:
     with LoopbackServer(create_demo_mcp_app()) as demo:
         await seed_dev_connections(exempting_emulator_url, EMULATOR_API_KEY, f"{demo.url}/mcp")
-        token = _mint(
+        token = await _mint(
             exempting_emulator_url,
             [{**GRANT, "rpcReqMatch": {"method": "^tools/list$"}}, SEARCH_ONLY],
         )

@@ -6,18 +6,18 @@ import httpx
 import pytest
 
 from broker.demo import DEV_CONNECTIONS, SeedError, seed_dev_connections
-from tests.demo.conftest import EMULATOR_API_KEY
+from tests.demo.demo_harness import EMULATOR_API_KEY
 from tests.emulator.loopback import bind_loopback_socket
 
 MCP_URL = "http://127.0.0.1:9/mcp"
 
 
-def _connections(emulator_url: str, namespace: str) -> list[dict[str, object]]:
-    response = httpx.get(
-        f"{emulator_url}/connect/{namespace}",
-        headers={"Authorization": f"Bearer {EMULATOR_API_KEY}"},
-        trust_env=False,
-    )
+async def _connections(emulator_url: str, namespace: str) -> list[dict[str, object]]:
+    async with httpx.AsyncClient(trust_env=False) as http:
+        response = await http.get(
+            f"{emulator_url}/connect/{namespace}",
+            headers={"Authorization": f"Bearer {EMULATOR_API_KEY}"},
+        )
     assert response.status_code == 200, response.text
     connections: list[dict[str, object]] = response.json()["connections"]
     return connections
@@ -27,7 +27,7 @@ async def test_seeds_the_three_dev_connections(emulator_url: str) -> None:
     await seed_dev_connections(emulator_url, EMULATOR_API_KEY, MCP_URL)
     seeded = {
         c["connectionId"]: (c["mcpUrl"], c["metadata"])
-        for c in _connections(emulator_url, "my-app")
+        for c in await _connections(emulator_url, "my-app")
     }
     assert seeded == {
         "alice-github": (MCP_URL, {"userId": "alice"}),
@@ -40,8 +40,8 @@ async def test_seeds_the_three_dev_connections(emulator_url: str) -> None:
 async def test_seeding_twice_is_harmless_and_namespace_is_a_parameter(emulator_url: str) -> None:
     await seed_dev_connections(emulator_url + "/", EMULATOR_API_KEY, MCP_URL, namespace="other")
     await seed_dev_connections(emulator_url, EMULATOR_API_KEY, MCP_URL, namespace="other")
-    assert len(_connections(emulator_url, "other")) == 3
-    assert _connections(emulator_url, "my-app") == []
+    assert len(await _connections(emulator_url, "other")) == 3
+    assert await _connections(emulator_url, "my-app") == []
 
 
 async def test_refused_seed_names_the_code_not_the_key(emulator_url: str) -> None:

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from mcp import MCPError
 
-from broker.demo import DEMO_SERVER_NAME, MCP_PATH, create_demo_mcp_app
-from tests.demo.mcp_client import mcp_session
-from tests.emulator.loopback import serve_in_loop
+from broker.demo import DEMO_SERVER_NAME, MCP_PATH, create_demo_mcp_app, run_demo_mcp
+from tests.demo.demo_harness import mcp_session
+from tests.emulator.loopback import LoopbackServer, serve_in_loop
 
 TOOL_NAMES = ["search_issues", "get_issue", "create_issue", "delete_repository"]
 
@@ -162,3 +162,18 @@ async def test_rebinding_protection_on_loopback(demo_mcp_url: str) -> None:
     async with httpx.AsyncClient(trust_env=False, timeout=10.0) as http:
         response = await http.post(demo_mcp_url, json=body, headers=headers)
     assert response.status_code == 421
+
+
+async def test_run_demo_mcp_serves_a_demo_app_with_its_lifespan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(
+        "broker.demo.server.uvicorn.run", lambda app, **options: calls.append((app, options))
+    )
+    run_demo_mcp("127.0.0.1", 8765)
+    [(app, options)] = calls
+    assert options == {"host": "127.0.0.1", "port": 8765, "log_level": "warning", "lifespan": "on"}
+    with LoopbackServer(app) as server:
+        async with mcp_session(f"{server.url}{MCP_PATH}") as session:
+            assert (await session.initialize()).server_info.name == DEMO_SERVER_NAME

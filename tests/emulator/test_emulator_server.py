@@ -14,6 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.emulator.emulator_harness import call_tool, rpc
+from tests.emulator.mcp_target import McpTarget
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "integration-api-key"
 STARTUP_TIMEOUT_SECONDS = 20.0
@@ -43,11 +46,11 @@ def _wait_until_healthy(process: subprocess.Popen[bytes], base_url: str) -> None
     pytest.fail(f"emulator not healthy within {STARTUP_TIMEOUT_SECONDS} s")
 
 
-@pytest.fixture
-def emulator_url() -> Iterator[str]:
+def _serve_emulator(arguments: str) -> Iterator[str]:
+    """``run_emulator`` in a subprocess; yields its URL, then checks it stopped cleanly."""
     port = _free_loopback_port()
     code = (
-        f"from broker.emulator import run_emulator; run_emulator('127.0.0.1', {port}, {API_KEY!r})"
+        f"from broker.emulator import run_emulator; run_emulator('127.0.0.1', {port}, {arguments})"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
@@ -69,6 +72,16 @@ def emulator_url() -> Iterator[str]:
     errors = stderr.decode(errors="replace")
     assert process.returncode in (0, -signal.SIGTERM), errors
     assert "Traceback" not in errors
+
+
+@pytest.fixture
+def emulator_url() -> Iterator[str]:
+    yield from _serve_emulator(repr(API_KEY))
+
+
+@pytest.fixture
+def exempting_emulator_url() -> Iterator[str]:
+    yield from _serve_emulator(f"{API_KEY!r}, exempt_lifecycle=True")
 
 
 @pytest.mark.integration
@@ -103,3 +116,27 @@ def test_real_server_mints_and_attenuates(emulator_url: str) -> None:
         stats = client.get("/_emulator/stats").json()
         assert stats["tokens_minted"] == 2
         assert stats["tokens_rejected"] == 1
+
+
+@pytest.mark.integration
+def test_real_server_checks_mcp_messages_with_node(
+    exempting_emulator_url: str, target: McpTarget, target_url: str
+) -> None:
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=exempting_emulator_url, timeout=10.0, trust_env=False) as client:
+        created = client.put("/connect/app/gh", headers=key, json={"mcpUrl": f"{target_url}/json"})
+        assert created.status_code == 201, created.text
+        policy = [{"operations": "execute", "rpcReqMatch": {"params.name": "^search_issues$"}}]
+        minted = client.post("/tokens", headers=key, json={"policy": policy})
+        token = {"Authorization": f"Bearer {minted.json()['token']}"}
+
+        def send(body: bytes) -> int:
+            response = client.post("/connect/app/gh/mcp", content=body, headers=token)
+            return response.status_code
+
+        # exempt_lifecycle reached the app: initialize passes without matching params.name.
+        assert send(rpc("initialize", {"capabilities": {}})) == 200
+        assert send(call_tool("search_issues", query="x")) == 200
+        assert send(call_tool("delete_repository")) == 403
+        assert send(rpc("tools/list")) == 403
+    assert len(target.received) == 2

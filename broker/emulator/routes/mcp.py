@@ -102,6 +102,7 @@ async def post_message(
         ) from None
     emulator.stats.mcp_forwarded += 1
     # Only Content-Type comes back: no Mcp-Session-Id (stateless), no hop-by-hop headers.
+    # Without one (a 202's empty body), Litestar labels the body application/json.
     headers = {} if relayed.content_type is None else {"content-type": relayed.content_type}
     return Stream(relayed.body, status_code=relayed.status_code, headers=headers)
 

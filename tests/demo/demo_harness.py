@@ -1,8 +1,9 @@
-"""The official MCP client (``mcp`` 2.x) as the tests drive it: Streamable HTTP, optional bearer.
+"""Shared by the demo tests: the emulator's API key, and the official MCP client as they drive it.
 
-mcp 2.x names the transport ``streamable_http_client`` (1.x: ``streamablehttp_client``) and takes
-headers only through an ``httpx2.AsyncClient`` of our own, which also lets us ignore proxy
-settings from the environment.
+The client is ``mcp`` 2.x over Streamable HTTP with an optional bearer. mcp 2.x names the
+transport ``streamable_http_client`` (1.x: ``streamablehttp_client``) and takes headers only
+through an ``httpx2.AsyncClient`` of our own, which also lets us ignore proxy settings from the
+environment.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 CLIENT_TIMEOUT_SECONDS = 20.0
+EMULATOR_API_KEY = "demo-test-api-key"
 
 
 @asynccontextmanager
