@@ -44,6 +44,7 @@ DEV_API_KEY: Final = "dev-api-key"
 DEV_AUDIENCE: Final = "token-broker-dev"
 DEFAULT_DEV_PORT: Final = 8080
 DEFAULT_DEV_UPSTREAM_PORT: Final = 8081
+DEFAULT_DEV_MCP_PORT: Final = 8082
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,7 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(host=args.host, port=args.port, fd=args.fd)
     if command == "dev":
         return dev(
-            host=args.host, port=args.port, upstream_port=args.upstream_port, policies=args.policies
+            host=args.host,
+            port=args.port,
+            upstream_port=args.upstream_port,
+            mcp_port=args.mcp_port,
+            policies=args.policies,
         )
     if command == "policy":
         return policy_command(args)
@@ -85,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     dev_cmd.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     dev_cmd.add_argument("--port", type=int, default=DEFAULT_DEV_PORT)
     dev_cmd.add_argument("--upstream-port", type=int, default=DEFAULT_DEV_UPSTREAM_PORT)
+    dev_cmd.add_argument(
+        "--mcp-port", type=int, default=DEFAULT_DEV_MCP_PORT, help="port of the demo MCP server"
+    )
     dev_cmd.add_argument("--policies", default=None, help="policies directory (default policies)")
     sub.add_parser("check", help="validate settings, keys and policies; print every problem")
     policy = sub.add_parser("policy", help="check, explain and test policies")
@@ -311,9 +319,11 @@ def policy_test(directory: str, tests: str | None) -> int:
     return 1 if failed else EXIT_OK
 
 
-def dev(*, host: str, port: int, upstream_port: int, policies: str | None) -> int:
-    """Broker + emulator on loopback, an ephemeral user-signing key and ``POST /dev/login``."""
+def dev(*, host: str, port: int, upstream_port: int, mcp_port: int, policies: str | None) -> int:
+    """Broker, Smithery emulator and a demo MCP server on loopback, an ephemeral user-signing
+    key, ``POST /dev/login``, and emulator connections seeded for the example policies."""
     from broker.app import create_app
+    from broker.demo import create_demo_mcp_app, seed_dev_connections
     from broker.emulator import create_emulator_app
 
     if host not in {"127.0.0.1", "localhost", "::1"}:
@@ -350,13 +360,18 @@ def dev(*, host: str, port: int, upstream_port: int, policies: str | None) -> in
     signer = DevSigner.generate(issuer=f"{broker_url}/dev", audience=DEV_AUDIENCE)
     broker_app = create_app(settings, policy_set=policy_set, dev_signer=signer)
     emulator_app = create_emulator_app(api_key=DEV_API_KEY)
+    mcp_url = f"http://{host}:{mcp_port}/mcp"
     servers = [
         uvicorn.Server(
             uvicorn.Config(
                 app, host=host, port=app_port, log_level="warning", lifespan="on", access_log=False
             )
         )
-        for app, app_port in ((emulator_app, upstream_port), (broker_app, port))
+        for app, app_port in (
+            (emulator_app, upstream_port),
+            (create_demo_mcp_app(host=host), mcp_port),
+            (broker_app, port),
+        )
     ]
 
     async def run() -> None:
@@ -368,7 +383,8 @@ def dev(*, host: str, port: int, upstream_port: int, policies: str | None) -> in
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise SystemExit(1)
             await asyncio.sleep(0.05)
-        print(dev_banner(broker_url, upstream_url, policy_set), flush=True)
+        await seed_dev_connections(upstream_url, DEV_API_KEY, mcp_url)
+        print(dev_banner(broker_url, upstream_url, policy_set, mcp_url), flush=True)
         await asyncio.gather(*tasks)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -376,7 +392,9 @@ def dev(*, host: str, port: int, upstream_port: int, policies: str | None) -> in
     return EXIT_OK
 
 
-def dev_banner(broker_url: str, upstream_url: str, policy_set: PolicySet) -> str:
+def dev_banner(
+    broker_url: str, upstream_url: str, policy_set: PolicySet, mcp_url: str = "-"
+) -> str:
     rules = ", ".join(rule.id for rule in policy_set.rules)
     login = (
         f"curl -s -X POST {broker_url}/dev/login -H 'content-type: application/json' "
@@ -387,6 +405,7 @@ def dev_banner(broker_url: str, upstream_url: str, policy_set: PolicySet) -> str
 Token broker (dev mode) is running.
   broker            {broker_url}          (OpenAPI: {broker_url}/schema)
   Smithery emulator {upstream_url}          (API key: {DEV_API_KEY})
+  demo MCP server   {mcp_url}   (connections alice-github, bob-github, support-github)
   policies          revision {policy_set.revision}: {rules}
 
 Get a JWT for a dev user, then a scoped Smithery service token:
@@ -406,6 +425,23 @@ A user no rule applies to is refused (403 no_matching_rule):
   JWT2=$(curl -s -X POST {broker_url}/dev/login -H 'content-type: application/json' \\
          -d '{{"sub": "mallory"}}' | {extract})
   curl -s -X POST {broker_url}/v1/tokens -H "Authorization: Bearer $JWT2"
+
+Call a tool through the guarded proxy (alice may use her own connection):
+
+  curl -s -X POST {broker_url}/v1/mcp/my-app/alice-github -H "Authorization: Bearer $JWT" \\
+       -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \\
+       -d '{{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {{"name": "search_issues", "arguments": {{"query": "bug"}}}}}}'
+
+A support agent may read issues on the shared connection but not delete repositories; the
+broker explains the denial before anything reaches Smithery:
+
+  SUP=$(curl -s -X POST {broker_url}/dev/login -H 'content-type: application/json' \\
+        -d '{{"sub": "sam", "groups": ["support"]}}' | {extract})
+  curl -s -X POST {broker_url}/v1/mcp/my-app/support-github -H "Authorization: Bearer $SUP" \\
+       -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \\
+       -d '{{"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {{"name": "delete_repository", "arguments": {{"name": "demo"}}}}}}'
 
 Press Ctrl+C to stop.
 """

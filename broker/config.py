@@ -164,6 +164,17 @@ class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """...or this fraction of its lifetime, whichever is larger."""
 
 
+class TelemetrySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    subject: str = "hash"
+    """How the user's subject appears in traces and the audit log: ``raw``, ``hash`` (a keyed
+    hash) or ``omit``. Tracing itself is configured by the standard ``OTEL_*`` variables."""
+    hash_key: Secret | None = None
+    """Key for subject hashes and token fingerprints; set it so hashes match across replicas and
+    restarts (a random key per process otherwise)."""
+    metrics_port: int = 0
+    """Serve ``/metrics`` on this separate port instead of the main one (0: main port)."""
+
+
 class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token: Secret | None = None
     """Bearer credential for operator endpoints (``POST /v1/explain``). Unset: they answer 404."""
@@ -183,6 +194,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cors: CorsSettings = msgspec.field(default_factory=CorsSettings)
     precheck: PrecheckSettings = msgspec.field(default_factory=PrecheckSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
 
@@ -295,6 +307,10 @@ def settings_problems(settings: Settings) -> list[str]:
             problems.append(
                 f"BROKER_CORS_ORIGINS: {origin!r} is not an origin like https://app.example"
             )
+    if settings.telemetry.subject not in ("raw", "hash", "omit"):
+        problems.append("BROKER_TELEMETRY_SUBJECT: must be raw, hash or omit")
+    if not 0 <= settings.telemetry.metrics_port < 65536:
+        problems.append("BROKER_TELEMETRY_METRICS_PORT: must be 0 or a TCP port number")
     if not 0 < settings.server.port < 65536:
         problems.append("BROKER_SERVER_PORT: must be a TCP port number")
     return problems

@@ -1,24 +1,182 @@
-"""Logging and the audit log: one JSON line per decision on the ``broker.audit`` logger.
+"""Tracing, the audit log and logging setup: how every decision is made observable.
 
-Audit records carry identifiers (subject, issuer, rule ids, constraint digest, policy revision)
-and never a credential: callers pass no JWT, API key or service token, and ``audit`` refuses field
-names that suggest one. Tracing and metrics are set up here too as they grow.
+* **Traces** (OpenTelemetry): configured from the standard ``OTEL_*`` variables
+  (``OTEL_TRACES_EXPORTER`` = ``otlp`` | ``console`` | ``none``, ``OTEL_EXPORTER_OTLP_*``,
+  ``OTEL_TRACES_SAMPLER``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME`` defaulting to
+  ``token-broker``). With tracing off, ``Telemetry.span`` returns one shared no-op context: the
+  request path pays a function call, nothing more.
+* **Audit log**: one JSON line per decision on stdout (``audit``).
+* **Privacy**: the user's subject goes out raw, as a keyed hash, or not at all
+  (``BROKER_TELEMETRY_SUBJECT``); a service token only ever as a short keyed-hash fingerprint.
+
+Nothing here may receive a credential: ``audit`` refuses field names that suggest one, and span
+attributes are set only from identifiers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
 import logging
 import os
+import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.trace import Span, Status, StatusCode
 
+from broker.config import TelemetrySettings
+from broker.errors import ConfigError
+
+logger = logging.getLogger("broker.telemetry")
+
+DEFAULT_SERVICE_NAME: Final = "token-broker"
 _FORBIDDEN_FIELDS: Final = frozenset({"token", "jwt", "api_key", "authorization", "secret"})
 _ENCODER: Final = msgspec.json.Encoder()
+_NO_SPAN: Final = contextlib.nullcontext(None)
+# Route templates for span names and metric labels: bounded cardinality, no user data in names.
+_TEMPLATES: Final = {
+    "/v1/tokens": "/v1/tokens",
+    "/v1/precheck": "/v1/precheck",
+    "/v1/explain": "/v1/explain",
+    "/livez": "/livez",
+    "/readyz": "/readyz",
+    "/metrics": "/metrics",
+    "/dev/login": "/dev/login",
+}
+MCP_ROUTE: Final = "/v1/mcp/{namespace}/{connectionId}"
+
+
+def route_template(path: str) -> str:
+    """The route a path belongs to, never the raw path (which may carry ids)."""
+    template = _TEMPLATES.get(path)
+    if template is not None:
+        return template
+    if path.startswith("/v1/mcp/"):
+        return MCP_ROUTE
+    if path.startswith("/schema"):
+        return "/schema"
+    return "unmatched"
+
+
+@dataclass
+class Telemetry:
+    """What the request path needs to trace: a tracer (or None when off) and the privacy rules."""
+
+    tracer: trace.Tracer | None = None
+    provider: TracerProvider | None = None
+    subject_mode: str = "hash"
+    hash_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.tracer is not None
+
+    def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> Any:
+        """A child span of the current one, or a shared no-op context when tracing is off."""
+        if self.tracer is None:
+            return _NO_SPAN
+        return self.tracer.start_as_current_span(name, attributes=attributes)
+
+    def enduser(self, subject: str) -> str | None:
+        """The subject as the privacy setting allows it out (``enduser.id``, audit ``subject``)."""
+        if self.subject_mode == "raw":
+            return subject
+        if self.subject_mode == "omit":
+            return None
+        return "h:" + self.keyed_hash(subject)
+
+    def keyed_hash(self, value: str) -> str:
+        """A short HMAC-SHA256 of ``value``: correlates records without revealing the value."""
+        return hmac.new(self.hash_key, value.encode(), hashlib.sha256).hexdigest()[:16]
+
+    def fingerprint(self, token: str) -> str:
+        """``broker.token.fingerprint``: which token it was, never the token."""
+        return self.keyed_hash("token:" + token)
+
+    def shutdown(self) -> None:
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def deny(span: Span | None, reason: str, details: Mapping[str, Any] | None = None) -> None:
+    """Mark a span as a denial: status, ``broker.decision``/``broker.deny.reason``, an event."""
+    if span is None:
+        return
+    span.set_attribute("broker.decision", "deny")
+    span.set_attribute("broker.deny.reason", reason)
+    span.add_event("broker.denied", {"reason": reason, **(details or {})})
+    span.set_status(Status(StatusCode.ERROR, reason))
+
+
+def setup_telemetry(
+    settings: TelemetrySettings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    exporter: SpanExporter | None = None,
+) -> Telemetry:
+    """Tracing from ``OTEL_*`` (or ``exporter``, for tests); the privacy settings from ``settings``."""
+    env = os.environ if environ is None else environ
+    key = settings.hash_key.reveal().encode() if settings.hash_key else secrets.token_bytes(32)
+    if settings.hash_key is None and settings.subject == "hash":
+        logger.info("BROKER_TELEMETRY_HASH_KEY unset: subject hashes change on every restart")
+    base = Telemetry(subject_mode=settings.subject, hash_key=key)
+    if exporter is None:
+        if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            return base
+        exporter = _exporter_from_env(env)
+        if exporter is None:
+            return base
+        processor: Any = BatchSpanProcessor(exporter)
+    else:
+        processor = SimpleSpanProcessor(exporter)
+    attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
+    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; TracerProvider reads
+    # OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
+    provider = TracerProvider(resource=Resource.create(attributes))
+    provider.add_span_processor(processor)
+    base.provider = provider
+    base.tracer = provider.get_tracer("broker")
+    return base
+
+
+def _exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
+    name = env.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
+    if name in ("", "none"):
+        return None
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name == "otlp":
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+        )
+        if protocol.strip() != "http/protobuf":
+            raise ConfigError([
+                f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported; use http/protobuf"
+            ])
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        # The exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT itself.
+        return OTLPSpanExporter()
+    raise ConfigError([f"OTEL_TRACES_EXPORTER: {name!r} is not supported; use otlp, console, none"])
+
+
+# --- the audit log -------------------------------------------------------------------------------
 
 
 class AuditLog:
@@ -44,6 +202,9 @@ class AuditLog:
             return
         fields["time"] = round(time.time(), 3)
         fields["event"] = event
+        fields["decision_id"] = secrets.token_hex(8)
+        context = trace.get_current_span().get_span_context()
+        fields["trace_id"] = format(context.trace_id, "032x") if context.is_valid else None
         self._pending.append(_ENCODER.encode(fields) + b"\n")
         if len(self._pending) == 1:
             try:
@@ -65,6 +226,19 @@ def audit(event: str, **fields: Any) -> None:
     audit_log.record(event, fields)
 
 
+@contextlib.contextmanager
+def capture_audit() -> Iterator[list[bytes]]:
+    """Collect audit lines in memory (tests and tooling)."""
+    lines: list[bytes] = []
+    previous = (audit_log.enabled, audit_log.write)
+    audit_log.enabled, audit_log.write = True, lines.append
+    try:
+        yield lines
+    finally:
+        audit_log.flush()
+        audit_log.enabled, audit_log.write = previous
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Plain lines on stderr for operators; audit lines as bare JSON on stdout."""
     root = logging.getLogger("broker")
@@ -76,8 +250,8 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     stdout_fd = sys.stdout.fileno()
 
-    def write_all(line: bytes) -> None:
-        view = memoryview(line)
+    def write_all(data: bytes) -> None:
+        view = memoryview(data)
         while view:
             view = view[os.write(stdout_fd, view) :]
 
