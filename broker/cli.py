@@ -431,7 +431,7 @@ Call a tool through the guarded proxy (alice may use her own connection):
   curl -s -X POST {broker_url}/v1/mcp/my-app/alice-github -H "Authorization: Bearer $JWT" \\
        -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \\
        -d '{{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {{"name": "search_issues", "arguments": {{"query": "bug"}}}}}}'
+            "params": {{"name": "search_issues", "arguments": {{"query": "widget"}}}}}}'
 
 A support agent may read issues on the shared connection but not delete repositories; the
 broker explains the denial before anything reaches Smithery:

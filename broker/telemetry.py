@@ -130,7 +130,7 @@ def setup_telemetry(
     *,
     exporter: SpanExporter | None = None,
 ) -> Telemetry:
-    """Tracing from ``OTEL_*`` (or ``exporter``, for tests); the privacy settings from ``settings``."""
+    """Tracing from ``OTEL_*`` (or ``exporter``, for tests); privacy rules from ``settings``."""
     env = os.environ if environ is None else environ
     key = settings.hash_key.reveal().encode() if settings.hash_key else secrets.token_bytes(32)
     if settings.hash_key is None and settings.subject == "hash":
@@ -166,9 +166,9 @@ def _exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
             "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
         )
         if protocol.strip() != "http/protobuf":
-            raise ConfigError([
-                f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported; use http/protobuf"
-            ])
+            raise ConfigError(
+                [f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported; use http/protobuf"]
+            )
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         # The exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT itself.

@@ -85,6 +85,9 @@ def create_emulator_app(
         },
         on_shutdown=[state.aclose],
         openapi_config=None,
+        # Leave the process's logging alone (Litestar's default config would take over the root
+        # logger, and with it every library's INFO lines).
+        logging_config=None,
     )
 
 

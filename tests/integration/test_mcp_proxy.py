@@ -1,0 +1,129 @@
+"""The guarded proxy end to end with the official MCP client and real servers on loopback:
+client → broker process (/v1/mcp) → emulator process (/connect/.../mcp, rpcReqMatch checked by
+node) → demo MCP server (official SDK). The same messages sent straight to the emulator with the
+minted token get the same allow/deny."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from mcp import MCPError
+
+from broker.demo import MCP_PATH, create_demo_mcp_app, seed_dev_connections
+from tests.demo.demo_harness import mcp_session
+from tests.emulator.loopback import LoopbackServer
+from tests.integration.conftest import API_KEY, Keys, Process
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def demo_mcp_url() -> Iterator[str]:
+    with LoopbackServer(create_demo_mcp_app()) as server:
+        yield f"{server.url}{MCP_PATH}"
+
+
+@pytest.fixture
+async def seeded(emulator: Process, demo_mcp_url: str) -> None:
+    await seed_dev_connections(emulator.url, API_KEY, demo_mcp_url)
+
+
+def tool_names(result: Any) -> set[str]:
+    return {tool.name for tool in result.tools}
+
+
+def text_of(result: Any) -> str:
+    return " ".join(getattr(item, "text", "") for item in result.content)
+
+
+async def test_owner_lists_and_calls_tools_through_the_proxy(
+    broker: Process, seeded: None, keys: Keys
+) -> None:
+    jwt = keys.jwt("alice", email_verified=True)
+    async with mcp_session(f"{broker.url}/v1/mcp/my-app/alice-github", jwt) as session:
+        await session.initialize()
+        tools = await session.list_tools()
+        assert {"search_issues", "get_issue", "create_issue", "delete_repository"} <= tool_names(
+            tools
+        )
+        result = await session.call_tool("search_issues", {"query": "widget"})
+        assert not result.is_error
+        assert "Crash when saving an empty widget" in text_of(result)
+
+
+async def test_denied_tool_is_explained_and_the_session_keeps_working(
+    broker: Process, seeded: None, keys: Keys
+) -> None:
+    jwt = keys.jwt("sam", groups=["support"])
+    async with mcp_session(f"{broker.url}/v1/mcp/my-app/support-github", jwt) as session:
+        await session.initialize()
+        assert "get_issue" in tool_names(await session.list_tools())
+        with pytest.raises(MCPError) as denied:
+            await session.call_tool("delete_repository", {"name": "demo"})
+        assert denied.value.error.code == -32003
+        reasons = denied.value.error.data["reasons"]
+        assert {(r["rule"], r["reason"], r.get("field")) for r in reasons} == {
+            ("support-github-session", "rpc_pattern_mismatch", "method"),
+            ("support-github-readonly", "rpc_pattern_mismatch", "params.name"),
+        }
+        after = await session.call_tool("get_issue", {"number": 1})
+        assert not after.is_error
+
+
+async def test_other_users_connection_is_denied_by_metadata(
+    broker: Process, seeded: None, keys: Keys
+) -> None:
+    jwt = keys.jwt("bob", email_verified=True)
+    async with mcp_session(f"{broker.url}/v1/mcp/my-app/alice-github", jwt) as session:
+        with pytest.raises(MCPError) as denied:
+            await session.initialize()
+        assert denied.value.error.code == -32003
+        assert denied.value.error.data["reasons"][0]["reason"] == "metadata"
+
+
+async def test_smithery_stand_in_agrees_with_the_broker(
+    broker: Process, emulator: Process, seeded: None, keys: Keys
+) -> None:
+    jwt = keys.jwt("sam", groups=["support"])
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+        minted = await http.post(
+            f"{broker.url}/v1/tokens", headers={"Authorization": f"Bearer {jwt}"}
+        )
+    service_token = minted.json()["token"]
+    outcomes: dict[str, dict[str, bool]] = {}
+    for name, url, bearer in (
+        ("broker", f"{broker.url}/v1/mcp/my-app/support-github", jwt),
+        ("emulator", f"{emulator.url}/connect/my-app/support-github/mcp", service_token),
+    ):
+        async with mcp_session(url, bearer) as session:
+            await session.initialize()
+            await session.list_tools()
+            outcome: dict[str, bool] = {}
+            codes: set[int] = set()
+            for tool, arguments in (
+                ("get_issue", {"number": 1}),
+                ("search_issues", {"query": "x"}),
+                ("delete_repository", {"name": "demo"}),
+                ("create_issue", {"title": "t"}),
+            ):
+                try:
+                    await session.call_tool(tool, arguments)
+                    outcome[tool] = True
+                except MCPError as exc:
+                    codes.add(exc.error.code)
+                    outcome[tool] = False
+            assert codes == {-32003}
+            outcomes[name] = outcome
+    assert (
+        outcomes["broker"]
+        == outcomes["emulator"]
+        == {
+            "get_issue": True,
+            "search_issues": True,
+            "delete_repository": False,
+            "create_issue": False,
+        }
+    )
