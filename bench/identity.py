@@ -6,6 +6,8 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from collections.abc import Mapping
 from typing import Any, Final
 
 import jwt
@@ -16,6 +18,8 @@ AUDIENCE: Final = "token-broker-bench"
 KEY_ID: Final = "bench-k1"
 ALGORITHM: Final = "RS256"
 DEFAULT_LIFETIME_SECONDS: Final = 3600
+VERIFIED_EMAIL: Final[Mapping[str, Any]] = MappingProxyType({"email_verified": True})
+"""The default extra claims: the ``own-connections`` rule of ``policies/`` applies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,18 +29,28 @@ class Identity:
     private_key: rsa.RSAPrivateKey
     jwks_path: Path
 
-    def jwt(self, subject: str, *, lifetime_seconds: int = DEFAULT_LIFETIME_SECONDS) -> str:
-        """A JWT for ``subject`` with ``email_verified: true``, so ``own-connections`` applies."""
+    def jwt(
+        self,
+        subject: str,
+        *,
+        lifetime_seconds: int = DEFAULT_LIFETIME_SECONDS,
+        claims: Mapping[str, Any] = VERIFIED_EMAIL,
+    ) -> str:
+        """A JWT for ``subject`` with ``claims`` besides the registered ones.
+
+        By default ``email_verified: true``, so ``own-connections`` applies; R3 and R4 give
+        ``groups: ["support"]`` instead, so exactly the two ``support-github-*`` rules apply.
+        """
         now = int(time.time())
-        claims: dict[str, Any] = {
+        payload: dict[str, Any] = {
             "iss": ISSUER,
             "aud": AUDIENCE,
             "sub": subject,
             "iat": now,
             "exp": now + lifetime_seconds,
-            "email_verified": True,
+            **claims,
         }
-        return jwt.encode(claims, self.private_key, algorithm=ALGORITHM, headers={"kid": KEY_ID})
+        return jwt.encode(payload, self.private_key, algorithm=ALGORITHM, headers={"kid": KEY_ID})
 
 
 def create_identity(directory: Path) -> Identity:

@@ -1,16 +1,31 @@
--- wrk script: POST with an Authorization header (and an optional JSON body), then print the
--- run's numbers as one JSON line after the marker "BENCH-JSON " for bench/loadgen.py to parse.
--- Values come from the environment so one static script serves every scenario:
+-- wrk script: POST with an Authorization header (and an optional JSON body and extra headers),
+-- then print the run's numbers as one JSON line after the marker "BENCH-JSON " for
+-- bench/loadgen.py to parse. Values come from the environment so one script serves every scenario:
 --   BENCH_AUTHORIZATION  full header value, e.g. "Bearer eyJ..." (omitted when empty)
---   BENCH_BODY           request body (empty: no body, Content-Length: 0)
+--   BENCH_BODY           request body (empty: no body)
 --   BENCH_CONTENT_TYPE   content type of the body (default application/json)
--- The request is static (no request() function), so wrk formats it once: the cheapest client.
+--   BENCH_HEADERS        more headers, one "Name: value" per line
+--   BENCH_POOL_FILE      a file of Authorization values, one per line: each request takes the
+--                        next one (R2's JWT pool); BENCH_AUTHORIZATION is then ignored
+--   BENCH_POOL_OFFSET    0-based pool index of the first request (runs continue the rotation)
+--   BENCH_THREADS        wrk's -t: thread i sends indices offset+i, offset+i+threads, ...
+-- Without a pool the request is static (no request() function), so wrk formats it once: the
+-- cheapest client. With a pool every request is formatted in init() (one string per pool entry),
+-- so request() is a table lookup.
 
 wrk.method = "POST"
 
 local authorization = os.getenv("BENCH_AUTHORIZATION")
 if authorization ~= nil and authorization ~= "" then
   wrk.headers["Authorization"] = authorization
+end
+
+local extra = os.getenv("BENCH_HEADERS") or ""
+for line in string.gmatch(extra, "[^\n]+") do
+  local name, value = string.match(line, "^([^:]+):%s*(.-)%s*$")
+  if name ~= nil then
+    wrk.headers[name] = value
+  end
 end
 
 local body = os.getenv("BENCH_BODY")
@@ -21,13 +36,62 @@ else
   wrk.headers["Content-Length"] = "0"
 end
 
+local pool_file = os.getenv("BENCH_POOL_FILE")
+local use_pool = pool_file ~= nil and pool_file ~= ""
+
+-- Main state: the threads, so done() can read how many requests each one formatted.
+threads = {}
+function setup(thread)
+  thread:set("thread_index", #threads)
+  table.insert(threads, thread)
+end
+
+-- Thread state.
+sent = 0
+local prepared = {}
+local count = 0
+local position = 1
+local stride = 1
+
+function init(args)
+  if not use_pool then
+    return
+  end
+  for value in io.lines(pool_file) do
+    if value ~= "" then
+      wrk.headers["Authorization"] = value
+      count = count + 1
+      prepared[count] = wrk.format()
+    end
+  end
+  if count == 0 then
+    error("BENCH_POOL_FILE " .. pool_file .. " holds no Authorization value")
+  end
+  stride = tonumber(os.getenv("BENCH_THREADS") or "1")
+  local offset = tonumber(os.getenv("BENCH_POOL_OFFSET") or "0")
+  position = (offset + (thread_index or 0)) % count + 1
+end
+
+if use_pool then
+  function request()
+    local formatted = prepared[position]
+    position = (position - 1 + stride) % count + 1
+    sent = sent + 1
+    return formatted
+  end
+end
+
 function done(summary, latency, requests)
+  local formatted = 0
+  for _, thread in ipairs(threads) do
+    formatted = formatted + (thread:get("sent") or 0)
+  end
   local e = summary.errors
   io.write(string.format(
-    'BENCH-JSON {"requests": %d, "duration_us": %d, "bytes": %d, ' ..
+    'BENCH-JSON {"requests": %d, "duration_us": %d, "bytes": %d, "sent": %d, ' ..
     '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
     '"latency_us": {"p50": %.1f, "p90": %.1f, "p99": %.1f, "max": %.1f, "mean": %.1f}}\n',
-    summary.requests, summary.duration, summary.bytes,
+    summary.requests, summary.duration, summary.bytes, formatted,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.max, latency.mean))

@@ -55,14 +55,16 @@ class Server:
         return "\n".join(parts) or "(no output)"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the process has used so far (``/proc/<pid>/stat``)."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            raise HarnessError(self._failure("cannot read its CPU time")) from None
-        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the process and its live descendants have used so far.
+
+        From ``/proc/<pid>/stat``; descendants count because the emulator evaluates rpcReqMatch
+        in a child ``node`` process (the broker and the baseline have none).
+        """
+        own = _stat_fields(self.pid)
+        if own is None:
+            raise HarnessError(self._failure("cannot read its CPU time"))
+        ticks = own.cpu_ticks + sum(child.cpu_ticks for child in _descendants(self.pid))
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def check(self, path: str) -> None:
         """One GET to ``path`` must answer 200; otherwise raise with the server's output."""
@@ -95,6 +97,37 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stat:
+    pid: int
+    ppid: int
+    cpu_ticks: int
+    """utime + stime, fields 14 and 15 of proc(5)."""
+
+
+def _stat_fields(pid: int) -> _Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return _Stat(pid, int(fields[1]), int(fields[11]) + int(fields[12]))
+
+
+def _descendants(pid: int) -> list[_Stat]:
+    """Every live process below ``pid`` (one scan of ``/proc``)."""
+    stats = [s for entry in os.listdir("/proc") if entry.isdigit() and (s := _stat_fields(int(entry)))]
+    children: dict[int, list[_Stat]] = {}
+    for stat in stats:
+        children.setdefault(stat.ppid, []).append(stat)
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child.pid)
+    return found
 
 
 def listening_socket() -> socket.socket:

@@ -11,15 +11,16 @@ No HTTP here (``routes/``); Smithery is reached only through ``upstream``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from broker.cache import BoundedCache, TimedCache
 from broker.constraints import constraints_digest, render_rules
 from broker.identity import Principal
+from broker.metrics import Metrics
 from broker.policy import PolicySet
 from broker.precheck import CompiledConstraint, Decision, Target, compile_constraints, decide
-from broker.telemetry import audit
+from broker.telemetry import Telemetry, audit, deny
 from broker.upstream import SmitheryClient
 
 COMPILED_CACHE_ENTRIES: Final = 4096
@@ -33,6 +34,8 @@ class Admission:
     clock: Callable[[], float]
     exempt_lifecycle: bool = False
     connection_cache_seconds: float = 30.0
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    metrics: Metrics = field(default_factory=Metrics)
     _compiled: BoundedCache[tuple[str, str, str], tuple[CompiledConstraint, ...]] | None = None
     _connections: TimedCache[tuple[str, str], Mapping[str, Any]] | None = None
 
@@ -81,20 +84,54 @@ class Admission:
         event: str,
         connection_id: str | None,
     ) -> Decision:
-        decision = decide(
-            self.constraints_for(principal), target, message, exempt_lifecycle=self.exempt_lifecycle
-        )
         method = message.get("method")
         params = message.get("params")
         tool = params.get("name") if isinstance(params, dict) and method == "tools/call" else None
+        tool = tool if isinstance(tool, str) else None
+        with self.telemetry.span("broker.precheck") as span:
+            decision = decide(
+                self.constraints_for(principal),
+                target,
+                message,
+                exempt_lifecycle=self.exempt_lifecycle,
+            )
+            if span is not None:
+                span.set_attribute("mcp.method", str(method))
+                if tool is not None:
+                    span.set_attribute("mcp.tool.name", tool)
+                span.set_attribute("broker.namespace", target.namespace)
+                if decision.allowed:
+                    span.set_attribute("broker.decision", "allow")
+                    span.set_attribute("broker.rules.matched", [decision.rule or ""])
+                else:
+                    first = decision.reasons[0]
+                    deny(
+                        span,
+                        first.reason,
+                        {
+                            "reasons": [
+                                f"{d.rule or '-'}:{d.reason}:{d.field or ''}"
+                                for d in decision.reasons
+                            ]
+                        },
+                    )
+        reason = "" if decision.allowed else decision.reasons[0].reason
+        self.metrics.inc(
+            "broker_mcp_decisions_total",
+            (
+                ("endpoint", event.split(".")[0]),
+                ("result", "allow" if decision.allowed else "deny"),
+                ("reason", reason),
+            ),
+        )
         audit(
             event,
-            subject=principal.subject,
+            subject=self.telemetry.enduser(principal.subject),
             issuer=principal.issuer,
             namespace=target.namespace,
             connection=connection_id,
             method=method,
-            tool=tool if isinstance(tool, str) else None,
+            tool=tool,
             result="allow" if decision.allowed else "deny",
             rule=decision.rule,
             reasons=[d.reason for d in decision.reasons],

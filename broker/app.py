@@ -20,6 +20,8 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from litestar.types import Message, Scope
 
 from broker import __version__
 from broker.admission import Admission
@@ -30,10 +32,13 @@ from broker.errors import AuthenticationError, BrokerError, RequestDeniedError, 
 from broker.identity import DevSigner
 from broker.issuance import Issuance
 from broker.jwks import JwksManager, setup_verifier
+from broker.metrics import Metrics
 from broker.policy import PolicySet, load_policy_dir
 from broker.reload import PolicyReloader
-from broker.routes import admin, dev, health, precheck, proxy, tokens
+from broker.routes import admin, dev, health, observability, precheck, proxy, tokens
+from broker.routes.observability import METRIC_HELP, collect_state_metrics
 from broker.state import BrokerState
+from broker.telemetry import Telemetry, route_template, setup_telemetry
 from broker.upstream import SmitheryClient
 
 logger = logging.getLogger("broker.app")
@@ -124,21 +129,43 @@ def create_app(
     clock: Callable[[], float] = time.time,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     idp_transport: httpx.AsyncBaseTransport | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Litestar:
-    """Build the broker. Raises ``PolicyError``/``ConfigError`` listing every problem."""
+    """Build the broker. Raises ``PolicyError``/``ConfigError`` listing every problem.
+
+    ``telemetry`` defaults to what ``OTEL_*`` and ``BROKER_TELEMETRY_*`` configure.
+    """
     policies = policy_set if policy_set is not None else load_policy_dir(settings.policies.dir)
+    telemetry = telemetry or setup_telemetry(settings.telemetry)
+    metrics = Metrics(help=METRIC_HELP)
     verifier, remote_issuers = setup_verifier(settings.auth)
     if dev_signer is not None:
         verifier.add_issuer(dev_signer.rules(settings.auth.leeway_seconds), dev_signer.keys())
     keys = None
     if remote_issuers:
         keys = JwksManager(
-            verifier, remote_issuers, settings.auth, clock=clock, transport=idp_transport
+            verifier,
+            remote_issuers,
+            settings.auth,
+            clock=clock,
+            transport=idp_transport,
+            tracer_provider=telemetry.provider,
         )
     authenticator = Authenticator(
-        verifier, clock=clock, keys=keys, cache_entries=settings.auth.verified_cache_entries
+        verifier,
+        clock=clock,
+        keys=keys,
+        cache_entries=settings.auth.verified_cache_entries,
+        telemetry=telemetry,
     )
-    upstream = SmitheryClient(settings.smithery, transport=upstream_transport)
+    upstream = SmitheryClient(
+        settings.smithery,
+        transport=upstream_transport,
+        tracer_provider=telemetry.provider,
+        observe=lambda operation, seconds: metrics.observe(
+            "broker_upstream_request_duration_seconds", (("operation", operation),), seconds
+        ),
+    )
     cache = TokenCache(
         max_entries=settings.cache.max_entries,
         margin_seconds=settings.cache.refresh_margin_seconds,
@@ -151,13 +178,21 @@ def create_app(
         authenticator=authenticator,
         upstream=upstream,
         cache=cache,
-        issuance=Issuance(policy=lambda: state.policy_set, cache=cache, upstream=upstream),
+        issuance=Issuance(
+            policy=lambda: state.policy_set,
+            cache=cache,
+            upstream=upstream,
+            telemetry=telemetry,
+            metrics=metrics,
+        ),
         admission=Admission(
             policy=lambda: state.policy_set,
             upstream=upstream,
             clock=clock,
             exempt_lifecycle=settings.precheck.exempt_lifecycle,
             connection_cache_seconds=settings.precheck.connection_cache_seconds,
+            telemetry=telemetry,
+            metrics=metrics,
         ),
         clock=clock,
         reloader=PolicyReloader(
@@ -167,7 +202,10 @@ def create_app(
             interval_seconds=settings.policies.reload_interval_seconds,
         ),
         dev_signer=dev_signer,
+        telemetry=telemetry,
+        metrics=metrics,
     )
+    metrics.collectors.append(lambda: collect_state_metrics(state))
     handlers: list[Any] = [
         tokens.create_token,
         precheck.precheck,
@@ -178,6 +216,8 @@ def create_app(
     ]
     if dev_signer is not None:
         handlers.append(dev.dev_login)
+    if settings.telemetry.metrics_port == 0:
+        handlers.append(observability.metrics_route)
     cors = None
     if settings.cors.origins:
         cors = CORSConfig(
@@ -198,6 +238,30 @@ def create_app(
         if keys is not None:
             await keys.aclose()
         await upstream.aclose()
+        telemetry.shutdown()  # flushes spans still queued for export
+
+    async def count_response(message: Message, scope: Scope) -> None:
+        if message["type"] == "http.response.start":
+            metrics.inc(
+                "broker_http_requests_total",
+                (
+                    ("route", route_template(scope["path"])),
+                    ("method", str(scope.get("method", ""))),
+                    ("status", str(message["status"])),
+                ),
+            )
+
+    plugins: list[Any] = []
+    if telemetry.provider is not None:
+        plugins.append(
+            OpenTelemetryPlugin(
+                OpenTelemetryConfig(
+                    tracer_provider=telemetry.provider,
+                    scope_span_details_extractor=span_details,
+                    exclude_spans=["receive", "send"],
+                )
+            )
+        )
 
     return Litestar(
         route_handlers=handlers,
@@ -212,9 +276,18 @@ def create_app(
             title="Token Broker", version=__version__, path="/schema", create_examples=False
         ),
         on_startup=[start_background],
+        before_send=[count_response],
+        plugins=plugins,
         # Operators' tooling and tests reach the live resources through app.state.broker.
         state=State({"broker": state}),
         on_shutdown=[close_resources],
         debug=False,
         logging_config=None,
     )
+
+
+def span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
+    """Server spans are named by route template (``POST /v1/mcp/{namespace}/{connectionId}``)."""
+    method = str(scope.get("method", ""))
+    route = route_template(scope.get("path", ""))
+    return f"{method} {route}", {"http.route": route}

@@ -13,9 +13,10 @@ import hashlib
 from collections.abc import Callable
 
 from broker.cache import ExpiringCache
-from broker.errors import UnknownKeyError
+from broker.errors import AuthenticationError, UnknownKeyError
 from broker.identity import Principal, Verified, Verifier, bearer_token
 from broker.jwks import JwksManager
+from broker.telemetry import Telemetry, deny
 
 
 class Authenticator:
@@ -26,9 +27,11 @@ class Authenticator:
         clock: Callable[[], float],
         keys: JwksManager | None = None,
         cache_entries: int = 10_000,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.verifier = verifier
         self.keys = keys
+        self.telemetry = telemetry or Telemetry()
         self._clock = clock
         self._verified: ExpiringCache[Verified] = ExpiringCache(
             max_entries=cache_entries, clock=clock
@@ -36,6 +39,20 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The verified principal, or ``AuthenticationError`` with a precise ``reason``."""
+        with self.telemetry.span("broker.authenticate") as span:
+            try:
+                principal = await self._authenticate(authorization)
+            except AuthenticationError as exc:
+                deny(span, "invalid_token", {"broker.auth.reason": exc.reason})
+                raise
+            if span is not None:
+                enduser = self.telemetry.enduser(principal.subject)
+                if enduser is not None:
+                    span.set_attribute("enduser.id", enduser)
+                span.set_attribute("broker.auth.issuer", principal.issuer)
+            return principal
+
+    async def _authenticate(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)
         digest = hashlib.sha256(token.encode()).digest()
         hit = self._verified.get(digest)

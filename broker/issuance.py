@@ -15,11 +15,17 @@ from typing import Final
 
 from broker.cache import BoundedCache, CacheKey, TokenCache
 from broker.constraints import MintPlan, plan_mint, render_rules
-from broker.errors import NoMatchingRuleError, RuleNotApplicableError, UnknownRuleError
+from broker.errors import (
+    BrokerError,
+    NoMatchingRuleError,
+    RuleNotApplicableError,
+    UnknownRuleError,
+)
 from broker.identity import Principal
+from broker.metrics import Metrics
 from broker.policy import PolicySet
-from broker.telemetry import audit
-from broker.upstream import SmitheryClient
+from broker.telemetry import Telemetry, audit, deny
+from broker.upstream import MintedToken, SmitheryClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,8 @@ class Issuance:
         default_factory=lambda: BoundedCache(PLAN_CACHE_ENTRIES)
     )
     """Plans by (policy revision, JWT digest, requested rules): a repeated token renders once."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def plan(
         self, policy_set: PolicySet, principal: Principal, requested: Sequence[str]
@@ -64,7 +72,7 @@ class Issuance:
             if missing:
                 audit(
                     "token.denied",
-                    subject=principal.subject,
+                    subject=self.telemetry.enduser(principal.subject),
                     issuer=principal.issuer,
                     revision=policy_set.revision,
                     reason="rule_not_applicable",
@@ -76,7 +84,7 @@ class Issuance:
         if not applied:
             audit(
                 "token.denied",
-                subject=principal.subject,
+                subject=self.telemetry.enduser(principal.subject),
                 issuer=principal.issuer,
                 revision=policy_set.revision,
                 reason="no_matching_rule",
@@ -87,19 +95,35 @@ class Issuance:
 
     async def issue(self, principal: Principal, requested: Sequence[str] = ()) -> IssuedToken:
         policy_set = self.policy()
+        telemetry = self.telemetry
         plan_key = (policy_set.revision, principal.token_digest, tuple(requested))
-        plan = self.plans.get(plan_key) if principal.token_digest else None
-        if plan is None:
-            plan = self.plan(policy_set, principal, requested)
-            if principal.token_digest:
-                self.plans.put(plan_key, plan)
+        with telemetry.span("broker.policy.evaluate") as span:
+            plan = self.plans.get(plan_key) if principal.token_digest else None
+            if plan is None:
+                try:
+                    plan = self.plan(policy_set, principal, requested)
+                except BrokerError as exc:
+                    deny(span, exc.code)
+                    self.metrics.inc(
+                        "broker_token_decisions_total", (("result", "deny"), ("reason", exc.code))
+                    )
+                    raise
+                if principal.token_digest:
+                    self.plans.put(plan_key, plan)
+            if span is not None:
+                span.set_attribute("broker.policy.revision", policy_set.revision)
+                span.set_attribute("broker.rules.matched", list(plan.rule_ids))
+                span.set_attribute("broker.constraints.digest", plan.digest)
         key = CacheKey(principal.issuer, principal.subject, plan.digest_bytes, policy_set.revision)
-        entry, hit = await self.cache.get_or_mint(
-            key, lambda: self.upstream.mint_token(plan.constraints)
-        )
+        with telemetry.span("broker.cache.lookup") as span:
+            entry, hit = await self.cache.get_or_mint(key, lambda: self._mint(plan))
+            if span is not None:
+                span.set_attribute("broker.cache.hit", hit)
+                span.set_attribute("broker.token.fingerprint", telemetry.fingerprint(entry.token))
+        self.metrics.inc("broker_token_decisions_total", (("result", "allow"), ("reason", "")))
         audit(
             "token.issued",
-            subject=principal.subject,
+            subject=telemetry.enduser(principal.subject),
             issuer=principal.issuer,
             revision=policy_set.revision,
             rules=list(plan.rule_ids),
@@ -114,3 +138,15 @@ class Issuance:
             cache_hit=hit,
             digest=plan.digest,
         )
+
+    async def _mint(self, plan: MintPlan) -> MintedToken:
+        with self.telemetry.span("broker.token.mint") as span:
+            try:
+                minted = await self.upstream.mint_token(plan.constraints)
+            except BrokerError as exc:
+                self.metrics.inc("broker_upstream_mints_total", (("result", exc.code),))
+                if span is not None:
+                    span.set_attribute("broker.upstream.error", exc.code)
+                raise
+            self.metrics.inc("broker_upstream_mints_total", (("result", "ok"),))
+            return minted

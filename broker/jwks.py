@@ -97,6 +97,7 @@ class JwksManager:
         *,
         clock: Callable[[], float],
         transport: httpx.AsyncBaseTransport | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self._verifier = verifier
         self._auth = auth
@@ -114,6 +115,10 @@ class JwksManager:
             transport=transport,
             headers={"Accept": "application/json"},
         )
+        if tracer_provider is not None:
+            from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+            HTTPXClientInstrumentor.instrument_client(self._client, tracer_provider=tracer_provider)
         self._loop_task: asyncio.Task[None] | None = None
         self.refreshes = 0
         self.failures = 0

@@ -6,7 +6,7 @@ Holds references only; the logic lives in the modules these objects come from.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broker.admission import Admission
 from broker.authentication import Authenticator
@@ -14,8 +14,10 @@ from broker.cache import TokenCache
 from broker.config import Settings
 from broker.identity import DevSigner
 from broker.issuance import Issuance
+from broker.metrics import Metrics
 from broker.policy import PolicySet
 from broker.reload import PolicyReloader
+from broker.telemetry import Telemetry
 from broker.upstream import SmitheryClient
 
 
@@ -31,3 +33,5 @@ class BrokerState:
     clock: Callable[[], float]
     reloader: PolicyReloader
     dev_signer: DevSigner | None = None
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    metrics: Metrics = field(default_factory=Metrics)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -77,9 +78,17 @@ class SmitheryClient:
     """A pooled async client for Smithery's API, created once per app and closed on shutdown."""
 
     def __init__(
-        self, settings: SmitherySettings, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: SmitherySettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        tracer_provider: Any = None,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
+        """``tracer_provider``: trace each call (client spans, W3C context sent to Smithery).
+        ``observe``: receives (operation, seconds) for each call, for the latency histogram."""
         self._api_key = settings.api_key
+        self._observe = observe
         self._mcp_timeout = httpx.Timeout(
             settings.timeout_seconds,
             connect=settings.connect_timeout_seconds,
@@ -99,6 +108,14 @@ class SmitheryClient:
             follow_redirects=False,
             transport=transport,
         )
+        if tracer_provider is not None:
+            from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+            HTTPXClientInstrumentor.instrument_client(self._client, tracer_provider=tracer_provider)
+
+    def _timed(self, operation: str, started: float) -> None:
+        if self._observe is not None:
+            self._observe(operation, time.perf_counter() - started)
 
     @property
     def configured(self) -> bool:
@@ -112,6 +129,7 @@ class SmitheryClient:
         if self._api_key is None:
             raise UpstreamUnavailableError("The Smithery API key is not configured.")
         body = msgspec.json.encode({"policy": list(constraints)})
+        started = time.perf_counter()
         try:
             response = await self._client.post(
                 "/tokens",
@@ -130,6 +148,8 @@ class SmitheryClient:
             raise UpstreamUnavailableError(
                 "Smithery is unreachable.", retry_after_seconds=DEFAULT_RETRY_AFTER_SECONDS
             ) from None
+        finally:
+            self._timed("mint", started)
         return _read_token_response(response)
 
     async def fetch_connection(self, namespace: str, connection_id: str) -> Connection:
@@ -137,6 +157,7 @@ class SmitheryClient:
         if self._api_key is None:
             raise UpstreamUnavailableError("The Smithery API key is not configured.")
         path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}"
+        started = time.perf_counter()
         try:
             response = await self._client.get(
                 path,
@@ -150,6 +171,8 @@ class SmitheryClient:
         except httpx.TransportError as exc:
             logger.warning("smithery GET connection unreachable: %s", type(exc).__name__)
             raise UpstreamUnavailableError("Smithery is unreachable.") from None
+        finally:
+            self._timed("connection", started)
         if response.status_code == 404:
             raise ConnectionNotFoundError(f"No connection {connection_id!r} in {namespace!r}.")
         _raise_for_status(response, "GET connection")
@@ -185,6 +208,7 @@ class SmitheryClient:
         request = self._client.build_request(
             "POST", path, content=body, headers=forwarded, timeout=self._mcp_timeout
         )
+        started = time.perf_counter()
         try:
             return await self._client.send(request, stream=True)
         except httpx.TimeoutException:
@@ -192,6 +216,8 @@ class SmitheryClient:
         except httpx.TransportError as exc:
             logger.warning("smithery mcp unreachable: %s", type(exc).__name__)
             raise UpstreamUnavailableError("Smithery is unreachable.") from None
+        finally:
+            self._timed("mcp", started)
 
 
 def _raise_for_status(response: httpx.Response, what: str) -> None:

@@ -19,6 +19,7 @@ from broker.app import create_app
 from broker.config import PoliciesSettings, PrecheckSettings, Secret, Settings, SmitherySettings
 from broker.emulator import create_emulator_app
 from broker.identity import DevSigner
+from broker.telemetry import Telemetry
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-inprocess-KEY-42"
@@ -52,17 +53,24 @@ async def harness(
     policies: Path | None = None,
     *,
     upstream: Callable[[Any], httpx.AsyncBaseTransport] | None = None,
+    telemetry: Telemetry | None = None,
     **precheck: Any,
 ) -> AsyncIterator[Harness]:
-    """``upstream`` wraps the emulator's ASGI app into the broker's upstream transport."""
-    emulator_app = create_emulator_app(api_key=API_KEY)
+    """``upstream`` wraps the emulator's ASGI app into the broker's upstream transport;
+    ``telemetry`` traces both the broker and the emulator with its provider."""
+    emulator_app = create_emulator_app(
+        api_key=API_KEY, tracer_provider=telemetry.provider if telemetry else None
+    )
     transport = (upstream or (lambda app: httpx.ASGITransport(app=app)))(emulator_app)
     settings = Settings(
         policies=PoliciesSettings(dir=str(policies or ROOT / "policies")),
         smithery=SmitherySettings(base_url="http://emulator", api_key=Secret(API_KEY)),
         precheck=PrecheckSettings(**precheck),
     )
-    app = create_app(settings, dev_signer=SIGNER, upstream_transport=transport)
+    app = create_app(
+        settings, dev_signer=SIGNER, upstream_transport=transport,
+        telemetry=telemetry or Telemetry(),
+    )
     async with (
         AsyncTestClient(app) as client,
         httpx.AsyncClient(

@@ -34,6 +34,7 @@ def create_emulator_app(
     signing_key: bytes | None = None,
     clock: Clock = time.time,
     exempt_lifecycle: bool = False,
+    tracer_provider: Any = None,
 ) -> Litestar:
     """A fresh Smithery stand-in with its own connections, counters and signing key.
 
@@ -45,6 +46,10 @@ def create_emulator_app(
     ``exempt_lifecycle``: let ``initialize``, ``ping`` and ``notifications/*`` through
     ``POST /connect/{ns}/{id}/mcp`` without ``rpcReqMatch`` (namespaces, operations and metadata
     still apply). Off by default, as SMITHERY-SEMANTICS.md leaves it OPEN.
+
+    ``tracer_provider``: an OpenTelemetry tracer provider; when given, the emulator traces its
+    requests as server spans joined to the caller's trace (W3C ``traceparent``), as Smithery
+    would appear in a distributed trace.
 
     The MCP endpoint starts a ``node`` process on first use; it is stopped on shutdown, so run the
     app with its lifespan (uvicorn, or Litestar's test clients as context managers).
@@ -84,11 +89,24 @@ def create_emulator_app(
             HTTPException: _http_exception,
         },
         on_shutdown=[state.aclose],
+        plugins=_tracing(tracer_provider),
         openapi_config=None,
         # Leave the process's logging alone (Litestar's default config would take over the root
         # logger, and with it every library's INFO lines).
         logging_config=None,
     )
+
+
+def _tracing(tracer_provider: Any) -> list[Any]:
+    if tracer_provider is None:
+        return []
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    return [
+        OpenTelemetryPlugin(
+            OpenTelemetryConfig(tracer_provider=tracer_provider, exclude_spans=["receive", "send"])
+        )
+    ]
 
 
 def run_emulator(host: str, port: int, api_key: str, exempt_lifecycle: bool = False) -> None:

@@ -86,9 +86,12 @@ async def proxy_mcp(
             status_code=200,
         )
     issued = await broker.issuance.issue(principal)
-    upstream = await broker.upstream.open_mcp(
-        namespace, connection_id, body, request.headers, issued.token
-    )
+    with broker.telemetry.span("broker.proxy.forward") as span:
+        upstream = await broker.upstream.open_mcp(
+            namespace, connection_id, body, request.headers, issued.token
+        )
+        if span is not None:
+            span.set_attribute("http.response.status_code", upstream.status_code)
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in RETURNED_HEADERS}
     return Stream(
         _relay(upstream),

@@ -1,0 +1,209 @@
+"""Traces for every decision (in-memory exporter), metrics, audit lines, and privacy settings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from broker.config import Secret, TelemetrySettings
+from broker.telemetry import Telemetry, capture_audit, route_template, setup_telemetry
+from tests.inprocess import Harness, harness
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+async def traced() -> AsyncIterator[tuple[Harness, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(TelemetrySettings(subject="raw"), {}, exporter=exporter)
+    async with harness(telemetry=telemetry) as h:
+        await h.create_connection(
+            "my-app", "support-github", metadata={"connectionId": "support-github"}
+        )
+        exporter.clear()
+        yield h, exporter
+
+
+def tree(spans: tuple[ReadableSpan, ...]) -> dict[str, str | None]:
+    """span name → parent span name."""
+    by_id = {s.context.span_id: s for s in spans}
+    out: dict[str, str | None] = {}
+    for span in spans:
+        parent = by_id.get(span.parent.span_id) if span.parent else None
+        out[span.name] = parent.name if parent else None
+    return out
+
+
+def named(spans: tuple[ReadableSpan, ...], name: str) -> ReadableSpan:
+    [span] = [s for s in spans if s.name == name]
+    return span
+
+
+async def test_token_flow_span_tree_one_trace_end_to_end(
+    traced: tuple[Harness, InMemorySpanExporter],
+) -> None:
+    h, exporter = traced
+    response = await h.client.post("/v1/tokens", headers=h.auth("alice", email_verified=True))
+    assert response.status_code == 200
+    spans = exporter.get_finished_spans()
+    parents = tree(spans)
+    assert parents["POST /v1/tokens"] is None
+    assert parents["broker.authenticate"] == "POST /v1/tokens"
+    assert parents["broker.policy.evaluate"] == "POST /v1/tokens"
+    assert parents["broker.cache.lookup"] == "POST /v1/tokens"
+    assert parents["broker.token.mint"] == "broker.cache.lookup"
+    [client] = [s for s in spans if s.name == "POST" and parents[s.name] == "broker.token.mint"]
+    [emulator] = [s for s in spans if s.parent and s.parent.span_id == client.context.span_id]
+    assert emulator.name.startswith("POST /tokens")
+    assert len({s.context.trace_id for s in spans}) == 1
+    evaluate = named(spans, "broker.policy.evaluate").attributes or {}
+    assert evaluate["broker.rules.matched"] == ("own-connections",)
+    assert evaluate["broker.policy.revision"] == h.state.policy_set.revision
+    assert len(str(evaluate["broker.constraints.digest"])) == 64
+    lookup = named(spans, "broker.cache.lookup").attributes or {}
+    assert lookup["broker.cache.hit"] is False
+    assert len(str(lookup["broker.token.fingerprint"])) == 16
+    assert named(spans, "broker.authenticate").attributes["enduser.id"] == "alice"  # type: ignore[index]
+
+
+async def test_caller_trace_context_is_continued(
+    traced: tuple[Harness, InMemorySpanExporter],
+) -> None:
+    h, exporter = traced
+    await h.client.post(
+        "/v1/tokens", headers={**h.auth("alice", email_verified=True), "traceparent": TRACEPARENT}
+    )
+    server = named(exporter.get_finished_spans(), "POST /v1/tokens")
+    assert format(server.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_denied_precheck_sets_status_and_events(
+    traced: tuple[Harness, InMemorySpanExporter],
+) -> None:
+    h, exporter = traced
+    body = {
+        "namespace": "my-app",
+        "metadata": {"connectionId": "support-github"},
+        "request": {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "delete_repository", "arguments": {"x": 1}},
+        },
+    }
+    response = await h.client.post(
+        "/v1/precheck", json=body, headers=h.auth("sam", groups=["support"])
+    )
+    assert response.json()["allowed"] is False
+    span = named(exporter.get_finished_spans(), "broker.precheck")
+    attributes = span.attributes or {}
+    assert attributes["broker.decision"] == "deny"
+    assert attributes["broker.deny.reason"] == "rpc_pattern_mismatch"
+    assert attributes["mcp.method"] == "tools/call"
+    assert attributes["mcp.tool.name"] == "delete_repository"
+    assert span.status.status_code.name == "ERROR"
+    [event] = span.events
+    assert event.name == "broker.denied"
+    assert (
+        "support-github-readonly:rpc_pattern_mismatch:params.name"
+        in (event.attributes or {})["reasons"]
+    )
+
+
+async def test_failed_authentication_span_has_reason_not_token(
+    traced: tuple[Harness, InMemorySpanExporter],
+) -> None:
+    h, exporter = traced
+    response = await h.client.post("/v1/tokens", headers={"Authorization": "Bearer a.b.c"})
+    assert response.status_code == 401
+    span = named(exporter.get_finished_spans(), "broker.authenticate")
+    assert (span.attributes or {})["broker.deny.reason"] == "invalid_token"
+    assert span.events[0].attributes["broker.auth.reason"] == "malformed"  # type: ignore[index]
+    assert "a.b.c" not in json.dumps([s.to_json() for s in exporter.get_finished_spans()])
+
+
+async def test_metrics_endpoint(traced: tuple[Harness, InMemorySpanExporter]) -> None:
+    h, _ = traced
+    auth = h.auth("alice", email_verified=True)
+    await h.client.post("/v1/tokens", headers=auth)
+    await h.client.post("/v1/tokens", headers=auth)
+    await h.client.post("/v1/tokens", headers=h.auth("mallory"))
+    text = (await h.client.get("/metrics")).text
+    assert 'broker_http_requests_total{route="/v1/tokens",method="POST",status="200"} 2' in text
+    assert 'broker_http_requests_total{route="/v1/tokens",method="POST",status="403"} 1' in text
+    assert 'broker_token_decisions_total{result="deny",reason="no_matching_rule"} 1' in text
+    assert 'broker_upstream_mints_total{result="ok"} 1' in text
+    assert 'broker_cache_events_total{event="hit"} 1' in text
+    assert f'broker_policy_info{{revision="{h.state.policy_set.revision}"}} 1' in text
+    assert 'broker_upstream_request_duration_seconds_count{operation="mint"} 1' in text
+    assert "# TYPE broker_upstream_request_duration_seconds histogram" in text
+
+
+async def test_audit_line_per_decision_with_trace_id(
+    traced: tuple[Harness, InMemorySpanExporter],
+) -> None:
+    h, _ = traced
+    with capture_audit() as lines:
+        await h.client.post("/v1/tokens", headers=h.auth("alice", email_verified=True))
+        await h.client.post("/v1/tokens", headers=h.auth("mallory"))
+    records = [json.loads(line) for line in lines]
+    assert [r["event"] for r in records] == ["token.issued", "token.denied"]
+    issued = records[0]
+    assert issued["subject"] == "alice"
+    assert issued["rules"] == ["own-connections"]
+    assert len(issued["trace_id"]) == 32
+    assert len(issued["decision_id"]) == 16
+    assert issued["cache_hit"] is False
+    assert records[1]["reason"] == "no_matching_rule"
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("raw", "alice"), ("omit", None)])
+def test_subject_privacy_modes(mode: str, expected: Any) -> None:
+    telemetry = setup_telemetry(TelemetrySettings(subject=mode), {})
+    assert telemetry.enduser("alice") == expected
+
+
+def test_hashed_subject_is_keyed_and_stable() -> None:
+    key = TelemetrySettings(subject="hash", hash_key=Secret("k" * 32))
+    first, second = setup_telemetry(key, {}), setup_telemetry(key, {})
+    other = setup_telemetry(TelemetrySettings(subject="hash", hash_key=Secret("x" * 32)), {})
+    assert first.enduser("alice") == second.enduser("alice") != other.enduser("alice")
+    assert "alice" not in str(first.enduser("alice"))
+
+
+def test_tracing_off_by_default_and_from_otel_variables() -> None:
+    assert not setup_telemetry(TelemetrySettings(), {}).enabled
+    assert not setup_telemetry(TelemetrySettings(), {"OTEL_TRACES_EXPORTER": "none"}).enabled
+    assert not setup_telemetry(
+        TelemetrySettings(), {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}
+    ).enabled
+    console = setup_telemetry(TelemetrySettings(), {"OTEL_TRACES_EXPORTER": "console"})
+    assert console.enabled
+    assert console.provider is not None
+    assert console.provider.resource.attributes["service.name"] == "token-broker"
+    console.shutdown()
+
+
+def test_disabled_span_is_a_shared_noop() -> None:
+    telemetry = Telemetry()
+    with telemetry.span("x") as span:
+        assert span is None
+    assert telemetry.span("a") is telemetry.span("b")
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/v1/tokens", "/v1/tokens"),
+        ("/v1/mcp/ns/conn-1", "/v1/mcp/{namespace}/{connectionId}"),
+        ("/wp-admin.php", "unmatched"),
+        ("/schema/openapi.json", "/schema"),
+    ],
+)
+def test_route_templates_bound_cardinality(path: str, template: str) -> None:
+    assert route_template(path) == template
