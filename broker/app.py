@@ -291,3 +291,16 @@ def span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
     method = str(scope.get("method", ""))
     route = route_template(scope.get("path", ""))
     return f"{method} {route}", {"http.route": route}
+
+
+def create_metrics_app(broker_app: Litestar) -> Litestar:
+    """``/metrics`` alone, for ``BROKER_TELEMETRY_METRICS_PORT``: the same live state as
+    ``broker_app``, served on a port that can stay inside the cluster."""
+    state = broker_app.state.broker
+    return Litestar(
+        route_handlers=[observability.metrics_route],
+        dependencies={"broker": Provide(lambda: state, use_cache=True, sync_to_thread=False)},
+        openapi_config=None,
+        debug=False,
+        logging_config=None,
+    )

@@ -163,8 +163,11 @@ def check() -> int:
     return EXIT_OK
 
 
-def run_server(app: Any, host: str, port: int, *, fd: int | None = None) -> None:
-    """Run ``app`` with uvicorn (uvloop + httptools where installed).
+def run_server(
+    app: Any, host: str, port: int, *, fd: int | None = None, extra: Sequence[Any] = ()
+) -> None:
+    """Run ``app`` with uvicorn (uvloop + httptools where installed), plus ``extra`` servers
+    (``uvicorn.Config`` objects) in the same event loop.
 
     With ``fd``, serve on an already-listening inherited socket (systemd socket activation, and
     tests, which bind first so there is nothing to wait for).
@@ -179,10 +182,17 @@ def run_server(app: Any, host: str, port: int, *, fd: int | None = None) -> None
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    if fd is None:
-        server.run()
-    else:
-        server.run(sockets=[socket.socket(fileno=fd)])
+    sockets = None if fd is None else [socket.socket(fileno=fd)]
+    if not extra:
+        server.run(sockets=sockets)
+        return
+    others = [uvicorn.Server(other) for other in extra]
+
+    async def run_all() -> None:
+        await asyncio.gather(server.serve(sockets=sockets), *(o.serve() for o in others))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_all())
 
 
 def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
@@ -196,7 +206,22 @@ def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
         return EXIT_INVALID
     setup_logging()
     app = create_app(settings, policy_set=policy_set)
-    run_server(app, host or settings.server.host, port or settings.server.port, fd=fd)
+    extra = []
+    if settings.telemetry.metrics_port:
+        from broker.app import create_metrics_app
+
+        extra.append(
+            uvicorn.Config(
+                create_metrics_app(app),
+                host=host or settings.server.host,
+                port=settings.telemetry.metrics_port,
+                log_level="warning",
+                access_log=False,
+                server_header=False,
+                lifespan="off",
+            )
+        )
+    run_server(app, host or settings.server.host, port or settings.server.port, fd=fd, extra=extra)
     return EXIT_OK
 
 

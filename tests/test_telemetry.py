@@ -207,3 +207,18 @@ def test_disabled_span_is_a_shared_noop() -> None:
 )
 def test_route_templates_bound_cardinality(path: str, template: str) -> None:
     assert route_template(path) == template
+
+
+async def test_metrics_on_a_separate_port_app() -> None:
+    from litestar.testing import AsyncTestClient
+
+    from broker.app import create_metrics_app
+    from broker.config import Settings
+
+    async with harness() as h:
+        settings = Settings(telemetry=TelemetrySettings(metrics_port=9100))
+        assert settings.telemetry.metrics_port == 9100
+        await h.client.post("/v1/tokens", headers=h.auth("alice", email_verified=True))
+        async with AsyncTestClient(create_metrics_app(h.client.app)) as metrics:
+            text = (await metrics.get("/metrics")).text
+        assert 'broker_upstream_mints_total{result="ok"} 1' in text
