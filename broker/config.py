@@ -78,6 +78,21 @@ class SmitherySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Size of the upstream connection pool."""
     mcp_timeout_seconds: float = 300.0
     """Time allowed between bytes of a proxied MCP response (tool calls can be slow)."""
+    retries: int = 2
+    """Extra attempts for a token mint or connection read after a connection error, timeout,
+    429 or 5xx (never after 400/401/403; MCP messages are never retried)."""
+    retry_base_delay_seconds: float = 0.2
+    """First retry waits about this long (jittered), doubling each time..."""
+    retry_max_delay_seconds: float = 2.0
+    """...up to this; a server's ``Retry-After`` is honoured when longer."""
+    deadline_seconds: float = 10.0
+    """Total time one upstream call may take, retries included; then 504."""
+    breaker_failure_threshold: int = 5
+    """Consecutive failed calls that open the circuit (calls then fail at once with 503)."""
+    breaker_open_seconds: float = 10.0
+    """How long the circuit stays open before one probe call is let through."""
+    max_concurrent_calls: int = 64
+    """Cap on simultaneous calls to Smithery (token mints and connection reads)."""
 
 
 class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -255,6 +270,15 @@ def settings_problems(settings: Settings) -> list[str]:
         problems.append("BROKER_SMITHERY_BASE_URL: must be an http(s) URL")
     if settings.smithery.connect_timeout_seconds <= 0 or settings.smithery.timeout_seconds <= 0:
         problems.append("BROKER_SMITHERY_*TIMEOUT_SECONDS: must be greater than 0")
+    smithery = settings.smithery
+    if smithery.retries < 0 or smithery.retries > 10:
+        problems.append("BROKER_SMITHERY_RETRIES: must be between 0 and 10")
+    if not 0 < smithery.retry_base_delay_seconds <= smithery.retry_max_delay_seconds:
+        problems.append("BROKER_SMITHERY_RETRY_*_DELAY_SECONDS: need 0 < BASE <= MAX")
+    if smithery.deadline_seconds <= 0 or smithery.breaker_open_seconds <= 0:
+        problems.append("BROKER_SMITHERY_DEADLINE/BREAKER_OPEN_SECONDS: must be greater than 0")
+    if smithery.breaker_failure_threshold < 1 or smithery.max_concurrent_calls < 1:
+        problems.append("BROKER_SMITHERY_BREAKER_FAILURE_THRESHOLD/MAX_CONCURRENT_CALLS: >= 1")
     if settings.smithery.max_connections < 1:
         problems.append("BROKER_SMITHERY_MAX_CONNECTIONS: must be at least 1")
     unsupported = [a for a in settings.auth.algorithms if a not in SUPPORTED_ALGORITHMS]

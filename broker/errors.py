@@ -176,9 +176,13 @@ class UpstreamUnavailableError(UpstreamError):
     code = "upstream_unavailable"
     title = "Upstream unavailable"
 
-    def __init__(self, detail: str, *, retry_after_seconds: int = 1) -> None:
+    def __init__(
+        self, detail: str, *, retry_after_seconds: int = 1, server_retry_after: int | None = None
+    ) -> None:
         super().__init__(detail)
         self.retry_after_seconds = retry_after_seconds
+        self.server_retry_after = server_retry_after
+        """Smithery's own ``Retry-After``, when it sent one (retries wait at least that long)."""
 
 
 class UpstreamTimeoutError(UpstreamError):

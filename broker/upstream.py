@@ -14,10 +14,11 @@ The API key, the request body and the minted token never appear in exceptions or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -34,6 +35,7 @@ from broker.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from broker.resilience import ResilientCaller, RetryPolicy
 
 logger = logging.getLogger("broker.upstream")
 
@@ -84,11 +86,26 @@ class SmitheryClient:
         transport: httpx.AsyncBaseTransport | None = None,
         tracer_provider: Any = None,
         observe: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         """``tracer_provider``: trace each call (client spans, W3C context sent to Smithery).
         ``observe``: receives (operation, seconds) for each call, for the latency histogram."""
         self._api_key = settings.api_key
         self._observe = observe
+        self.caller = ResilientCaller(
+            RetryPolicy(
+                retries=settings.retries,
+                base_delay_seconds=settings.retry_base_delay_seconds,
+                max_delay_seconds=settings.retry_max_delay_seconds,
+                deadline_seconds=settings.deadline_seconds,
+                failure_threshold=settings.breaker_failure_threshold,
+                open_seconds=settings.breaker_open_seconds,
+                max_concurrent_calls=settings.max_concurrent_calls,
+            ),
+            clock=clock or time.monotonic,
+            sleep=sleep or asyncio.sleep,
+        )
         self._mcp_timeout = httpx.Timeout(
             settings.timeout_seconds,
             connect=settings.connect_timeout_seconds,
@@ -125,10 +142,15 @@ class SmitheryClient:
         await self._client.aclose()
 
     async def mint_token(self, constraints: Sequence[dict[str, Any]]) -> MintedToken:
-        """Mint a service token restricted to ``constraints`` (Smithery ORs them)."""
+        """Mint a service token restricted to ``constraints`` (Smithery ORs them), with retries
+        under the deadline and the circuit breaker."""
         if self._api_key is None:
             raise UpstreamUnavailableError("The Smithery API key is not configured.")
         body = msgspec.json.encode({"policy": list(constraints)})
+        return await self.caller.call(lambda: self._mint_once(body))
+
+    async def _mint_once(self, body: bytes) -> MintedToken:
+        assert self._api_key is not None
         started = time.perf_counter()
         try:
             response = await self._client.post(
@@ -156,6 +178,10 @@ class SmitheryClient:
         """``GET /connect/{namespace}/{connectionId}`` with the API key (for its metadata)."""
         if self._api_key is None:
             raise UpstreamUnavailableError("The Smithery API key is not configured.")
+        return await self.caller.call(lambda: self._fetch_connection_once(namespace, connection_id))
+
+    async def _fetch_connection_once(self, namespace: str, connection_id: str) -> Connection:
+        assert self._api_key is not None
         path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}"
         started = time.perf_counter()
         try:
@@ -228,9 +254,11 @@ def _raise_for_status(response: httpx.Response, what: str) -> None:
         raise UpstreamRejectedError(status, code)
     if status == 429 or status >= 500:
         logger.warning("smithery %s unavailable: status=%d", what, status)
+        header = response.headers.get("retry-after")
         raise UpstreamUnavailableError(
             f"Smithery answered {status}.",
-            retry_after_seconds=_retry_after(response.headers.get("retry-after")),
+            retry_after_seconds=_retry_after(header),
+            server_retry_after=_retry_after(header) if header else None,
         )
     if status != 200:
         logger.error("smithery %s unexpected status=%d", what, status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -21,9 +22,20 @@ API_KEY = "sk-test-SECRET-123"
 POLICY = [{"namespaces": "my-app", "ttl": 900}]
 
 
-def client(handler: Callable[[httpx.Request], httpx.Response]) -> SmitheryClient:
-    settings = SmitherySettings(base_url="https://smithery.test/", api_key=Secret(API_KEY))
-    return SmitheryClient(settings, transport=httpx.MockTransport(handler))
+SLEPT: list[float] = []
+
+
+async def no_sleep(seconds: float) -> None:
+    SLEPT.append(seconds)
+
+
+def client(handler: Callable[[httpx.Request], httpx.Response], **settings: Any) -> SmitheryClient:
+    """A client whose retries record their waits instead of sleeping."""
+    SLEPT.clear()
+    config = SmitherySettings(
+        base_url="https://smithery.test/", api_key=Secret(API_KEY), **settings
+    )
+    return SmitheryClient(config, transport=httpx.MockTransport(handler), sleep=no_sleep)
 
 
 async def test_mint_sends_api_key_and_policy() -> None:
@@ -119,3 +131,116 @@ async def test_missing_api_key_never_calls_smithery() -> None:
     with pytest.raises(UpstreamUnavailableError):
         await upstream.mint_token(POLICY)
     assert calls == []
+
+
+class Flaky:
+    """Answers from a script of statuses (or exceptions), then 200."""
+
+    def __init__(self, *script: int | type[Exception], retry_after: str | None = None) -> None:
+        self.script = list(script)
+        self.calls = 0
+        self.retry_after = retry_after
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.script:
+            step = self.script.pop(0)
+            if isinstance(step, int):
+                headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+                return httpx.Response(step, headers=headers)
+            raise step("fault", request=request)  # type: ignore[call-arg]
+        return httpx.Response(200, json={"token": "ok", "expiresAt": "2030-01-01T00:00:00Z"})
+
+
+@pytest.mark.parametrize(
+    "script",
+    [(503,), (502, 500), (429,), (httpx.ConnectError,), (httpx.ReadTimeout, 503)],
+    ids=["503", "502-500", "429", "connect-error", "timeout-then-503"],
+)
+async def test_transient_failures_are_retried(script: tuple[Any, ...]) -> None:
+    flaky = Flaky(*script)
+    minted = await client(flaky).mint_token(POLICY)
+    assert minted.token == "ok"
+    assert flaky.calls == len(script) + 1
+    assert len(SLEPT) == len(script)
+    assert all(0.1 <= wait <= 2.0 for wait in SLEPT)  # jittered, bounded
+
+
+@pytest.mark.parametrize("status", [400, 401, 403])
+async def test_refusals_are_never_retried(status: int) -> None:
+    flaky = Flaky(status)
+    with pytest.raises(UpstreamRejectedError):
+        await client(flaky).mint_token(POLICY)
+    assert flaky.calls == 1
+
+
+async def test_retries_are_bounded() -> None:
+    flaky = Flaky(503, 503, 503, 503)
+    with pytest.raises(UpstreamUnavailableError):
+        await client(flaky, retries=2).mint_token(POLICY)
+    assert flaky.calls == 3
+
+
+async def test_retry_after_is_honoured_and_deadline_respected() -> None:
+    flaky = Flaky(503, retry_after="3")
+    assert (await client(flaky).mint_token(POLICY)).token == "ok"
+    assert SLEPT == [3.0]
+    too_long = Flaky(503, retry_after="30")
+    with pytest.raises(UpstreamUnavailableError) as caught:
+        await client(too_long, deadline_seconds=5).mint_token(POLICY)
+    assert too_long.calls == 1  # waiting 30 s would overrun the 5 s deadline: give up now
+    assert caught.value.retry_after_seconds == 30
+
+
+async def test_breaker_opens_then_half_open_probe_closes_it() -> None:
+    now = [0.0]
+    flaky = Flaky(*([503] * 5))
+    upstream = SmitheryClient(
+        SmitherySettings(
+            base_url="https://s.test",
+            api_key=Secret(API_KEY),
+            retries=0,
+            breaker_failure_threshold=5,
+            breaker_open_seconds=10,
+        ),
+        transport=httpx.MockTransport(flaky),
+        sleep=no_sleep,
+        clock=lambda: now[0],
+    )
+    for _ in range(5):
+        with pytest.raises(UpstreamUnavailableError):
+            await upstream.mint_token(POLICY)
+    assert upstream.caller.breaker.state == "open"
+    with pytest.raises(UpstreamUnavailableError) as caught:
+        await upstream.mint_token(POLICY)
+    assert flaky.calls == 5  # open: failed at once, Smithery not called
+    assert caught.value.retry_after_seconds == 10
+    now[0] += 10
+    assert upstream.caller.breaker.state == "half_open"
+    assert (await upstream.mint_token(POLICY)).token == "ok"  # the probe succeeds
+    assert upstream.caller.breaker.state == "closed"
+
+
+async def test_failed_probe_reopens_breaker() -> None:
+    now = [0.0]
+    flaky = Flaky(*([503] * 3))
+    upstream = SmitheryClient(
+        SmitherySettings(
+            base_url="https://s.test",
+            api_key=Secret(API_KEY),
+            retries=0,
+            breaker_failure_threshold=2,
+            breaker_open_seconds=5,
+        ),
+        transport=httpx.MockTransport(flaky),
+        sleep=no_sleep,
+        clock=lambda: now[0],
+    )
+    for _ in range(2):
+        with pytest.raises(UpstreamUnavailableError):
+            await upstream.mint_token(POLICY)
+    now[0] += 5
+    with pytest.raises(UpstreamUnavailableError):
+        await upstream.mint_token(POLICY)  # the probe fails
+    assert upstream.caller.breaker.state == "open"
+    assert flaky.calls == 3
