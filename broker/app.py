@@ -28,7 +28,7 @@ from broker.admission import Admission
 from broker.authentication import Authenticator
 from broker.cache import TokenCache
 from broker.config import Settings
-from broker.errors import AuthenticationError, BrokerError, RequestDeniedError, UpstreamError
+from broker.errors import AuthenticationError, BrokerError, RequestDeniedError
 from broker.identity import DevSigner
 from broker.issuance import Issuance
 from broker.jwks import JwksManager, setup_verifier
@@ -100,8 +100,9 @@ def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Re
     response = problem_response(request, exc.status, exc.code, exc.title, exc.detail)
     if isinstance(exc, RequestDeniedError):
         response.content.reasons = exc.reasons
-    if isinstance(exc, UpstreamError) and exc.retry_after_seconds is not None:
-        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    retry_after = getattr(exc, "retry_after_seconds", None)
+    if isinstance(retry_after, int):
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 
@@ -170,6 +171,7 @@ def create_app(
         max_entries=settings.cache.max_entries,
         margin_seconds=settings.cache.refresh_margin_seconds,
         margin_ratio=settings.cache.refresh_margin_ratio,
+        refresh_ahead=settings.cache.refresh_ahead,
         clock=clock,
     )
     state = BrokerState(

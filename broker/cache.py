@@ -4,8 +4,11 @@ The only module that imports cachetools.
 Tokens are keyed by (issuer, subject, constraints digest, policy revision), so a policy change or
 a different rule selection can never serve an old token. A token is served only while its
 remaining life is at least the refresh margin: the larger of ``margin_seconds`` and
-``margin_ratio`` of its lifetime. The cache is bounded (LRU). Concurrent misses for one key share
-one upstream call; a failed mint is not cached and every waiter receives the same error.
+``margin_ratio`` of its lifetime; within one more margin of that, the next token is minted in the
+background (refresh-ahead). When a refresh fails, a token past its margin but not expired is
+served rather than an error, never past its expiry. The cache is bounded (LRU). Concurrent
+misses for one key share one upstream call; a failed mint is not cached and every waiter
+receives the same error.
 
 Time comes from the injected ``clock``. This module knows nothing of HTTP or Smithery.
 """
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 from typing import Final, Generic, NamedTuple, Protocol, TypeVar
 
 import cachetools
+
+from broker.errors import UpstreamError
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -67,6 +72,10 @@ class CacheStats:
     waits: int = 0
     """Requests that joined another request's in-flight mint."""
     evictions: int = 0
+    refreshes_ahead: int = 0
+    """Background mints started before a served token reached its margin."""
+    stale_served: int = 0
+    """Tokens served past their margin (never past expiry) because a refresh failed."""
 
 
 class LRU(Generic[K, V]):
@@ -114,9 +123,11 @@ class TokenCache:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         margin_seconds: float = DEFAULT_MARGIN_SECONDS,
         margin_ratio: float = DEFAULT_MARGIN_RATIO,
+        refresh_ahead: bool = True,
         clock: Callable[[], float],
     ) -> None:
         self.stats = CacheStats()
+        self._refresh_ahead = refresh_ahead
         self._entries: LRU[CacheKey, CachedToken] = LRU(max_entries, self._count_eviction)
         self._margin_seconds = margin_seconds
         self._margin_ratio = margin_ratio
@@ -147,26 +158,61 @@ class TokenCache:
         return None
 
     async def get_or_mint(
-        self, key: CacheKey, mint: Callable[[], Awaitable[Minted]]
+        self,
+        key: CacheKey,
+        mint: Callable[[], Awaitable[Minted]],
+        before_mint: Callable[[], None] | None = None,
     ) -> tuple[CachedToken, bool]:
         """The cached token for ``key`` or a freshly minted one; the flag says it was a hit.
 
         The mint runs in its own task, so a caller that goes away does not cancel it for the
-        others waiting on the same key.
+        others waiting on the same key. ``before_mint`` runs only when this call starts a mint
+        (not on hits, joins or refresh-ahead).
         """
-        entry = self.lookup(key)
-        if entry is not None:
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires_at <= now:
+            self._entries.pop(key)
+            entry = None
+        if entry is not None and self.servable(entry, now):
             self.stats.hits += 1
+            if self._refresh_ahead and key not in self._inflight and self._due(entry, now):
+                # Mint the next token now, in the background, so it is ready before this one
+                # reaches its margin; this request is served the current one.
+                self.stats.refreshes_ahead += 1
+                self._start(key, mint)
             return entry, True
         self.stats.misses += 1
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._mint(key, mint))
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._finish(key, done))
+            if before_mint is not None:
+                before_mint()  # e.g. a per-user mint limit; raising stops the mint
+            task = self._start(key, mint)
         else:
             self.stats.waits += 1
-        return await asyncio.shield(task), False
+        try:
+            return await asyncio.shield(task), False
+        except UpstreamError:
+            # Smithery failed; a token past its refresh margin but not yet expired is still a
+            # valid token: serve it rather than fail (never past its expiry).
+            if entry is not None and entry.expires_at > self._clock():
+                self.stats.stale_served += 1
+                return entry, True
+            raise
+
+    def _due(self, entry: CachedToken, now: float) -> bool:
+        """Within one more margin of the refresh margin: time to prepare the next token."""
+        lifetime = entry.expires_at - entry.minted_at
+        margin = max(self._margin_seconds, self._margin_ratio * lifetime)
+        return entry.expires_at - now < 2 * margin
+
+    def _start(
+        self, key: CacheKey, mint: Callable[[], Awaitable[Minted]]
+    ) -> asyncio.Task[CachedToken]:
+        task = asyncio.ensure_future(self._mint(key, mint))
+        self._inflight[key] = task
+        task.add_done_callback(lambda done: self._finish(key, done))
+        return task
 
     async def _mint(self, key: CacheKey, mint: Callable[[], Awaitable[Minted]]) -> CachedToken:
         minted_at = self._clock()

@@ -158,6 +158,17 @@ class CorsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Browser origins allowed to call the broker (comma-separated). Empty: CORS off."""
 
 
+class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    mint_rate_per_second: float = 0.5
+    """Service-token mints per user per second (sustained); 0 disables the limit."""
+    mint_burst: int = 10
+    """Mints a user may make at once before the rate applies."""
+    request_rate_per_second: float = 50.0
+    """``/v1/precheck`` and ``/v1/mcp`` requests per user per second; 0 disables the limit."""
+    request_burst: int = 100
+    """Requests a user may make at once before the rate applies."""
+
+
 class PrecheckSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     exempt_lifecycle: bool = False
     """Let ``initialize``, ``ping`` and ``notifications/*`` skip rpcReqMatch (Smithery must be
@@ -177,6 +188,8 @@ class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A cached token is served only while this much of its life is left..."""
     refresh_margin_ratio: float = 0.2
     """...or this fraction of its lifetime, whichever is larger."""
+    refresh_ahead: bool = True
+    """Mint a user's next token in the background when the current one nears its margin."""
 
 
 class TelemetrySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -208,6 +221,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     cors: CorsSettings = msgspec.field(default_factory=CorsSettings)
     precheck: PrecheckSettings = msgspec.field(default_factory=PrecheckSettings)
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
@@ -320,6 +334,11 @@ def settings_problems(settings: Settings) -> list[str]:
         problems.append("BROKER_PRECHECK_MAX_DEPTH: must be between 4 and 512")
     if settings.precheck.connection_cache_seconds < 0:
         problems.append("BROKER_PRECHECK_CONNECTION_CACHE_SECONDS: must not be negative")
+    limits = settings.limits
+    if limits.mint_rate_per_second < 0 or limits.request_rate_per_second < 0:
+        problems.append("BROKER_LIMITS_*_RATE_PER_SECOND: must not be negative")
+    if limits.mint_burst < 1 or limits.request_burst < 1:
+        problems.append("BROKER_LIMITS_*_BURST: must be at least 1")
     if settings.cache.max_entries < 1:
         problems.append("BROKER_CACHE_MAX_ENTRIES: must be at least 1")
     if settings.cache.refresh_margin_seconds < 0:

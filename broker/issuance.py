@@ -24,6 +24,7 @@ from broker.errors import (
 from broker.identity import Principal
 from broker.metrics import Metrics
 from broker.policy import PolicySet
+from broker.ratelimit import RateLimiter
 from broker.telemetry import Telemetry, audit, deny
 from broker.upstream import MintedToken, SmitheryClient
 
@@ -55,6 +56,8 @@ class Issuance:
     """Plans by (policy revision, JWT digest, requested rules): a repeated token renders once."""
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)
+    mint_limit: RateLimiter | None = None
+    """Per-user limit on mints (cache hits are not limited)."""
 
     def plan(
         self, policy_set: PolicySet, principal: Principal, requested: Sequence[str]
@@ -116,7 +119,12 @@ class Issuance:
                 span.set_attribute("broker.constraints.digest", plan.digest)
         key = CacheKey(principal.issuer, principal.subject, plan.digest_bytes, policy_set.revision)
         with telemetry.span("broker.cache.lookup") as span:
-            entry, hit = await self.cache.get_or_mint(key, lambda: self._mint(plan))
+            limit = self.mint_limit
+            entry, hit = await self.cache.get_or_mint(
+                key,
+                lambda: self._mint(plan),
+                None if limit is None else lambda: limit.check(principal.issuer, principal.subject),
+            )
             if span is not None:
                 span.set_attribute("broker.cache.hit", hit)
                 span.set_attribute("broker.token.fingerprint", telemetry.fingerprint(entry.token))

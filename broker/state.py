@@ -16,6 +16,7 @@ from broker.identity import DevSigner
 from broker.issuance import Issuance
 from broker.metrics import Metrics
 from broker.policy import PolicySet
+from broker.ratelimit import RateLimiter
 from broker.reload import PolicyReloader
 from broker.telemetry import Telemetry
 from broker.upstream import SmitheryClient
@@ -32,6 +33,7 @@ class BrokerState:
     admission: Admission
     clock: Callable[[], float]
     reloader: PolicyReloader
+    request_limit: RateLimiter | None = None
     dev_signer: DevSigner | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)

@@ -72,7 +72,7 @@ async def test_second_request_is_a_hit() -> None:
 )
 async def test_refresh_margin_honoured(lifetime: float, elapsed: float, served: bool) -> None:
     clock = Clock()
-    cache = TokenCache(clock=clock)
+    cache = TokenCache(clock=clock, refresh_ahead=False)
     mint = Minter(clock, lifetime)
     await cache.get_or_mint(key(), mint)
     clock.now += elapsed
@@ -176,3 +176,51 @@ def test_cached_token_repr_hides_token() -> None:
     from broker.cache import CachedToken
 
     assert "secret-token" not in repr(CachedToken("secret-token", 1.0, 0.0))
+
+
+async def test_refresh_ahead_prepares_next_token_before_the_margin() -> None:
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    mint = Minter(clock, lifetime=900)  # margin 180 s; refresh-ahead inside 360 s
+    await cache.get_or_mint(key(), mint)
+    clock.now += 500  # 400 s left: not yet due
+    entry, hit = await cache.get_or_mint(key(), mint)
+    assert (entry.token, hit, mint.calls) == ("tok-1", True, 1)
+    clock.now += 100  # 300 s left: due; served the current token, next one minted behind
+    entry, hit = await cache.get_or_mint(key(), mint)
+    assert (entry.token, hit) == ("tok-1", True)
+    await asyncio.sleep(0)  # let the background mint run
+    await asyncio.sleep(0)
+    assert mint.calls == 2
+    assert cache.stats.refreshes_ahead == 1
+    entry, hit = await cache.get_or_mint(key(), mint)
+    assert (entry.token, hit) == ("tok-2", True)
+
+
+async def test_valid_token_served_when_refresh_fails_never_past_expiry() -> None:
+    clock = Clock()
+    cache = TokenCache(clock=clock, refresh_ahead=False)
+    mint = Minter(clock, lifetime=900)
+    await cache.get_or_mint(key(), mint)
+    mint.error = UpstreamUnavailableError("down")
+    clock.now += 800  # past the margin, 100 s before expiry
+    entry, hit = await cache.get_or_mint(key(), mint)
+    assert (entry.token, hit) == ("tok-1", True)
+    assert cache.stats.stale_served == 1
+    clock.now += 100  # expired now: nothing valid to fall back on
+    with pytest.raises(UpstreamUnavailableError):
+        await cache.get_or_mint(key(), mint)
+    assert entry.expires_at <= clock.now
+
+
+async def test_stale_token_served_even_when_smithery_refuses_a_new_mint() -> None:
+    from broker.errors import UpstreamRejectedError
+
+    clock = Clock()
+    cache = TokenCache(clock=clock, refresh_ahead=False)
+    mint = Minter(clock, lifetime=900)
+    await cache.get_or_mint(key(), mint)
+    clock.now += 800
+    mint.error = UpstreamRejectedError(401, "unauthorized")
+    entry, _ = await cache.get_or_mint(key(), mint)  # still valid: served (Smithery refused)
+    assert entry.token == "tok-1"

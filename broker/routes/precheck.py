@@ -53,6 +53,8 @@ async def precheck(
     request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
 ) -> PrecheckResponse:
     principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
+    if broker.request_limit is not None:
+        broker.request_limit.check(principal.issuer, principal.subject)
     limits = broker.settings.precheck
     body = await request.body()
     if len(body) > limits.max_body_bytes:

@@ -57,6 +57,8 @@ async def proxy_mcp(
     broker: NamedDependency[BrokerState],
 ) -> Response[Any]:
     principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
+    if broker.request_limit is not None:
+        broker.request_limit.check(principal.issuer, principal.subject)
     check_name("namespace", namespace)
     check_name("connectionId", connection_id)
     limits = broker.settings.precheck

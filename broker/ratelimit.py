@@ -1,0 +1,77 @@
+"""Per-subject rate limits: token buckets, bounded in memory, with an injected clock.
+
+One noisy client must not starve the others: each (issuer, subject) gets its own bucket of
+``burst`` requests refilled at ``rate_per_second``. A refused request learns when to retry
+(``Retry-After``). Buckets live in a bounded LRU, so a flood of distinct subjects cannot grow
+memory without limit. Limits apply per broker process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from broker.cache import LRU
+from broker.errors import CallerError
+
+DEFAULT_MAX_SUBJECTS: Final = 100_000
+
+
+class RateLimitedError(CallerError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        *,
+        rate_per_second: float,
+        burst: int,
+        clock: Callable[[], float],
+        what: str,
+        max_subjects: int = DEFAULT_MAX_SUBJECTS,
+    ) -> None:
+        self._rate = rate_per_second
+        self._burst = float(burst)
+        self._clock = clock
+        self._what = what
+        self._buckets: LRU[tuple[str, str], _Bucket] = LRU(max_subjects)
+        self.refused = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._rate > 0
+
+    def check(self, issuer: str, subject: str) -> None:
+        """Take one token from the subject's bucket or raise ``RateLimitedError``."""
+        if self._rate <= 0:
+            return
+        now = self._clock()
+        key = (issuer, subject)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = _Bucket(self._burst, now)
+            self._buckets[key] = bucket
+        else:
+            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
+            bucket.updated = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return
+        self.refused += 1
+        wait = math.ceil((1 - bucket.tokens) / self._rate)
+        raise RateLimitedError(f"Too many {self._what} for this user; retry later.", max(1, wait))
