@@ -19,9 +19,18 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
+from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
-from litestar.types import Message, Scope
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from broker import __version__
 from broker.admission import Admission
@@ -91,6 +100,45 @@ def problem_response(
         media_type=PROBLEM_JSON,
         headers=headers,
     )
+
+
+class HeaderLimit:
+    """Refuse requests whose headers exceed ``max_bytes`` with 431 before any work is done."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if str(scope["type"]) == "http":
+            size = sum(len(name) + len(value) for name, value in scope["headers"])
+            if size > self.max_bytes:
+                body = msgspec.json.encode(
+                    Problem(
+                        type=PROBLEM_TYPE_PREFIX + "headers_too_large",
+                        title="Request headers too large",
+                        status=431,
+                        code="headers_too_large",
+                        detail=f"Request headers may total at most {self.max_bytes} bytes.",
+                    )
+                )
+                start: HTTPResponseStartEvent = {
+                    "type": "http.response.start",
+                    "status": 431,
+                    "headers": [
+                        (b"content-type", PROBLEM_JSON.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+                await send(start)
+                end: HTTPResponseBodyEvent = {
+                    "type": "http.response.body",
+                    "body": body,
+                    "more_body": False,
+                }
+                await send(end)
+                return
+        await self.app(scope, receive, send)
 
 
 def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response[Problem]:
@@ -279,6 +327,7 @@ def create_app(
         ),
         on_startup=[start_background],
         before_send=[count_response],
+        middleware=[DefineMiddleware(HeaderLimit, max_bytes=settings.server.max_header_bytes)],
         plugins=plugins,
         # Operators' tooling and tests reach the live resources through app.state.broker.
         state=State({"broker": state}),

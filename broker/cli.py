@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, Final
 
 import msgspec
@@ -24,6 +26,7 @@ import uvicorn
 from broker import __version__
 from broker.config import (
     Secret,
+    ServerSettings,
     Settings,
     load_settings,
     unknown_env_names,
@@ -163,8 +166,47 @@ def check() -> int:
     return EXIT_OK
 
 
+class GracefulServer(uvicorn.Server):
+    """uvicorn with the broker's shutdown: on SIGTERM mark the app as draining at once
+    (``/readyz`` → 503), optionally keep serving for ``delay_seconds`` so load balancers stop
+    sending traffic, then let uvicorn stop accepting and finish in-flight requests (bounded by
+    ``timeout_graceful_shutdown``), and exit 0 instead of re-raising the signal."""
+
+    def __init__(
+        self, config: uvicorn.Config, on_drain: Callable[[], None], delay_seconds: float
+    ) -> None:
+        super().__init__(config)
+        self._on_drain = on_drain
+        self._delay_seconds = delay_seconds
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and not self._draining and self._delay_seconds > 0:
+            self._draining = True
+            self._on_drain()
+            loop = asyncio.get_event_loop()
+            loop.call_soon_threadsafe(
+                loop.call_later, self._delay_seconds, lambda: self._exit(sig, frame)
+            )
+            return
+        self._on_drain()
+        self._exit(sig, frame)
+
+    def _exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal after a graceful stop; a drained broker exits 0.
+        self._captured_signals.clear()
+
+
 def run_server(
-    app: Any, host: str, port: int, *, fd: int | None = None, extra: Sequence[Any] = ()
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    fd: int | None = None,
+    extra: Sequence[Any] = (),
+    server_settings: ServerSettings | None = None,
+    on_drain: Callable[[], None] = lambda: None,
 ) -> None:
     """Run ``app`` with uvicorn (uvloop + httptools where installed), plus ``extra`` servers
     (``uvicorn.Config`` objects) in the same event loop.
@@ -172,6 +214,7 @@ def run_server(
     With ``fd``, serve on an already-listening inherited socket (systemd socket activation, and
     tests, which bind first so there is nothing to wait for).
     """
+    limits = server_settings or ServerSettings()
     config = uvicorn.Config(
         app,
         host=host,
@@ -180,16 +223,21 @@ def run_server(
         access_log=False,
         server_header=False,
         lifespan="on",
+        timeout_keep_alive=limits.keep_alive_seconds,
+        timeout_graceful_shutdown=limits.drain_timeout_seconds,
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(config, on_drain, limits.shutdown_delay_seconds)
     sockets = None if fd is None else [socket.socket(fileno=fd)]
-    if not extra:
-        server.run(sockets=sockets)
-        return
     others = [uvicorn.Server(other) for other in extra]
 
     async def run_all() -> None:
-        await asyncio.gather(server.serve(sockets=sockets), *(o.serve() for o in others))
+        serving = asyncio.ensure_future(server.serve(sockets=sockets))
+        # The main server owns the signals; the others stop when it has stopped.
+        extra_tasks = [asyncio.ensure_future(other._serve()) for other in others]
+        await serving
+        for other in others:
+            other.should_exit = True
+        await asyncio.gather(*extra_tasks)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_all())
@@ -221,7 +269,16 @@ def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
                 lifespan="off",
             )
         )
-    run_server(app, host or settings.server.host, port or settings.server.port, fd=fd, extra=extra)
+    state = app.state.broker
+    run_server(
+        app,
+        host or settings.server.host,
+        port or settings.server.port,
+        fd=fd,
+        extra=extra,
+        server_settings=settings.server,
+        on_drain=lambda: setattr(state, "draining", True),
+    )
     return EXIT_OK
 
 

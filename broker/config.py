@@ -213,6 +213,17 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Interface ``broker serve`` listens on (``0.0.0.0`` in containers)."""
     port: int = 8080
     """Port ``broker serve`` listens on."""
+    shutdown_delay_seconds: float = 0.0
+    """On SIGTERM, keep serving this long with ``/readyz`` answering 503 (so load balancers stop
+    sending traffic) before closing the listener."""
+    drain_timeout_seconds: int = 25
+    """Then wait at most this long for in-flight requests to finish before exiting."""
+    keep_alive_seconds: int = 5
+    """Idle keep-alive connections are closed after this long."""
+    body_timeout_seconds: float = 10.0
+    """A request body must arrive within this time (slow clients cannot hold a worker); 408."""
+    max_header_bytes: int = 16 * 1024
+    """Requests whose headers are larger are refused with 431."""
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -354,6 +365,13 @@ def settings_problems(settings: Settings) -> list[str]:
         problems.append("BROKER_TELEMETRY_SUBJECT: must be raw, hash or omit")
     if not 0 <= settings.telemetry.metrics_port < 65536:
         problems.append("BROKER_TELEMETRY_METRICS_PORT: must be 0 or a TCP port number")
+    server = settings.server
+    if server.shutdown_delay_seconds < 0 or server.drain_timeout_seconds < 0:
+        problems.append("BROKER_SERVER_SHUTDOWN_DELAY/DRAIN_TIMEOUT_SECONDS: must not be negative")
+    if server.keep_alive_seconds < 1 or server.body_timeout_seconds <= 0:
+        problems.append("BROKER_SERVER_KEEP_ALIVE/BODY_TIMEOUT_SECONDS: must be positive")
+    if not 1024 <= server.max_header_bytes <= 1024 * 1024:
+        problems.append("BROKER_SERVER_MAX_HEADER_BYTES: must be between 1024 and 1048576")
     if not 0 < settings.server.port < 65536:
         problems.append("BROKER_SERVER_PORT: must be a TCP port number")
     return problems

@@ -34,6 +34,8 @@ class BrokerState:
     clock: Callable[[], float]
     reloader: PolicyReloader
     request_limit: RateLimiter | None = None
+    draining: bool = False
+    """Set on SIGTERM: ``/readyz`` answers 503 while in-flight requests finish."""
     dev_signer: DevSigner | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)

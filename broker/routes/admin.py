@@ -18,7 +18,7 @@ from broker.explain import explain
 from broker.identity import bearer_token
 from broker.jsonrpc import decode_strict
 from broker.precheck import Target
-from broker.routes.body import require_json
+from broker.routes.body import read_body, require_json
 from broker.routes.names import NAME_PATTERN
 from broker.state import BrokerState
 
@@ -53,7 +53,10 @@ async def explain_route(
 ) -> dict[str, Any]:
     require_admin(broker, request.headers.get("authorization"))
     require_json(request.headers.get("content-type"))
-    parsed = decode_strict(await request.body(), max_depth=broker.settings.precheck.max_depth + 1)
+    parsed = decode_strict(
+        await read_body(request, broker.settings.server.body_timeout_seconds),
+        max_depth=broker.settings.precheck.max_depth + 1,
+    )
     try:
         body = msgspec.convert(parsed, ExplainRequest, strict=True)
     except msgspec.ValidationError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 import msgspec
@@ -48,7 +49,7 @@ def require_json(content_type: str | None) -> None:
         raise UnsupportedMediaTypeError("Send the body as application/json.")
 
 
-async def read_body(request: Request[Any, Any, Any]) -> bytes:
+async def read_body(request: Request[Any, Any, Any], timeout_seconds: float = 10.0) -> bytes:
     """The request body, without touching the receive channel when none was declared.
 
     A POST without ``Content-Length`` (or with 0) and without ``Transfer-Encoding`` has no body
@@ -57,4 +58,21 @@ async def read_body(request: Request[Any, Any, Any]) -> bytes:
     headers = request.headers
     if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
         return b""
-    return await request.body()
+    return await read_body_within(request, timeout_seconds)
+
+
+class RequestTimeoutError(CallerError):
+    status = 408
+    code = "request_timeout"
+    title = "Request body too slow"
+
+
+async def read_body_within(request: Request[Any, Any, Any], seconds: float) -> bytes:
+    """The whole body, or 408 when it does not arrive in time (slow clients hold no worker)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.body()
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"The request body did not arrive within {seconds:g} s."
+        ) from None

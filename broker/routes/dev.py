@@ -12,7 +12,7 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 
 from broker.errors import InvalidRequestError
-from broker.routes.body import decode_json_body
+from broker.routes.body import decode_json_body, read_body
 from broker.state import BrokerState
 
 DEV_TOKEN_LIFETIME_SECONDS: Final = 3600
@@ -36,7 +36,10 @@ async def dev_login(
     request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
 ) -> Response[LoginResponse]:
     claims = decode_json_body(
-        await request.body(), request.headers.get("content-type"), dict[str, Any], {}
+        await read_body(request, broker.settings.server.body_timeout_seconds),
+        request.headers.get("content-type"),
+        dict[str, Any],
+        {},
     )
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or len(subject) > 256:

@@ -32,6 +32,7 @@ def readyz(broker: NamedDependency[BrokerState]) -> Response[Readiness]:
         "policies": bool(broker.policy_set.rules),
         "upstream": broker.upstream.configured,
         "identity": broker.authenticator.ready,
+        "accepting": not broker.draining,
     }
     ready = all(checks.values())
     return Response(

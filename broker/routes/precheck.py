@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from broker.errors import InvalidRequestError, PayloadTooLargeError
 from broker.jsonrpc import check_message, decode_strict
 from broker.precheck import Target
-from broker.routes.body import require_json
+from broker.routes.body import read_body, require_json
 from broker.routes.names import NAME_PATTERN
 from broker.state import BrokerState
 
@@ -56,7 +56,7 @@ async def precheck(
     if broker.request_limit is not None:
         broker.request_limit.check(principal.issuer, principal.subject)
     limits = broker.settings.precheck
-    body = await request.body()
+    body = await read_body(request, broker.settings.server.body_timeout_seconds)
     if len(body) > limits.max_body_bytes:
         raise PayloadTooLargeError(f"The body may be at most {limits.max_body_bytes} bytes.")
     require_json(request.headers.get("content-type"))

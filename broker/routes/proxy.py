@@ -23,7 +23,7 @@ from litestar.response import Stream
 from broker.errors import PayloadTooLargeError, RequestDeniedError
 from broker.jsonrpc import check_message, decode_strict, is_notification
 from broker.precheck import Target
-from broker.routes.body import require_json
+from broker.routes.body import read_body, require_json
 from broker.routes.names import check_name
 from broker.state import BrokerState
 
@@ -62,7 +62,7 @@ async def proxy_mcp(
     check_name("namespace", namespace)
     check_name("connectionId", connection_id)
     limits = broker.settings.precheck
-    body = await request.body()
+    body = await read_body(request, broker.settings.server.body_timeout_seconds)
     if len(body) > limits.max_body_bytes:
         raise PayloadTooLargeError(f"The body may be at most {limits.max_body_bytes} bytes.")
     require_json(request.headers.get("content-type"))

@@ -55,7 +55,10 @@ async def create_token(
 ) -> Response[TokenResponse]:
     principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
     body = decode_json_body(
-        await read_body(request), request.headers.get("content-type"), TokenRequest, TokenRequest()
+        await read_body(request, broker.settings.server.body_timeout_seconds),
+        request.headers.get("content-type"),
+        TokenRequest,
+        TokenRequest(),
     )
     requested = tuple(dict.fromkeys(body.rules or ()))
     issued = await broker.issuance.issue(principal, requested)
