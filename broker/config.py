@@ -222,7 +222,7 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Idle keep-alive connections are closed after this long."""
     body_timeout_seconds: float = 10.0
     """A request body must arrive within this time (slow clients cannot hold a worker); 408."""
-    max_header_bytes: int = 16 * 1024
+    max_header_bytes: int = 32 * 1024
     """Requests whose headers are larger are refused with 431."""
 
 
