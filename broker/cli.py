@@ -446,7 +446,13 @@ def dev(*, host: str, port: int, upstream_port: int, mcp_port: int, policies: st
     servers = [
         uvicorn.Server(
             uvicorn.Config(
-                app, host=host, port=app_port, log_level="warning", lifespan="on", access_log=False
+                app,
+                host=host,
+                port=app_port,
+                log_level="warning",
+                lifespan="on",
+                access_log=False,
+                timeout_graceful_shutdown=5,
             )
         )
         for app, app_port in (

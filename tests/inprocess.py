@@ -68,7 +68,9 @@ async def harness(
         precheck=PrecheckSettings(**precheck),
     )
     app = create_app(
-        settings, dev_signer=SIGNER, upstream_transport=transport,
+        settings,
+        dev_signer=SIGNER,
+        upstream_transport=transport,
         telemetry=telemetry or Telemetry(),
     )
     async with (

@@ -1,8 +1,9 @@
 """Assembling the emulator: one Litestar app per call, and running it with uvicorn.
 
-``create_emulator_app`` builds the state, wires the routes, maps errors to Smithery-shaped
-bodies in one table (JSON-RPC error objects for the MCP endpoint, ``{error, message}`` elsewhere)
-and closes the state's resources (node oracle, MCP relay) on shutdown. Nothing here reads the
+``create_emulator_app`` builds the state, wires the routes and the fault injection
+(``faults.py``), maps errors to Smithery-shaped bodies in one table (JSON-RPC error objects for
+the MCP endpoint, ``{error, message}`` elsewhere) and closes the state's resources (node oracle,
+MCP relay) on shutdown. Nothing here reads the
 environment. The emulator must not import anything
 from ``broker`` outside ``broker/emulator/``: it is the independent party the broker is checked
 against.
@@ -10,16 +11,23 @@ against.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from litestar import Litestar, MediaType, Request, Response
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
+from litestar.middleware import DefineMiddleware
+from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from broker.emulator.clock import Clock
 from broker.emulator.errors import EmulatorError, JsonRpcEndpointError
+from broker.emulator.faults import FaultMiddleware, Faults, call_with_connection
 from broker.emulator.jsonrpc import ErrorObject, ErrorResponse
 from broker.emulator.routes import connections, control, mcp, tokens
 from broker.emulator.state import EmulatorState
@@ -35,7 +43,7 @@ def create_emulator_app(
     clock: Clock = time.time,
     exempt_lifecycle: bool = False,
     tracer_provider: Any = None,
-) -> Litestar:
+) -> EmulatorApp:
     """A fresh Smithery stand-in with its own connections, counters and signing key.
 
     ``api_key``: the bearer that acts as the account's Smithery API key (may do everything).
@@ -67,7 +75,7 @@ def create_emulator_app(
     def provide_emulator() -> EmulatorState:
         return state
 
-    return Litestar(
+    app = EmulatorApp(
         route_handlers=[
             tokens.create_token,
             connections.list_connections,
@@ -80,7 +88,10 @@ def create_emulator_app(
             control.stats,
             control.reset,
             control.introspect,
+            control.get_faults,
+            control.set_fault,
         ],
+        middleware=[DefineMiddleware(FaultMiddleware, faults=state.faults)],
         dependencies={"emulator": Provide(provide_emulator, use_cache=True, sync_to_thread=False)},
         exception_handlers={
             EmulatorError: _emulator_error,
@@ -95,6 +106,32 @@ def create_emulator_app(
         # logger, and with it every library's INFO lines).
         logging_config=None,
     )
+    app.faults = state.faults
+    return app
+
+
+class EmulatorApp(Litestar):
+    """The emulator's Litestar app: also remembers each request's server connection, so an
+    injected ``reset`` fault can drop it (``faults.call_with_connection``).
+
+    ``faults``: the app's fault injection, for servers that want to drop held requests as soon
+    as they begin to shut down (``run_emulator`` does).
+    """
+
+    faults: Faults
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            await call_with_connection(
+                super().__call__, cast("Scope", scope), cast("Receive", receive), cast("Send", send)
+            )
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def _tracing(tracer_provider: Any) -> list[Any]:
@@ -110,14 +147,34 @@ def _tracing(tracer_provider: Any) -> list[Any]:
 
 
 def run_emulator(host: str, port: int, api_key: str, exempt_lifecycle: bool = False) -> None:
-    """Serve a fresh emulator with uvicorn until interrupted (blocking)."""
-    uvicorn.run(
-        create_emulator_app(api_key, exempt_lifecycle=exempt_lifecycle),
-        host=host,
-        port=port,
-        log_level="warning",
-        lifespan="on",
-    )
+    """Serve a fresh emulator with uvicorn until interrupted (blocking).
+
+    Requests held by ``latency`` or ``hang`` faults are dropped when shutdown begins: uvicorn
+    waits for running requests before the app's own ``on_shutdown``, so that would be too late.
+    """
+    app = create_emulator_app(api_key, exempt_lifecycle=exempt_lifecycle)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    server = _ReleasingServer(config, app.faults)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(_STARTUP_FAILURE)
+
+
+_STARTUP_FAILURE = 3
+"""uvicorn's exit code when the server could not start (``uvicorn.run`` exits with it too)."""
+
+
+class _ReleasingServer(uvicorn.Server):
+    """uvicorn, dropping the requests faults hold as soon as shutdown begins."""
+
+    def __init__(self, config: uvicorn.Config, faults: Faults) -> None:
+        super().__init__(config)
+        self._faults = faults
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._faults.close()
+        await super().shutdown(sockets=sockets)
 
 
 def _emulator_error(_: Request[Any, Any, Any], error: EmulatorError) -> Response[dict[str, str]]:
@@ -125,6 +182,7 @@ def _emulator_error(_: Request[Any, Any, Any], error: EmulatorError) -> Response
         {"error": error.code, "message": error.message},
         status_code=error.status_code,
         media_type=MediaType.JSON,
+        headers=error.headers,
     )
 
 

@@ -16,8 +16,9 @@ class EmulatorError(Exception):
     status_code: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         self.message = message
+        self.headers = headers or {}
         super().__init__(message)
 
 
@@ -69,6 +70,18 @@ class NotFoundError(EmulatorError):
     code = "not_found"
 
 
+class InjectedStatusError(EmulatorError):
+    """A ``status`` fault on ``/tokens`` or the connection routes (``faults.py``): any 4xx/5xx,
+    ``error`` derived from the status's reason phrase, with ``Retry-After`` when asked."""
+
+    def __init__(
+        self, status_code: int, code: str, phrase: str, *, retry_after: int | None
+    ) -> None:
+        super().__init__(f"{phrase} (injected fault)", headers=_retry_after(retry_after))
+        self.status_code = status_code
+        self.code = code
+
+
 class ConflictError(EmulatorError):
     """A PUT that would change an existing connection's ``mcpUrl`` (OpenAPI: 409 URL mismatch)."""
 
@@ -99,9 +112,8 @@ class JsonRpcEndpointError(EmulatorError):
         request_id: RequestId | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, headers=headers)
         self.request_id = request_id
-        self.headers = headers or {}
 
 
 class JsonRpcParseError(JsonRpcEndpointError):
@@ -186,3 +198,19 @@ class McpOracleError(JsonRpcEndpointError):
     status_code = 500
     code = "internal_error"
     rpc_code = -32603
+
+
+class McpInjectedStatusError(JsonRpcEndpointError):
+    """A ``status`` fault on the MCP endpoint (``faults.py``): answered before the body is read,
+    so the id is null; ``-32000`` as for the endpoint's other non-protocol errors."""
+
+    code = "injected_fault"
+    rpc_code = -32000
+
+    def __init__(self, status_code: int, phrase: str, *, retry_after: int | None) -> None:
+        super().__init__(f"{phrase} (injected fault)", headers=_retry_after(retry_after))
+        self.status_code = status_code
+
+
+def _retry_after(seconds: int | None) -> dict[str, str]:
+    return {} if seconds is None else {"Retry-After": str(seconds)}

@@ -1,9 +1,9 @@
 """The emulator's per-app state: its secrets, its clock, its counters and its connections.
 
 One ``EmulatorState`` is built by ``create_emulator_app`` and injected into every handler, so two
-apps in one process never share anything. It holds data and the app's two resources (the node
-oracle and the MCP relay, both started on first use and closed by ``aclose`` on shutdown); routes
-give it meaning.
+apps in one process never share anything. It holds data, the injected faults (``faults.py``) and
+the app's two resources (the node oracle and the MCP relay, both started on first use and closed
+by ``aclose`` on shutdown); routes give it meaning.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 
 from broker.emulator.clock import Clock, to_epoch_ms
 from broker.emulator.connection import ConnectionStore
+from broker.emulator.faults import Faults
 from broker.emulator.principal import Principal, authenticate
 from broker.emulator.relay import McpRelay
 from broker.emulator.rpc_oracle import RpcMatchOracle
@@ -30,6 +31,11 @@ class Stats(msgspec.Struct):
     (the MCP endpoint included). On ``POST /connect/{ns}/{id}/mcp``: ``mcp_allowed`` counts
     messages the token's scope allowed, ``mcp_denied`` those it refused (403 ``-32003``), and
     ``mcp_forwarded`` those the MCP server answered (any status).
+
+    ``received_tokens``, ``received_mcp`` and ``received_connections`` count every request that
+    reached ``POST /tokens``, ``POST /connect/{ns}/{id}/mcp`` and the ``/connect`` CRUD routes,
+    faulted or not; ``faults_applied`` counts requests an injected fault applied to
+    (``faults.py``). Flat, like the other counters, so every value is an integer.
     """
 
     tokens_minted: int = 0
@@ -40,6 +46,10 @@ class Stats(msgspec.Struct):
     mcp_allowed: int = 0
     mcp_denied: int = 0
     mcp_forwarded: int = 0
+    received_tokens: int = 0
+    received_mcp: int = 0
+    received_connections: int = 0
+    faults_applied: int = 0
 
 
 @dataclass(slots=True)
@@ -58,6 +68,7 @@ class EmulatorState:
     connections: ConnectionStore = field(default_factory=ConnectionStore)
     oracle: RpcMatchOracle = field(default_factory=RpcMatchOracle)
     relay: McpRelay = field(default_factory=McpRelay)
+    faults: Faults = field(default_factory=Faults)
 
     def now_ms(self) -> int:
         return to_epoch_ms(self.clock())
@@ -68,14 +79,27 @@ class EmulatorState:
         )
 
     def snapshot_stats(self) -> Stats:
-        return msgspec.structs.replace(self.stats, connections=len(self.connections))
+        received = self.faults.received
+        return msgspec.structs.replace(
+            self.stats,
+            connections=len(self.connections),
+            received_tokens=received["tokens"],
+            received_mcp=received["mcp"],
+            received_connections=received["connections"],
+            faults_applied=self.faults.applied,
+        )
 
     def reset(self) -> None:
+        """Zero the counters, drop every connection and clear every fault (releasing the
+        requests faults hold)."""
         self.stats = Stats()
         self.connections.clear()
+        self.faults.reset()
 
     async def aclose(self) -> None:
-        """Stop the node oracle and close the relay's connections (Litestar ``on_shutdown``)."""
+        """Drop requests faults hold, stop the node oracle and close the relay's connections
+        (Litestar ``on_shutdown``)."""
+        self.faults.close()
         try:
             await self.oracle.aclose()
         finally:

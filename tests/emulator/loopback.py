@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any
@@ -30,23 +30,36 @@ def bind_loopback_socket() -> socket.socket:
     return sock
 
 
-def _config(app: Any) -> uvicorn.Config:
+def _config(app: Any, **overrides: Any) -> uvicorn.Config:
     # log_config=None: uvicorn would otherwise reconfigure the process's logging for every server.
-    return uvicorn.Config(
-        app,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    options: dict[str, Any] = {
+        "lifespan": "on",
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
 
 
 class _SignallingServer(uvicorn.Server):
-    """A uvicorn server that sets an event once startup has finished, successfully or not."""
+    """A uvicorn server that sets an event once startup has finished, successfully or not, and
+    calls ``on_shutdown`` (if any) as soon as its shutdown begins."""
 
-    def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        ready: threading.Event,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self._ready = ready
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._on_shutdown is not None:
+            self._on_shutdown()
+        await super().shutdown(sockets=sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         try:
@@ -61,13 +74,20 @@ class _SignallingServer(uvicorn.Server):
 
 
 class LoopbackServer:
-    """An ASGI app served by uvicorn in a background thread; ``url`` is its base URL."""
+    """An ASGI app served by uvicorn in a background thread; ``url`` is its base URL.
 
-    def __init__(self, app: Any) -> None:
+    ``on_shutdown``: called in the server's loop when its shutdown begins (before uvicorn waits
+    for running requests). ``config``: ``uvicorn.Config`` options, e.g. ``http="h11"``.
+    """
+
+    def __init__(
+        self, app: Any, *, on_shutdown: Callable[[], None] | None = None, **config: Any
+    ) -> None:
         self._socket = bind_loopback_socket()
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self.port: int = self._socket.getsockname()[1]
         self._ready = threading.Event()
-        self._server = _SignallingServer(_config(app), self._ready)
+        self._server = _SignallingServer(_config(app, **config), self._ready, on_shutdown)
         self._thread = threading.Thread(target=self._run, name=f"uvicorn {self.url}", daemon=True)
 
     def _run(self) -> None:

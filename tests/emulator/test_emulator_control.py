@@ -103,6 +103,10 @@ def test_stats_count_since_start(client: TestClient[Any], mint: Minter) -> None:
         "mcp_allowed": 0,
         "mcp_denied": 0,
         "mcp_forwarded": 0,
+        "received_tokens": 0,
+        "received_mcp": 0,
+        "received_connections": 0,
+        "faults_applied": 0,
     }
     token = mint({"policy": [{"namespaces": "app", "operations": "read"}]})
     client.post("/tokens", json={})
@@ -118,6 +122,10 @@ def test_stats_count_since_start(client: TestClient[Any], mint: Minter) -> None:
         "mcp_allowed": 0,
         "mcp_denied": 0,
         "mcp_forwarded": 0,
+        "received_tokens": 2,
+        "received_mcp": 0,
+        "received_connections": 3,
+        "faults_applied": 0,
     }
 
 

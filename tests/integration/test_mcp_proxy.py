@@ -28,6 +28,9 @@ def demo_mcp_url() -> Iterator[str]:
 
 @pytest.fixture
 async def seeded(emulator: Process, demo_mcp_url: str) -> None:
+    """Fresh connections on the shared emulator (another module may have seeded other URLs)."""
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+        await http.post(f"{emulator.url}/_emulator/reset")
     await seed_dev_connections(emulator.url, API_KEY, demo_mcp_url)
 
 

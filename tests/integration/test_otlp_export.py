@@ -64,6 +64,8 @@ async def test_spans_exported_to_real_receiver_and_no_secret_anywhere(
 ) -> None:
     receiver_url, spans_file = otlp_receiver
     with LoopbackServer(create_demo_mcp_app()) as demo:
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+            await http.post(f"{emulator.url}/_emulator/reset")  # connections of other modules
         await seed_dev_connections(emulator.url, API_KEY, f"{demo.url}{MCP_PATH}")
         broker: Process = start_broker(
             emulator.url,

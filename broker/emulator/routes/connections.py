@@ -39,6 +39,7 @@ from broker.emulator.errors import (
     UnauthorizedError,
     ValidationFailedError,
 )
+from broker.emulator.faults import fault_route_opt
 from broker.emulator.principal import Principal
 from broker.emulator.scope import Action
 from broker.emulator.state import EmulatorDependency, EmulatorState
@@ -47,6 +48,8 @@ AnyRequest: TypeAlias = Request[Any, Any, Any]
 
 _METADATA_QUERY_PREFIX = "metadata."
 _LIST_QUERY_KEYS = frozenset({"limit", "cursor", "name", "mcpUrl"})
+_FAULTS = fault_route_opt("connections")
+"""These routes are the ``connections`` family of injected faults (``faults.py``)."""
 
 
 class Success(msgspec.Struct, frozen=True):
@@ -55,7 +58,7 @@ class Success(msgspec.Struct, frozen=True):
     success: bool = True
 
 
-@get("/connect/{namespace:str}")
+@get("/connect/{namespace:str}", opt=_FAULTS)
 async def list_connections(
     request: AnyRequest, emulator: EmulatorDependency, namespace: FromPath[str]
 ) -> ConnectionsListResponse:
@@ -76,7 +79,7 @@ async def list_connections(
     )
 
 
-@get("/connect/{namespace:str}/{connection_id:str}")
+@get("/connect/{namespace:str}/{connection_id:str}", opt=_FAULTS)
 async def get_connection(
     request: AnyRequest,
     emulator: EmulatorDependency,
@@ -91,7 +94,7 @@ async def get_connection(
     return item.connection
 
 
-@put("/connect/{namespace:str}/{connection_id:str}")
+@put("/connect/{namespace:str}/{connection_id:str}", opt=_FAULTS)
 async def upsert_connection(
     request: AnyRequest,
     emulator: EmulatorDependency,
@@ -118,7 +121,7 @@ async def upsert_connection(
     return Response(planned.connection, status_code=201 if created else 200)
 
 
-@delete("/connect/{namespace:str}/{connection_id:str}", status_code=200)
+@delete("/connect/{namespace:str}/{connection_id:str}", status_code=200, opt=_FAULTS)
 async def delete_connection(
     request: AnyRequest,
     emulator: EmulatorDependency,

@@ -1,7 +1,8 @@
 """The emulator's own endpoints: health, and the test controls under ``/_emulator``.
 
 The controls need no authentication because the emulator only ever listens on loopback; they
-let tests look inside tokens and count what the broker asked for. Smithery has none of them.
+let tests look inside tokens, count what the broker asked for, and inject faults
+(``faults.py``). Smithery has none of them, and faults never apply to them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from litestar import Request, get, post
 
 from broker.emulator.clock import format_timestamp
 from broker.emulator.errors import InvalidRequestError, InvalidTokenError
+from broker.emulator.faults import FaultsView, decode_fault_request
 from broker.emulator.state import EmulatorDependency, Stats
 from broker.emulator.token import TokenBlock, TokenInvalidError
 
@@ -60,9 +62,25 @@ async def stats(emulator: EmulatorDependency) -> Stats:
 
 @post("/_emulator/reset", status_code=200)
 async def reset(emulator: EmulatorDependency) -> ResetResponse:
-    """Zero the counters and drop every connection. Minted tokens stay valid (same key)."""
+    """Zero the counters, drop every connection and clear every fault (held requests are
+    released). Minted tokens stay valid (same key)."""
     emulator.reset()
     return ResetResponse()
+
+
+@get("/_emulator/faults")
+async def get_faults(emulator: EmulatorDependency) -> FaultsView:
+    """The active faults and how many requests each family holds (``faults.py``)."""
+    return emulator.faults.view()
+
+
+@post("/_emulator/faults", status_code=200)
+async def set_fault(request: Request[Any, Any, Any], emulator: EmulatorDependency) -> FaultsView:
+    """Set or clear one family's fault; answers the active faults and how many held requests
+    the change released."""
+    spec = decode_fault_request(await request.body())
+    released = emulator.faults.configure(spec)
+    return emulator.faults.view(released=released)
 
 
 @post("/_emulator/introspect", status_code=200)

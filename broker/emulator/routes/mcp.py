@@ -20,6 +20,8 @@ The checks, in order (each step's error is a JSON-RPC error object except the 40
 6. the message is forwarded (``relay.py``): 502 if the connection has no ``mcpUrl`` or its server
    cannot be reached.
 
+Injected faults (``faults.py``, family ``mcp``) apply before step 1, outside this handler.
+
 Thin: this module wires those pieces and keeps the counters; it builds no error bodies.
 """
 
@@ -40,6 +42,7 @@ from broker.emulator.errors import (
     McpOracleError,
     UnauthorizedError,
 )
+from broker.emulator.faults import fault_route_opt
 from broker.emulator.jsonrpc import RpcMessage, decode_message
 from broker.emulator.principal import Principal
 from broker.emulator.relay import RelayError
@@ -52,7 +55,7 @@ AnyRequest: TypeAlias = Request[Any, Any, Any]
 MCP_PATH = "/connect/{namespace:str}/{connection_id:str}/mcp"
 
 
-@post(MCP_PATH)
+@post(MCP_PATH, opt=fault_route_opt("mcp"))
 async def post_message(
     request: AnyRequest,
     emulator: EmulatorDependency,

@@ -14,6 +14,7 @@ from litestar import Request, post
 from broker.emulator.clock import format_timestamp
 from broker.emulator.constraint import decode_mint_request
 from broker.emulator.errors import EmulatorError
+from broker.emulator.faults import fault_route_opt
 from broker.emulator.state import EmulatorDependency
 from broker.emulator.token import mint_token
 
@@ -25,7 +26,7 @@ class CreateTokenResponse(msgspec.Struct, frozen=True):
     expires_at: str = msgspec.field(name="expiresAt")
 
 
-@post("/tokens", status_code=200)
+@post("/tokens", status_code=200, opt=fault_route_opt("tokens"))
 async def create_token(
     request: Request[Any, Any, Any], emulator: EmulatorDependency
 ) -> CreateTokenResponse:
