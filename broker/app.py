@@ -19,7 +19,6 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.types import (
@@ -103,7 +102,11 @@ def problem_response(
 
 
 class HeaderLimit:
-    """Refuse requests whose headers exceed ``max_bytes`` with 431 before any work is done."""
+    """Refuse requests whose headers exceed ``max_bytes`` with 431 before any work is done.
+
+    A plain ASGI wrapper around the whole app (``broker serve`` applies it), not a Litestar
+    middleware: each Litestar middleware layer adds an exception-handling layer per request.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -327,7 +330,6 @@ def create_app(
         ),
         on_startup=[start_background],
         before_send=[count_response],
-        middleware=[DefineMiddleware(HeaderLimit, max_bytes=settings.server.max_header_bytes)],
         plugins=plugins,
         # Operators' tooling and tests reach the live resources through app.state.broker.
         state=State({"broker": state}),

@@ -269,9 +269,11 @@ def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
                 lifespan="off",
             )
         )
+    from broker.app import HeaderLimit
+
     state = app.state.broker
     run_server(
-        app,
+        HeaderLimit(app, settings.server.max_header_bytes),
         host or settings.server.host,
         port or settings.server.port,
         fd=fd,

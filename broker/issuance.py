@@ -25,7 +25,7 @@ from broker.identity import Principal
 from broker.metrics import Metrics
 from broker.policy import PolicySet
 from broker.ratelimit import RateLimiter
-from broker.telemetry import Telemetry, audit, deny
+from broker.telemetry import Telemetry, audit, audit_log, deny
 from broker.upstream import MintedToken, SmitheryClient
 
 
@@ -129,15 +129,16 @@ class Issuance:
                 span.set_attribute("broker.cache.hit", hit)
                 span.set_attribute("broker.token.fingerprint", telemetry.fingerprint(entry.token))
         self.metrics.inc("broker_token_decisions_total", (("result", "allow"), ("reason", "")))
-        audit(
-            "token.issued",
-            subject=telemetry.enduser(principal.subject),
-            issuer=principal.issuer,
-            revision=policy_set.revision,
-            rules=list(plan.rule_ids),
-            digest=plan.digest,
-            cache_hit=hit,
-        )
+        if audit_log.enabled:  # skip building the record when nobody reads it
+            audit(
+                "token.issued",
+                subject=telemetry.enduser(principal.subject),
+                issuer=principal.issuer,
+                revision=policy_set.revision,
+                rules=list(plan.rule_ids),
+                digest=plan.digest,
+                cache_hit=hit,
+            )
         return IssuedToken(
             token=entry.token,
             expires_at=entry.expires_at,

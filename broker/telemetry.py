@@ -46,6 +46,7 @@ from broker.errors import ConfigError
 logger = logging.getLogger("broker.telemetry")
 
 DEFAULT_SERVICE_NAME: Final = "token-broker"
+HASHED_SUBJECTS_KEPT: Final = 10_000
 _FORBIDDEN_FIELDS: Final = frozenset({"token", "jwt", "api_key", "authorization", "secret"})
 _ENCODER: Final = msgspec.json.Encoder()
 _NO_SPAN: Final = contextlib.nullcontext(None)
@@ -82,6 +83,7 @@ class Telemetry:
     provider: TracerProvider | None = None
     subject_mode: str = "hash"
     hash_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    _hashed: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -99,7 +101,13 @@ class Telemetry:
             return subject
         if self.subject_mode == "omit":
             return None
-        return "h:" + self.keyed_hash(subject)
+        hashed = self._hashed.get(subject)
+        if hashed is None:
+            hashed = "h:" + self.keyed_hash(subject)
+            if len(self._hashed) >= HASHED_SUBJECTS_KEPT:
+                self._hashed.clear()
+            self._hashed[subject] = hashed
+        return hashed
 
     def keyed_hash(self, value: str) -> str:
         """A short HMAC-SHA256 of ``value``: correlates records without revealing the value."""
@@ -193,6 +201,9 @@ class AuditLog:
         self.enabled = False
         self.write: Callable[[bytes], Any] = lambda data: sys.stdout.buffer.write(data)
         self._pending: list[bytes] = []
+        # Decision ids: a random per-process prefix and a counter (unique without a syscall).
+        self._prefix = secrets.token_hex(4)
+        self._sequence = 0
 
     def record(self, event: str, fields: dict[str, Any]) -> None:
         leaked = _FORBIDDEN_FIELDS.intersection(fields)
@@ -202,7 +213,8 @@ class AuditLog:
             return
         fields["time"] = round(time.time(), 3)
         fields["event"] = event
-        fields["decision_id"] = secrets.token_hex(8)
+        self._sequence += 1
+        fields["decision_id"] = f"{self._prefix}{self._sequence:08x}"
         context = trace.get_current_span().get_span_context()
         fields["trace_id"] = format(context.trace_id, "032x") if context.is_valid else None
         self._pending.append(_ENCODER.encode(fields) + b"\n")

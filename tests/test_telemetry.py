@@ -158,6 +158,7 @@ async def test_audit_line_per_decision_with_trace_id(
     assert issued["rules"] == ["own-connections"]
     assert len(issued["trace_id"]) == 32
     assert len(issued["decision_id"]) == 16
+    assert issued["decision_id"] != records[1]["decision_id"]
     assert issued["cache_hit"] is False
     assert records[1]["reason"] == "no_matching_rule"
 

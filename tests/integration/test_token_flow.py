@@ -280,3 +280,11 @@ async def test_no_secret_in_broker_output(
     for secret in (API_KEY, jwt, token, *keys.issued):
         assert secret not in output
     assert '"event":"token.issued"' in output
+
+
+async def test_oversized_headers_refused_with_431(http: httpx.AsyncClient, broker: Process) -> None:
+    response = await http.post(
+        f"{broker.url}/v1/tokens", headers={"Authorization": "Bearer x", "X-Padding": "p" * 40_000}
+    )
+    assert response.status_code == 431
+    assert response.json()["code"] == "headers_too_large"
