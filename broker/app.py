@@ -42,8 +42,19 @@ from broker.issuance import Issuance
 from broker.jwks import JwksManager, setup_verifier
 from broker.metrics import Metrics
 from broker.policy import PolicySet, load_policy_dir
+from broker.provisioning import Provisioning
+from broker.ratelimit import RateLimiter
 from broker.reload import PolicyReloader
-from broker.routes import admin, dev, health, observability, precheck, proxy, tokens
+from broker.routes import (
+    admin,
+    connections,
+    dev,
+    health,
+    observability,
+    precheck,
+    proxy,
+    tokens,
+)
 from broker.routes.observability import METRIC_HELP, collect_state_metrics
 from broker.state import BrokerState
 from broker.telemetry import Telemetry, route_template, setup_telemetry
@@ -237,6 +248,18 @@ def create_app(
             upstream=upstream,
             telemetry=telemetry,
             metrics=metrics,
+            mint_limit=RateLimiter(
+                rate_per_second=settings.limits.mint_rate_per_second,
+                burst=settings.limits.mint_burst,
+                clock=clock,
+                what="token mints",
+            ),
+        ),
+        request_limit=RateLimiter(
+            rate_per_second=settings.limits.request_rate_per_second,
+            burst=settings.limits.request_burst,
+            clock=clock,
+            what="requests",
         ),
         admission=Admission(
             policy=lambda: state.policy_set,
@@ -254,6 +277,12 @@ def create_app(
             apply=lambda new: setattr(state, "policy_set", new),
             interval_seconds=settings.policies.reload_interval_seconds,
         ),
+        provisioning=Provisioning(
+            policy=lambda: state.policy_set,
+            upstream=upstream,
+            telemetry=telemetry,
+            metrics=metrics,
+        ),
         dev_signer=dev_signer,
         telemetry=telemetry,
         metrics=metrics,
@@ -263,6 +292,10 @@ def create_app(
         tokens.create_token,
         precheck.precheck,
         proxy.proxy_mcp,
+        connections.put_connection,
+        connections.list_connections,
+        connections.get_connection,
+        connections.delete_connection,
         health.livez,
         health.readyz,
         admin.explain_route,
@@ -275,7 +308,7 @@ def create_app(
     if settings.cors.origins:
         cors = CORSConfig(
             allow_origins=list(settings.cors.origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "MCP-Protocol-Version", "traceparent"],
             allow_credentials=False,  # bearer tokens only; no cookies cross origins
             max_age=600,

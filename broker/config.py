@@ -79,8 +79,8 @@ class SmitherySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mcp_timeout_seconds: float = 300.0
     """Time allowed between bytes of a proxied MCP response (tool calls can be slow)."""
     retries: int = 2
-    """Extra attempts for a token mint or connection read after a connection error, timeout,
-    429 or 5xx (never after 400/401/403; MCP messages are never retried)."""
+    """Extra attempts for a call to Smithery's token or connection API after a connection error,
+    timeout, 429 or 5xx (never after 400/401/403; MCP messages are never retried)."""
     retry_base_delay_seconds: float = 0.2
     """First retry waits about this long (jittered), doubling each time..."""
     retry_max_delay_seconds: float = 2.0

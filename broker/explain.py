@@ -1,5 +1,6 @@
 """Dry runs of a policy set: which rules apply to some claims and why the others do not, the exact
-constraint JSON that would be sent to Smithery, and (with a request) the precheck decision.
+constraint JSON that would be sent to Smithery, the connections the user may create
+(``provision`` blocks, rendered), and (with a request) the precheck decision.
 
 Used by ``broker policy explain``, ``broker policy test`` and ``POST /v1/explain``. Pure.
 """
@@ -15,6 +16,7 @@ from broker.constraints import plan_mint, render_rules
 from broker.jsonrpc import check_message
 from broker.policy import PolicySet
 from broker.precheck import Decision, Target, compile_constraints, decide
+from broker.provisioning import render_provisioning
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,8 @@ class Explanation:
     """Exactly the ``policy`` array ``POST /tokens`` would receive (empty: 403 no_matching_rule)."""
     decision: Decision | None = None
     target: Target | None = None
+    provisioning: tuple[dict[str, Any], ...] = ()
+    """The ``provision`` blocks that apply, rendered: what ``/v1/connections`` would enforce."""
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -39,6 +43,8 @@ class Explanation:
             },
             "constraints": list(self.constraints),
         }
+        if self.provisioning:
+            out["provisioning"] = list(self.provisioning)
         if self.decision is not None:
             out["decision"] = {
                 "allowed": self.decision.allowed,
@@ -73,7 +79,9 @@ def explain(
             message,
             exempt_lifecycle=exempt_lifecycle,
         )
+    provisioning, _ = render_provisioning(policy_set, issuer, claims)
     return Explanation(
+        provisioning=tuple(provisioning),
         revision=policy_set.revision,
         issuer=issuer,
         applied=rendering.rule_ids,
@@ -100,6 +108,17 @@ def format_text(explanation: Explanation) -> str:
         lines.append("constraints sent to Smithery (POST /tokens policy):")
         text = json.dumps(list(explanation.constraints), indent=2, ensure_ascii=False)
         lines.extend(f"  {line}" for line in text.splitlines())
+    for block in explanation.provisioning:
+        lines.append("")
+        lines.append(f"connections the user may create (rule {block['rule']}, /v1/connections):")
+        lines.append(f"  namespace {block['namespace']}, ids starting {block['idPrefix']!r}")
+        lines.append(f"  metadata enforced: {json.dumps(block['metadata'], ensure_ascii=False)}")
+        if block["servers"]:
+            lines.append(f"  servers: {', '.join(block['servers'])}")
+        if block["mcpUrl"]:
+            lines.append(f"  mcpUrl matching: {', '.join(block['mcpUrl'])}")
+        limit = block["maxConnections"]
+        lines.append(f"  at most {limit} connections" if limit is not None else "  no limit")
     if explanation.decision is not None:
         decision = explanation.decision
         lines.append("")

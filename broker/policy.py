@@ -1,8 +1,10 @@
 """Policy files: the model, loading, validation, revision and rule selection.
 
 A policy set is every ``*.yaml``/``*.yml`` file directly in one directory. Each file holds
-``rules:``; each rule has an ``id``, optional ``description``, conditions under ``when`` and one
-Smithery ``Constraint`` under ``grant`` (Smithery's own field names, so its docs apply). Loading
+``rules:``; each rule has an ``id``, optional ``description``, conditions under ``when``, one
+Smithery ``Constraint`` under ``grant`` (Smithery's own field names, so its docs apply) and
+optionally a ``provision`` block: which connections its users may create through the broker,
+with the metadata the broker enforces on them. Loading
 either yields an immutable ``PolicySet`` with a content-hash ``revision``, or raises
 ``PolicyError`` listing every problem in every file (file, line, rule id, field path, message).
 
@@ -28,7 +30,20 @@ from broker.errors import PatternError, PolicyError, PolicyProblem
 RESOURCES: Final = ("connections", "servers", "namespaces", "skills")
 OPERATIONS: Final = ("read", "write", "execute")
 GRANT_FIELDS: Final = ("namespaces", "resources", "operations", "metadata", "rpcReqMatch", "ttl")
-RULE_FIELDS: Final = ("id", "description", "when", "grant")
+RULE_FIELDS: Final = ("id", "description", "when", "grant", "provision")
+PROVISION_FIELDS: Final = (
+    "namespace",
+    "metadata",
+    "idPrefix",
+    "servers",
+    "mcpUrl",
+    "maxConnections",
+)
+MAX_CONNECTIONS_LIMIT: Final = 1000
+"""Largest ``maxConnections``: counting a user's connections pages through Smithery's list."""
+ID_SEPARATORS: Final = "-_.~"
+"""Characters that may follow a placeholder in ``idPrefix`` (connection-id characters)."""
+SERVER_NAME_PATTERN: Final = re.compile(r"(@[a-z0-9][a-z0-9._-]{0,63}/)?[a-z0-9][a-z0-9._-]{0,63}")
 WHEN_FIELDS: Final = ("claims", "issuer")
 CONDITION_OPS: Final = ("equals", "in", "contains", "present", "type")
 CLAIM_TYPES: Final = ("string", "number", "boolean", "array", "object")
@@ -91,9 +106,30 @@ class Grant(msgspec.Struct, frozen=True):
     ttl_seconds: int | None = None
 
 
+class Provision(msgspec.Struct, frozen=True):
+    """Which connections a rule's users may create through the broker (``provision:``).
+
+    The broker writes ``metadata`` itself on every connection it creates, so tokens scoped by
+    that metadata (the rule's ``grant``) stay exactly as safe as the policy says.
+    """
+
+    namespace: Template
+    metadata: tuple[tuple[str, Template], ...]
+    """The enforced metadata: always written, always required to match on read and delete."""
+    id_prefix: Template
+    """Every connection id of a user starts with this (``{claims.sub}-``)."""
+    servers: tuple[str, ...] = ()
+    """Smithery registry server names the user may connect to."""
+    mcp_url: tuple[str, ...] = ()
+    """Anchored JavaScript regexes (linear-time, ``rpcmatch``) a custom ``mcpUrl`` must match."""
+    max_connections: int | None = None
+    """Per-user limit on connections carrying the enforced metadata; None: no limit."""
+
+
 class Rule(msgspec.Struct, frozen=True):
     id: str
     grant: Grant
+    provision: Provision | None = None
     description: str = ""
     claims: tuple[ClaimTest, ...] = ()
     issuers: tuple[str, ...] = ()
@@ -461,10 +497,14 @@ class _FileChecker:
             )
         else:
             grant = self._check_grant(grant_at, f"{path}.grant")
+        provision = None
+        if "provision" in body:
+            provision = self._check_provision(body["provision"], f"{path}.provision")
         if grant is None or len(self.problems) != before:
             return None
         return Rule(
             id=rule_id,
+            provision=provision,
             description=description,
             claims=claims,
             issuers=issuers,
@@ -603,6 +643,161 @@ class _FileChecker:
             ttl=ttl,
             ttl_seconds=ttl_seconds,
         )
+
+    def _check_provision(self, at: _Located, path: str) -> Provision | None:
+        if not isinstance(at.value, dict):
+            self.problem(
+                path, "must be a mapping with namespace, metadata, idPrefix and allowed targets", at
+            )
+            return None
+        body: dict[str, _Located] = at.value
+        before = len(self.problems)
+        for key, value in body.items():
+            if key not in PROVISION_FIELDS:
+                self.problem(
+                    f"{path}.{key}",
+                    f"unknown field; allowed: {', '.join(PROVISION_FIELDS)}",
+                    value.key,
+                )
+        namespace = None
+        if "namespace" not in body:
+            self.problem(f"{path}.namespace", "required: the namespace connections live in", at)
+        elif not isinstance(body["namespace"].value, str) or not body["namespace"].value:
+            self.problem(f"{path}.namespace", "must be a non-empty string", body["namespace"])
+        else:
+            namespace = self._template(
+                body["namespace"].value, f"{path}.namespace", body["namespace"], regex=False
+            )
+        metadata = None
+        if "metadata" not in body:
+            self.problem(
+                f"{path}.metadata",
+                'required: the metadata the broker enforces, e.g. {userId: "{claims.sub}"}',
+                at,
+            )
+        else:
+            metadata = self._metadata_object(body["metadata"], f"{path}.metadata")
+            if metadata is not None and all(t.is_literal for _, t in metadata):
+                # Literal metadata would give every user the same connections.
+                self.problem(
+                    f"{path}.metadata",
+                    "must interpolate at least one claim (e.g. {claims.sub}) so users' "
+                    "connections stay apart",
+                    body["metadata"],
+                )
+        id_prefix = None
+        if "idPrefix" not in body:
+            self.problem(f"{path}.idPrefix", 'required: e.g. "{claims.sub}-"', at)
+        else:
+            id_prefix = self._check_id_prefix(body["idPrefix"], f"{path}.idPrefix")
+        servers: tuple[str, ...] = ()
+        if "servers" in body:
+            servers = self._string_or_list(body["servers"], f"{path}.servers") or ()
+            bad = [s for s in servers if not SERVER_NAME_PATTERN.fullmatch(s)]
+            if bad:
+                self.problem(
+                    f"{path}.servers",
+                    f"{', '.join(map(repr, bad))} is not a Smithery server name "
+                    "(lowercase, e.g. github or @acme/tools)",
+                    body["servers"],
+                )
+        mcp_url: tuple[str, ...] = ()
+        if "mcpUrl" in body:
+            mcp_url = self._check_url_patterns(body["mcpUrl"], f"{path}.mcpUrl")
+        if "servers" not in body and "mcpUrl" not in body:
+            self.problem(path, "name the allowed targets: servers and/or mcpUrl (default deny)", at)
+        max_connections = None
+        if "maxConnections" in body:
+            limit_at = body["maxConnections"]
+            limit = limit_at.value
+            if isinstance(limit, bool) or not isinstance(limit, int):
+                self.problem(f"{path}.maxConnections", "must be a whole number", limit_at)
+            elif not 1 <= limit <= MAX_CONNECTIONS_LIMIT:
+                self.problem(
+                    f"{path}.maxConnections",
+                    f"must be from 1 to {MAX_CONNECTIONS_LIMIT}",
+                    limit_at,
+                )
+            else:
+                max_connections = limit
+        if len(self.problems) != before or namespace is None or metadata is None:
+            return None
+        if id_prefix is None:
+            return None
+        return Provision(
+            namespace=namespace,
+            metadata=metadata,
+            id_prefix=id_prefix,
+            servers=servers,
+            mcp_url=mcp_url,
+            max_connections=max_connections,
+        )
+
+    def _check_id_prefix(self, at: _Located, path: str) -> Template | None:
+        if not isinstance(at.value, str) or not at.value:
+            self.problem(path, "must be a non-empty string", at)
+            return None
+        template = self._template(at.value, path, at, regex=False)
+        if template is None:
+            return None
+        parts = template.parts
+        if template.is_literal:
+            self.problem(
+                path, "must interpolate a claim (e.g. {claims.sub}-) so users' ids differ", at
+            )
+            return None
+        for index, part in enumerate(parts):
+            if isinstance(part, ClaimRef):
+                after = parts[index + 1] if index + 1 < len(parts) else None
+                if not isinstance(after, str) or after[0] not in ID_SEPARATORS:
+                    # The claim value is then refused when it holds that separator, so two
+                    # users' prefixes can never be prefixes of each other.
+                    self.problem(
+                        path,
+                        f"each placeholder must be followed by one of {ID_SEPARATORS!r} "
+                        "so ids of two users cannot collide",
+                        at,
+                    )
+                    return None
+            elif any(not (c.isascii() and (c.isalnum() or c in ID_SEPARATORS)) for c in part):
+                self.problem(
+                    path, f"literal text may hold only letters, digits and {ID_SEPARATORS!r}", at
+                )
+                return None
+        return template
+
+    def _check_url_patterns(self, at: _Located, path: str) -> tuple[str, ...]:
+        patterns = self._string_or_list(at, path)
+        if patterns is None:
+            return ()
+        accepted = []
+        for index, pattern in enumerate(patterns):
+            item_path = path if isinstance(at.value, str) else f"{path}[{index}]"
+            where = at if isinstance(at.value, str) else at.value[index]
+            if len(pattern) > MAX_RPC_PATTERN_CHARS:
+                self.problem(
+                    item_path, f"pattern is longer than {MAX_RPC_PATTERN_CHARS} characters", where
+                )
+                continue
+            if (
+                not pattern.startswith("^")
+                or not pattern.endswith("$")
+                or _escaped(pattern, len(pattern) - 1)
+                or _top_level_alternation(pattern)
+            ):
+                self.problem(
+                    item_path,
+                    "must be anchored (^...$) so it cannot match a URL that merely contains it",
+                    where,
+                )
+                continue
+            try:
+                rpcmatch.compile_pattern(pattern)
+            except PatternError as exc:
+                self.problem(item_path, f"invalid pattern {pattern!r}: {exc.detail}", where)
+                continue
+            accepted.append(pattern)
+        return tuple(accepted)
 
     def _check_namespaces(self, at: _Located, path: str) -> Template | tuple[Template, ...] | None:
         values = self._string_or_list(at, path)
@@ -809,6 +1004,28 @@ def render_probe(template: Template) -> str:
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool))
+
+
+def _top_level_alternation(pattern: str) -> bool:
+    """Whether ``pattern`` has a ``|`` outside groups and classes (``^a|b$`` is not anchored)."""
+    depth, in_class, index = 0, False, 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            return True
+        index += 1
+    return False
 
 
 def _escaped(text: str, index: int) -> bool:

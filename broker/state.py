@@ -16,6 +16,7 @@ from broker.identity import DevSigner
 from broker.issuance import Issuance
 from broker.metrics import Metrics
 from broker.policy import PolicySet
+from broker.provisioning import Provisioning
 from broker.ratelimit import RateLimiter
 from broker.reload import PolicyReloader
 from broker.telemetry import Telemetry
@@ -33,6 +34,7 @@ class BrokerState:
     admission: Admission
     clock: Callable[[], float]
     reloader: PolicyReloader
+    provisioning: Provisioning
     request_limit: RateLimiter | None = None
     draining: bool = False
     """Set on SIGTERM: ``/readyz`` answers 503 while in-flight requests finish."""

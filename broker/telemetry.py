@@ -70,6 +70,12 @@ def route_template(path: str) -> str:
         return template
     if path.startswith("/v1/mcp/"):
         return MCP_ROUTE
+    if path.startswith("/v1/connections/"):
+        return (
+            "/v1/connections/{namespace}/{connectionId}"
+            if path.count("/") >= 4
+            else "/v1/connections/{namespace}"
+        )
     if path.startswith("/schema"):
         return "/schema"
     return "unmatched"

@@ -29,6 +29,7 @@ import msgspec
 
 from broker.config import SmitherySettings
 from broker.errors import (
+    CallerError,
     ConnectionNotFoundError,
     UpstreamProtocolError,
     UpstreamRejectedError,
@@ -60,6 +61,9 @@ MAX_CONNECTION_BYTES: Final = 256 * 1024
 MCP_FORWARDED_HEADERS: Final = ("content-type", "accept", "mcp-protocol-version")
 
 
+MAX_CONNECTION_LIST_BYTES: Final = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Connection:
     """What the broker needs of a Smithery connection to decide: its metadata."""
@@ -67,6 +71,41 @@ class Connection:
     namespace: str
     connection_id: str
     metadata: Mapping[str, Any] | None
+    document: ConnectionDocument | None = None
+    """The whole connection as Smithery returned it (for the connections API)."""
+
+
+class ConnectionDocument(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Smithery's ``Connection`` (SMITHERY-SEMANTICS.md, "Connections"), as the broker relays it.
+
+    Only these fields are read; anything else Smithery adds is dropped. ``headers`` are write-only
+    upstream and never part of it.
+    """
+
+    connectionId: str
+    name: str
+    mcpUrl: str | None
+    metadata: dict[str, Any] | None
+    transport: str | None = None
+    status: dict[str, Any] | None = None
+    serverInfo: dict[str, Any] | None = None
+    iconUrl: str | None = None
+    createdAt: str | None = None
+
+
+class ConnectionPage(msgspec.Struct, frozen=True):
+    """Smithery's ``ConnectionsListResponse``: one page and the cursor of the next (or None)."""
+
+    connections: list[ConnectionDocument]
+    nextCursor: str | None = None
+
+
+class ConnectionConflictError(CallerError):
+    """Smithery refused a PUT with 409: the connection exists with a different ``mcpUrl``."""
+
+    status = 409
+    code = "connection_conflict"
+    title = "Connection exists with another target"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +250,121 @@ class SmitheryClient:
         metadata = document.get("metadata") if isinstance(document, dict) else None
         if metadata is not None and not isinstance(metadata, dict):
             raise UpstreamProtocolError("Smithery's connection metadata is not an object.")
-        return Connection(namespace, connection_id, metadata)
+        try:
+            full: ConnectionDocument | None = msgspec.convert(document, ConnectionDocument)
+        except msgspec.ValidationError:
+            full = None  # the decision only needs the metadata
+        return Connection(namespace, connection_id, metadata, full)
+
+    async def fetch_connection_document(
+        self, namespace: str, connection_id: str
+    ) -> ConnectionDocument:
+        """The whole connection (``GET /connect/{ns}/{id}``, API key); 404: connection_not_found."""
+        connection = await self.fetch_connection(namespace, connection_id)
+        if connection.document is None:
+            raise UpstreamProtocolError("Smithery's connection document is malformed.")
+        return connection.document
+
+    async def list_connections(
+        self,
+        namespace: str,
+        metadata: Mapping[str, str],
+        *,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> ConnectionPage:
+        """``GET /connect/{ns}`` filtered by ``metadata.{key}={value}`` (all must hold): a page."""
+        if self._api_key is None:
+            raise UpstreamUnavailableError("The Smithery API key is not configured.")
+        params = [(f"metadata.{key}", value) for key, value in metadata.items()]
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        if limit is not None:
+            params.append(("limit", str(limit)))
+        path = f"/connect/{quote(namespace, safe='')}"
+        return await self.caller.call(lambda: self._list_connections_once(path, params))
+
+    async def _list_connections_once(
+        self, path: str, params: list[tuple[str, str]]
+    ) -> ConnectionPage:
+        query = httpx.QueryParams(tuple(params))
+        response = await self._send("GET", path, "list connections", params=query)
+        if response.status_code == 404:
+            raise ConnectionNotFoundError("No such namespace.")
+        _raise_for_status(response, "list connections")
+        if len(response.content) > MAX_CONNECTION_LIST_BYTES:
+            raise UpstreamProtocolError("Smithery's connection list is too large.")
+        try:
+            return msgspec.json.decode(response.content, type=ConnectionPage)
+        except msgspec.DecodeError:
+            raise UpstreamProtocolError("Smithery's connection list is malformed.") from None
+
+    async def put_connection(
+        self, namespace: str, connection_id: str, body: Mapping[str, Any]
+    ) -> tuple[ConnectionDocument, bool]:
+        """``PUT /connect/{ns}/{id}`` (create or update, API key): the connection, and whether it
+        was created. ``body`` may hold write-only ``headers``: it is never logged."""
+        if self._api_key is None:
+            raise UpstreamUnavailableError("The Smithery API key is not configured.")
+        content = msgspec.json.encode(body)
+        path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}"
+        # PUT is idempotent, so retrying after a lost answer cannot create a second connection.
+        return await self.caller.call(lambda: self._put_connection_once(path, content))
+
+    async def _put_connection_once(
+        self, path: str, content: bytes
+    ) -> tuple[ConnectionDocument, bool]:
+        response = await self._send("PUT", path, "PUT connection", content=content)
+        if response.status_code == 409:
+            raise ConnectionConflictError(
+                "The connection exists with another mcpUrl; delete it first."
+            )
+        if response.status_code not in (200, 201):
+            _raise_for_status(response, "PUT connection")
+        return _read_connection(response), response.status_code == 201
+
+    async def delete_connection(self, namespace: str, connection_id: str) -> None:
+        """``DELETE /connect/{ns}/{id}`` with the API key; 404 → connection_not_found."""
+        if self._api_key is None:
+            raise UpstreamUnavailableError("The Smithery API key is not configured.")
+        path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}"
+        await self.caller.call(lambda: self._delete_connection_once(path, connection_id))
+
+    async def _delete_connection_once(self, path: str, connection_id: str) -> None:
+        response = await self._send("DELETE", path, "DELETE connection")
+        if response.status_code == 404:
+            raise ConnectionNotFoundError(f"No connection {connection_id!r}.")
+        _raise_for_status(response, "DELETE connection")
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        params: httpx.QueryParams | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """One API-key call, with httpx failures translated once (as ``fetch_connection``)."""
+        assert self._api_key is not None
+        headers = {
+            "Authorization": f"Bearer {self._api_key.reveal()}",
+            "Accept": "application/json",
+        }
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        started = time.perf_counter()
+        try:
+            return await self._client.request(
+                method, path, params=params, content=content, headers=headers
+            )
+        except httpx.TimeoutException:
+            raise UpstreamTimeoutError("Smithery did not answer in time.") from None
+        except httpx.TransportError as exc:
+            logger.warning("smithery %s unreachable: %s", what, type(exc).__name__)
+            raise UpstreamUnavailableError("Smithery is unreachable.") from None
+        finally:
+            self._timed("connection", started)
 
     async def open_mcp(
         self,
@@ -263,6 +416,15 @@ def _raise_for_status(response: httpx.Response, what: str) -> None:
     if status != 200:
         logger.error("smithery %s unexpected status=%d", what, status)
         raise UpstreamProtocolError(f"Smithery answered an unexpected status {status}.")
+
+
+def _read_connection(response: httpx.Response) -> ConnectionDocument:
+    if len(response.content) > MAX_CONNECTION_BYTES:
+        raise UpstreamProtocolError("Smithery's connection document is too large.")
+    try:
+        return msgspec.json.decode(response.content, type=ConnectionDocument)
+    except msgspec.DecodeError:
+        raise UpstreamProtocolError("Smithery's connection document is malformed.") from None
 
 
 def _read_token_response(response: httpx.Response) -> MintedToken:

@@ -91,3 +91,11 @@ async def test_mint_limit_applies_to_mints_not_cache_hits() -> None:
         response = await h.client.post("/v1/tokens", headers=other)
         assert response.status_code == 429
         assert response.json()["code"] == "rate_limited"
+
+
+async def test_limits_are_wired_from_settings() -> None:
+    async with harness() as h:
+        assert h.state.request_limit is not None
+        assert h.state.request_limit.enabled
+        assert h.state.issuance.mint_limit is not None
+        assert h.state.issuance.mint_limit.enabled

@@ -223,3 +223,10 @@ async def test_metrics_on_a_separate_port_app() -> None:
         async with AsyncTestClient(create_metrics_app(h.client.app)) as metrics:
             text = (await metrics.get("/metrics")).text
         assert 'broker_upstream_mints_total{result="ok"} 1' in text
+
+
+def test_connection_routes_have_templates() -> None:
+    assert route_template("/v1/connections/my-app") == "/v1/connections/{namespace}"
+    assert route_template("/v1/connections/my-app/alice-x") == (
+        "/v1/connections/{namespace}/{connectionId}"
+    )

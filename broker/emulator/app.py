@@ -26,6 +26,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from broker.emulator.clock import Clock
+from broker.emulator.connection import DEFAULT_OAUTH_HOSTS
 from broker.emulator.errors import EmulatorError, JsonRpcEndpointError
 from broker.emulator.faults import FaultMiddleware, Faults, call_with_connection
 from broker.emulator.jsonrpc import ErrorObject, ErrorResponse
@@ -43,6 +44,7 @@ def create_emulator_app(
     clock: Clock = time.time,
     exempt_lifecycle: bool = False,
     tracer_provider: Any = None,
+    oauth_hosts: tuple[str, ...] = DEFAULT_OAUTH_HOSTS,
 ) -> EmulatorApp:
     """A fresh Smithery stand-in with its own connections, counters and signing key.
 
@@ -59,6 +61,9 @@ def create_emulator_app(
     requests as server spans joined to the caller's trace (W3C ``traceparent``), as Smithery
     would appear in a distributed trace.
 
+    ``oauth_hosts``: connections created for a target whose host contains one of these get
+    ``status: {state: auth_required, setupUrl}`` (OAuth-style servers); others ``connected``.
+
     The MCP endpoint starts a ``node`` process on first use; it is stopped on shutdown, so run the
     app with its lifespan (uvicorn, or Litestar's test clients as context managers).
     """
@@ -70,6 +75,7 @@ def create_emulator_app(
         codec=TokenCodec(signing_key),
         clock=clock,
         exempt_lifecycle=exempt_lifecycle,
+        oauth_hosts=tuple(oauth_hosts),
     )
 
     def provide_emulator() -> EmulatorState:

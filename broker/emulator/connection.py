@@ -32,10 +32,32 @@ class MockConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_d
     scenario: str | UnsetType = UNSET
 
 
-class ConnectionStatus(msgspec.Struct, frozen=True):
-    """The ``connected`` branch of OpenAPI ``ConnectionStatus``; the emulator never dials out."""
+DEFAULT_OAUTH_HOSTS: tuple[str, ...] = ("oauth",)
+"""Targets whose host contains one of these need OAuth first (``auth_required``)."""
+SETUP_URL: str = "https://smithery.ai/connect/setup"
+"""Base of the made-up hosted setup page named in ``auth_required`` statuses."""
 
-    state: Literal["connected"] = "connected"
+
+class ConnectionStatus(msgspec.Struct, frozen=True, omit_defaults=True):
+    """OpenAPI ``ConnectionStatus``, the two branches the emulator produces: ``connected``, and
+    ``auth_required`` with the hosted ``setupUrl``. The emulator never dials out: the state is
+    decided from the target's host (``status_for``)."""
+
+    state: Literal["connected", "auth_required"]
+    setup_url: str | UnsetType = msgspec.field(default=UNSET, name="setupUrl")
+
+
+def status_for(
+    namespace: str, connection_id: str, mcp_url: str | None, oauth_hosts: tuple[str, ...]
+) -> ConnectionStatus:
+    """``auth_required`` for OAuth-style targets (a host containing one of ``oauth_hosts``),
+    ``connected`` otherwise (plain URLs and uplink connections)."""
+    host = (urlsplit(mcp_url).hostname or "") if mcp_url else ""
+    if host and any(marker in host for marker in oauth_hosts):
+        return ConnectionStatus(
+            state="auth_required", setup_url=f"{SETUP_URL}/{namespace}/{connection_id}"
+        )
+    return ConnectionStatus(state="connected")
 
 
 class Connection(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -141,6 +163,7 @@ class ConnectionStore:
         request: UpsertConnectionRequest,
         *,
         created_at: str,
+        oauth_hosts: tuple[str, ...] = DEFAULT_OAUTH_HOSTS,
     ) -> StoredConnection:
         """What an upsert would store, without storing it, so routes can check scope first.
 
@@ -151,7 +174,9 @@ class ConnectionStore:
         if existing is None:
             return StoredConnection(
                 namespace=namespace,
-                connection=_new_connection(connection_id, request, created_at),
+                connection=_new_connection(
+                    namespace, connection_id, request, created_at, oauth_hosts
+                ),
                 headers={} if isinstance(request.headers, UnsetType) else dict(request.headers),
             )
         return StoredConnection(
@@ -173,7 +198,11 @@ class ConnectionStore:
 
 
 def _new_connection(
-    connection_id: str, request: UpsertConnectionRequest, created_at: str
+    namespace: str,
+    connection_id: str,
+    request: UpsertConnectionRequest,
+    created_at: str,
+    oauth_hosts: tuple[str, ...],
 ) -> Connection:
     transport: Transport = "http" if isinstance(request.transport, UnsetType) else request.transport
     mcp_url = None if isinstance(request.mcp_url, UnsetType) else request.mcp_url
@@ -185,7 +214,7 @@ def _new_connection(
         metadata=None if isinstance(request.metadata, UnsetType) else request.metadata,
         transport=transport,
         created_at=created_at,
-        status=ConnectionStatus(),
+        status=status_for(namespace, connection_id, mcp_url, oauth_hosts),
         mock=request.mock,
     )
 

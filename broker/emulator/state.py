@@ -15,7 +15,7 @@ import msgspec
 from litestar.di import NamedDependency
 
 from broker.emulator.clock import Clock, to_epoch_ms
-from broker.emulator.connection import ConnectionStore
+from broker.emulator.connection import DEFAULT_OAUTH_HOSTS, ConnectionStore
 from broker.emulator.faults import Faults
 from broker.emulator.principal import Principal, authenticate
 from broker.emulator.relay import McpRelay
@@ -64,6 +64,8 @@ class EmulatorState:
     codec: TokenCodec
     clock: Clock
     exempt_lifecycle: bool = False
+    oauth_hosts: tuple[str, ...] = DEFAULT_OAUTH_HOSTS
+    """Created connections whose host contains one of these start ``auth_required``."""
     stats: Stats = field(default_factory=Stats)
     connections: ConnectionStore = field(default_factory=ConnectionStore)
     oracle: RpcMatchOracle = field(default_factory=RpcMatchOracle)

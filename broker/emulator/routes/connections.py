@@ -109,7 +109,11 @@ async def upsert_connection(
     if existing is not None:
         _require_writable(emulator, principal, existing, write)
     planned = emulator.connections.plan_upsert(
-        namespace, connection_id, upsert, created_at=format_timestamp(emulator.now_ms())
+        namespace,
+        connection_id,
+        upsert,
+        created_at=format_timestamp(emulator.now_ms()),
+        oauth_hosts=emulator.oauth_hosts,
     )
     # The result must stay inside the token's scope too: a token limited to {userId: alice}
     # may not create or retag a connection as bob's. The caller's own body is no secret: 403.

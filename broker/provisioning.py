@@ -1,0 +1,461 @@
+"""Connection provisioning: users create, list, read and delete their Smithery connections
+through the broker, which writes the metadata the policy dictates, never what the client asks for.
+
+Tokens scoped by ``metadata: {userId: ...}`` are only as safe as the metadata on the connections
+(SMITHERY-SEMANTICS.md, "Connections": metadata is set by whoever holds the API key). A rule's
+``provision`` block says, per user: the namespace, the enforced metadata, the connection-id
+prefix, the allowed targets and a per-user limit. The first rule (in policy order) that applies
+to the user and whose block renders for the requested namespace decides; none: 403
+``no_matching_rule``.
+
+Every decision is audited (``connection.<action>``) and traced (``broker.provision``), never with
+the write-only ``headers``. No HTTP here (``routes/connections.py``); Smithery is reached only
+through ``upstream``. The selection and target checks are pure; the clock is not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
+
+import msgspec
+
+from broker import rpcmatch
+from broker.constraints import applicable_rule, claim_text
+from broker.errors import (
+    CallerError,
+    ConnectionNotFoundError,
+    ForbiddenError,
+    InvalidRequestError,
+    NoMatchingRuleError,
+)
+from broker.identity import Principal
+from broker.metrics import Metrics
+from broker.policy import ID_SEPARATORS, ClaimRef, PolicySet, Rule, Template
+from broker.telemetry import Telemetry, audit, deny
+from broker.upstream import ConnectionDocument, ConnectionPage, SmitheryClient
+
+SMITHERY_SERVER_URL: Final = "https://server.smithery.ai/"
+"""Where a registry server named in ``servers`` is reached: ``{SMITHERY_SERVER_URL}{name}`` or
+``.../{name}/mcp``. OPEN: Smithery's docs show both this host and ``*.run.tools`` deployments;
+the broker accepts only this documented form for registry names (use ``mcpUrl`` for others)."""
+MAX_URL_CHARS: Final = 2048
+MAX_HEADERS: Final = 32
+MAX_HEADER_VALUE_CHARS: Final = 4096
+MAX_METADATA_KEYS: Final = 32
+LIST_PAGE_SIZE: Final = 100
+"""Smithery's largest page (``limit`` 1-100), used when counting a user's connections."""
+_ID_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._~-")
+
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")]
+HeaderValue = Annotated[str, msgspec.Meta(max_length=MAX_HEADER_VALUE_CHARS)]
+MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+MetadataValue = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class ConnectionRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The body of ``PUT /v1/connections/{namespace}/{connectionId}``."""
+
+    mcpUrl: Annotated[str, msgspec.Meta(max_length=MAX_URL_CHARS)] | None = None
+    """Required to create; on update it must equal the current one (Smithery answers 409)."""
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], msgspec.Meta(max_length=32)] | None = None
+    """Merged under the enforced metadata; an enforced key with another value is refused."""
+    headers: (
+        Annotated[dict[HeaderName, HeaderValue], msgspec.Meta(max_length=MAX_HEADERS)] | None
+    ) = None
+    """Passed to Smithery write-only: never logged, returned or traced."""
+
+
+# --- errors (403s with their own stable codes) ------------------------------------------------
+
+
+class MetadataNotAllowedError(ForbiddenError):
+    code = "metadata_not_allowed"
+    title = "Metadata not allowed"
+
+
+class TargetNotAllowedError(ForbiddenError):
+    code = "target_not_allowed"
+    title = "Target not allowed"
+
+
+class ConnectionLimitReachedError(ForbiddenError):
+    code = "connection_limit_reached"
+    title = "Connection limit reached"
+
+
+class ConnectionIdNotAllowedError(ForbiddenError):
+    code = "connection_id_not_allowed"
+    title = "Connection id not allowed"
+
+
+class ConnectionNotOwnedError(ForbiddenError):
+    code = "connection_not_owned"
+    title = "Connection belongs to someone else"
+
+
+# --- selection (pure) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlement:
+    """One rule's ``provision`` block rendered for one user."""
+
+    rule_id: str
+    namespace: str
+    metadata: dict[str, str]
+    id_prefix: str
+    servers: tuple[str, ...]
+    mcp_url: tuple[str, ...]
+    max_connections: int | None
+
+    def owns(self, metadata: Mapping[str, Any] | None) -> bool:
+        """Every enforced pair is on the connection (string equality, as Smithery's filter)."""
+        held = metadata or {}
+        return all(held.get(key) == value for key, value in self.metadata.items())
+
+    def allows_target(self, mcp_url: str) -> bool:
+        for server in self.servers:
+            base = SMITHERY_SERVER_URL + server
+            if mcp_url in (base, base + "/mcp"):
+                return True
+        return any(rpcmatch.compile_pattern(p).search(mcp_url) for p in self.mcp_url)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule_id,
+            "namespace": self.namespace,
+            "metadata": dict(self.metadata),
+            "idPrefix": self.id_prefix,
+            "servers": list(self.servers),
+            "mcpUrl": list(self.mcp_url),
+            "maxConnections": self.max_connections,
+        }
+
+
+class ProvisionRenderError(Exception):
+    """A claim the block needs is missing or unusable: the block does not apply (fail closed)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def render_entitlement(rule: Rule, claims: Mapping[str, Any]) -> Entitlement:
+    """Fill ``rule.provision`` from the claims; raises ``ProvisionRenderError``."""
+    provision = rule.provision
+    if provision is None:
+        raise ProvisionRenderError("the rule has no provision block")
+    return Entitlement(
+        rule_id=rule.id,
+        namespace=_fill(provision.namespace, claims),
+        metadata={key: _fill(template, claims) for key, template in provision.metadata},
+        id_prefix=_fill_id_prefix(provision.id_prefix, claims),
+        servers=provision.servers,
+        mcp_url=provision.mcp_url,
+        max_connections=provision.max_connections,
+    )
+
+
+def select_entitlements(
+    policy_set: PolicySet, issuer: str, claims: Mapping[str, Any]
+) -> tuple[list[Entitlement], list[tuple[str, str]]]:
+    """The provision blocks that apply to this user, and (rule id, reason) for those that do
+    not. A block applies only when its rule applies (conditions hold and the grant renders)."""
+    applied: list[Entitlement] = []
+    skipped: list[tuple[str, str]] = []
+    for rule in policy_set.rules:
+        if rule.provision is None:
+            continue
+        if not applicable_rule(rule, issuer, claims):
+            skipped.append((rule.id, "the rule does not apply"))
+            continue
+        try:
+            applied.append(render_entitlement(rule, claims))
+        except ProvisionRenderError as exc:
+            skipped.append((rule.id, exc.reason))
+    return applied, skipped
+
+
+def select_entitlement(
+    policy_set: PolicySet, issuer: str, claims: Mapping[str, Any], namespace: str
+) -> Entitlement | None:
+    """The first applying block for ``namespace`` (policy order), or None (default deny)."""
+    applied, _ = select_entitlements(policy_set, issuer, claims)
+    return next((e for e in applied if e.namespace == namespace), None)
+
+
+def _fill(template: Template, claims: Mapping[str, Any]) -> str:
+    return "".join(
+        part if isinstance(part, str) else _claim(claims, part) for part in template.parts
+    )
+
+
+def _claim(claims: Mapping[str, Any], ref: ClaimRef) -> str:
+    try:
+        return claim_text(claims, ref)
+    # claim_text raises constraints' private render error; any failure means the claim is
+    # unusable, and the block then does not apply (fail closed).
+    except Exception as exc:  # noqa: BLE001
+        raise ProvisionRenderError(str(exc)) from None
+
+
+def _fill_id_prefix(template: Template, claims: Mapping[str, Any]) -> str:
+    """The prefix, refusing claim values that would make two users' prefixes overlap.
+
+    At load every placeholder is followed by a separator (``{claims.sub}-``); a value holding
+    that separator (``alice-x``) could produce another user's prefix (``alice-``), so such a
+    value makes the block not apply. Values must also be connection-id characters.
+    """
+    out: list[str] = []
+    parts = template.parts
+    for index, part in enumerate(parts):
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        value = _claim(claims, part)
+        after = parts[index + 1]
+        separator = after[0] if isinstance(after, str) else ID_SEPARATORS[0]
+        if separator in value or not set(value) <= _ID_CHARS:
+            raise ProvisionRenderError(f"claim {part.path} cannot form a connection id prefix")
+        out.append(value)
+    return "".join(out)
+
+
+def check_mcp_url(url: str) -> str:
+    """An absolute http(s) URL without credentials, or 400."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+        parts = None
+    if (
+        parts is None
+        or not port_ok
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or any(c.isspace() or ord(c) < 0x20 for c in url)
+    ):
+        raise InvalidRequestError("mcpUrl must be an absolute http(s) URL without credentials.")
+    return url
+
+
+# --- the use case -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Provisioning:
+    policy: Callable[[], PolicySet]
+    upstream: SmitheryClient
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    metrics: Metrics = field(default_factory=Metrics)
+    _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+
+    async def put(
+        self,
+        principal: Principal,
+        namespace: str,
+        connection_id: str,
+        request: ConnectionRequest,
+    ) -> tuple[ConnectionDocument, bool]:
+        """Create or update one of the caller's connections; returns it and whether it is new."""
+        with self._decision("put", principal, namespace, connection_id) as decision:
+            entitlement = decision.entitle(self.policy())
+            if not connection_id.startswith(entitlement.id_prefix) or connection_id == (
+                entitlement.id_prefix
+            ):
+                raise ConnectionIdNotAllowedError(
+                    f"Your connection ids must start with {entitlement.id_prefix!r}."
+                )
+            client_metadata = request.metadata or {}
+            for key, value in entitlement.metadata.items():
+                if key in client_metadata and client_metadata[key] != value:
+                    raise MetadataNotAllowedError(f"Metadata {key!r} is set by the policy.")
+            if request.mcpUrl is not None:
+                check_mcp_url(request.mcpUrl)
+                if not entitlement.allows_target(request.mcpUrl):
+                    raise TargetNotAllowedError("The policy does not allow this mcpUrl.")
+            # One create at a time per user and namespace in this process, so the limit check
+            # and the create cannot interleave (other replicas may still race: best effort).
+            lock_key = (principal.issuer, principal.subject, namespace)
+            lock = self._locks.setdefault(lock_key, asyncio.Lock())
+            try:
+                async with lock:
+                    document, created = await self._put_locked(
+                        entitlement, namespace, connection_id, request, client_metadata
+                    )
+            finally:
+                if not lock.locked():
+                    self._locks.pop(lock_key, None)
+            decision.action = "create" if created else "update"
+            return document, created
+
+    async def _put_locked(
+        self,
+        entitlement: Entitlement,
+        namespace: str,
+        connection_id: str,
+        request: ConnectionRequest,
+        client_metadata: Mapping[str, str],
+    ) -> tuple[ConnectionDocument, bool]:
+        existing = await self._existing(namespace, connection_id)
+        if existing is not None and not entitlement.owns(existing.metadata):
+            # Never an overwrite: someone else's connection keeps its metadata and target.
+            raise ConnectionNotOwnedError("This connection id is taken by another owner.")
+        if existing is None:
+            if request.mcpUrl is None:
+                raise InvalidRequestError("mcpUrl is required to create a connection.")
+            limit = entitlement.max_connections
+            if limit is not None and await self._count(entitlement, limit) >= limit:
+                raise ConnectionLimitReachedError(f"You may have at most {limit} connections.")
+        # The enforced keys are written last, so they always win.
+        metadata = {**((existing.metadata or {}) if existing else {}), **client_metadata}
+        metadata.update(entitlement.metadata)
+        body: dict[str, Any] = {"metadata": metadata}
+        if request.mcpUrl is not None:
+            body["mcpUrl"] = request.mcpUrl
+        if request.name is not None:
+            body["name"] = request.name
+        if request.headers is not None:
+            body["headers"] = request.headers
+        return await self.upstream.put_connection(namespace, connection_id, body)
+
+    async def list(
+        self, principal: Principal, namespace: str, *, cursor: str | None, limit: int | None
+    ) -> ConnectionPage:
+        """One page of the caller's connections (Smithery filters by the enforced metadata)."""
+        with self._decision("list", principal, namespace, None) as decision:
+            entitlement = decision.entitle(self.policy())
+            page = await self.upstream.list_connections(
+                namespace, entitlement.metadata, cursor=cursor, limit=limit
+            )
+            # Defence in depth: never relay a connection the filter should have excluded.
+            mine = [c for c in page.connections if entitlement.owns(c.metadata)]
+            return ConnectionPage(connections=mine, nextCursor=page.nextCursor)
+
+    async def get(
+        self, principal: Principal, namespace: str, connection_id: str
+    ) -> ConnectionDocument:
+        with self._decision("read", principal, namespace, connection_id) as decision:
+            return await self._owned(decision.entitle(self.policy()), namespace, connection_id)
+
+    async def delete(self, principal: Principal, namespace: str, connection_id: str) -> None:
+        with self._decision("delete", principal, namespace, connection_id) as decision:
+            entitlement = decision.entitle(self.policy())
+            await self._owned(entitlement, namespace, connection_id)
+            await self.upstream.delete_connection(namespace, connection_id)
+
+    async def _owned(
+        self, entitlement: Entitlement, namespace: str, connection_id: str
+    ) -> ConnectionDocument:
+        """The connection when the caller owns it; otherwise 404, exactly as if it did not exist
+        (another user's connection id is not revealed)."""
+        not_found = ConnectionNotFoundError(f"No connection {connection_id!r} in {namespace!r}.")
+        if not connection_id.startswith(entitlement.id_prefix):
+            raise not_found
+        document = await self._existing(namespace, connection_id)
+        if document is None or not entitlement.owns(document.metadata):
+            raise not_found
+        return document
+
+    async def _existing(self, namespace: str, connection_id: str) -> ConnectionDocument | None:
+        try:
+            return await self.upstream.fetch_connection_document(namespace, connection_id)
+        except ConnectionNotFoundError:
+            return None
+
+    async def _count(self, entitlement: Entitlement, stop_at: int) -> int:
+        """The caller's connections in the namespace, counted up to ``stop_at`` pages allow."""
+        count, cursor = 0, None
+        while True:
+            page = await self.upstream.list_connections(
+                entitlement.namespace, entitlement.metadata, cursor=cursor, limit=LIST_PAGE_SIZE
+            )
+            count += sum(1 for c in page.connections if entitlement.owns(c.metadata))
+            if count >= stop_at or page.nextCursor is None:
+                return count
+            cursor = page.nextCursor
+
+    def _decision(
+        self, action: str, principal: Principal, namespace: str, connection_id: str | None
+    ) -> _Decision:
+        return _Decision(self, action, principal, namespace, connection_id)
+
+
+@dataclass(slots=True)
+class _Decision:
+    """One audited, traced provisioning decision: ``with`` it around the work.
+
+    Leaving the block normally is an allow; a caller error (403, 404, 400...) is a deny with its
+    code as the reason; upstream failures are recorded as ``error``. Never sees ``headers``.
+    """
+
+    owner: Provisioning
+    action: str
+    principal: Principal
+    namespace: str
+    connection_id: str | None
+    rule: str | None = None
+    _span: Any = None
+    _context: Any = None
+
+    def entitle(self, policy_set: PolicySet) -> Entitlement:
+        entitlement = select_entitlement(
+            policy_set, self.principal.issuer, self.principal.claims, self.namespace
+        )
+        if entitlement is None:
+            raise NoMatchingRuleError("No policy rule lets you manage connections here.")
+        self.rule = entitlement.rule_id
+        return entitlement
+
+    def __enter__(self) -> _Decision:
+        self._context = self.owner.telemetry.span("broker.provision")
+        self._span = self._context.__enter__()
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, traceback: Any) -> None:
+        if exc is None:
+            result, reason = "allow", ""
+        elif isinstance(exc, CallerError):
+            result, reason = "deny", exc.code
+        else:
+            result, reason = "error", getattr(exc, "code", type(exc).__name__)
+        span = self._span
+        if span is not None:
+            span.set_attribute("broker.provision.action", self.action)
+            span.set_attribute("broker.namespace", self.namespace)
+            if self.rule is not None:
+                span.set_attribute("broker.rules.matched", [self.rule])
+            if result == "allow":
+                span.set_attribute("broker.decision", "allow")
+            elif result == "deny":
+                deny(span, reason)
+        self.owner.metrics.inc(
+            "broker_provision_decisions_total",
+            (("action", self.action), ("result", result), ("reason", reason)),
+        )
+        audit(
+            f"connection.{self.action}",
+            subject=self.owner.telemetry.enduser(self.principal.subject),
+            issuer=self.principal.issuer,
+            namespace=self.namespace,
+            connection=self.connection_id,
+            rule=self.rule,
+            result=result,
+            reason=reason or None,
+        )
+        self._context.__exit__(kind, exc, traceback)
+
+
+def render_provisioning(
+    policy_set: PolicySet, issuer: str, claims: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """For explanations: the rendered provision blocks as JSON, and why others do not apply."""
+    applied, skipped = select_entitlements(policy_set, issuer, claims)
+    return [e.as_json() for e in applied], skipped

@@ -1,0 +1,131 @@
+"""``/v1/connections/{namespace}[/{connectionId}]``: the caller's own Smithery connections.
+
+Thin handlers: authenticate, rate-limit per user (like precheck), validate path segments and the
+body, then the ``provisioning`` use case decides and calls Smithery. Responses carry Smithery's
+connection (with ``status``), never the write-only ``headers``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from litestar import Request, Response, delete, get, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from broker.errors import InvalidRequestError, PayloadTooLargeError
+from broker.identity import Principal
+from broker.jsonrpc import decode_strict
+from broker.provisioning import ConnectionRequest
+from broker.routes.body import read_body, require_json
+from broker.routes.names import check_name
+from broker.state import BrokerState
+from broker.upstream import ConnectionDocument, ConnectionPage
+
+MAX_BODY_BYTES: Final = 64 * 1024
+MAX_BODY_DEPTH: Final = 8
+MAX_CURSOR_CHARS: Final = 1024
+NO_STORE: Final = {"Cache-Control": "no-store"}
+
+
+class Deleted(msgspec.Struct, frozen=True):
+    success: bool = True
+
+
+async def _caller(request: Request[Any, Any, Any], broker: BrokerState) -> Principal:
+    principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
+    if broker.request_limit is not None:
+        broker.request_limit.check(principal.issuer, principal.subject)
+    return principal
+
+
+@put(
+    "/v1/connections/{namespace:str}/{connection_id:str}",
+    request_max_body_size=16 * 1024 * 1024,
+    summary="Create or update one of the caller's connections, with the policy's metadata",
+)
+async def put_connection(
+    request: Request[Any, Any, Any],
+    namespace: FromPath[str],
+    connection_id: FromPath[str],
+    broker: NamedDependency[BrokerState],
+) -> Response[ConnectionDocument]:
+    principal = await _caller(request, broker)
+    check_name("namespace", namespace)
+    check_name("connectionId", connection_id)
+    body = await read_body(request, broker.settings.server.body_timeout_seconds)
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"The body may be at most {MAX_BODY_BYTES} bytes.")
+    require_json(request.headers.get("content-type"))
+    try:
+        upsert = msgspec.convert(
+            decode_strict(body, max_depth=MAX_BODY_DEPTH), ConnectionRequest, strict=True
+        )
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    document, created = await broker.provisioning.put(principal, namespace, connection_id, upsert)
+    return Response(document, status_code=201 if created else 200, headers=NO_STORE)
+
+
+@get(
+    "/v1/connections/{namespace:str}",
+    summary="List the caller's connections (Smithery's cursor pagination)",
+)
+async def list_connections(
+    request: Request[Any, Any, Any],
+    namespace: FromPath[str],
+    broker: NamedDependency[BrokerState],
+) -> Response[ConnectionPage]:
+    principal = await _caller(request, broker)
+    check_name("namespace", namespace)
+    params = request.query_params
+    unknown = set(params.keys()) - {"cursor", "limit"}
+    if unknown:
+        raise InvalidRequestError(f"Unknown query parameter {sorted(unknown)[0]!r}.")
+    cursor = params.get("cursor")
+    if cursor is not None and not 0 < len(cursor) <= MAX_CURSOR_CHARS:
+        raise InvalidRequestError(f"cursor must be 1-{MAX_CURSOR_CHARS} characters.")
+    raw_limit = params.get("limit")
+    limit = None
+    if raw_limit is not None:
+        if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+            raise InvalidRequestError("limit must be an integer from 1 to 100.")
+        limit = int(raw_limit)
+    page = await broker.provisioning.list(principal, namespace, cursor=cursor, limit=limit)
+    return Response(page, headers=NO_STORE)
+
+
+@get(
+    "/v1/connections/{namespace:str}/{connection_id:str}",
+    summary="Read one of the caller's connections (404 when it is not theirs)",
+)
+async def get_connection(
+    request: Request[Any, Any, Any],
+    namespace: FromPath[str],
+    connection_id: FromPath[str],
+    broker: NamedDependency[BrokerState],
+) -> Response[ConnectionDocument]:
+    principal = await _caller(request, broker)
+    check_name("namespace", namespace)
+    check_name("connectionId", connection_id)
+    document = await broker.provisioning.get(principal, namespace, connection_id)
+    return Response(document, headers=NO_STORE)
+
+
+@delete(
+    "/v1/connections/{namespace:str}/{connection_id:str}",
+    status_code=200,
+    summary="Delete one of the caller's connections (404 when it is not theirs)",
+)
+async def delete_connection(
+    request: Request[Any, Any, Any],
+    namespace: FromPath[str],
+    connection_id: FromPath[str],
+    broker: NamedDependency[BrokerState],
+) -> Deleted:
+    principal = await _caller(request, broker)
+    check_name("namespace", namespace)
+    check_name("connectionId", connection_id)
+    await broker.provisioning.delete(principal, namespace, connection_id)
+    return Deleted()

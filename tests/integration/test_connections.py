@@ -1,0 +1,246 @@
+"""Connection provisioning end to end: real broker process → real emulator process.
+
+The broker writes the policy's metadata on every connection it creates (``own-connections`` in
+``policies/per-user-connections.yaml``: ``userId: <sub>``, ids ``<sub>-...``, at most 5), so the
+token a user gets from ``/v1/tokens`` reaches exactly the connections they created.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import API_KEY, ROOT, Keys, Process, listening_socket, url_of
+
+pytestmark = pytest.mark.integration
+
+NS = "my-app"
+GITHUB = "https://server.smithery.ai/github/mcp"
+CUSTOM = "https://tools.example.com/mcp"
+SECRET_HEADER = "ghp-integration-SECRET-3b7d1e"
+ADMIN = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def unique(name: str) -> str:
+    # No '-' in a subject: it is the id separator of the example policy's idPrefix.
+    return f"{name}{uuid.uuid4().hex[:8]}"
+
+
+class Client:
+    def __init__(self, http: httpx.AsyncClient, broker: Process, keys: Keys, sub: str) -> None:
+        self.http, self.broker, self.sub = http, broker, sub
+        self.auth = {"Authorization": f"Bearer {keys.jwt(sub, email_verified=True)}"}
+
+    async def put(self, connection_id: str, body: Any) -> httpx.Response:
+        return await self.http.put(
+            f"{self.broker.url}/v1/connections/{NS}/{connection_id}", json=body, headers=self.auth
+        )
+
+    async def call(self, method: str, connection_id: str) -> httpx.Response:
+        return await self.http.request(
+            method, f"{self.broker.url}/v1/connections/{NS}/{connection_id}", headers=self.auth
+        )
+
+    async def list(self) -> list[str]:
+        response = await self.http.get(f"{self.broker.url}/v1/connections/{NS}", headers=self.auth)
+        assert response.status_code == 200, response.text
+        return [c["connectionId"] for c in response.json()["connections"]]
+
+    async def token(self) -> str:
+        response = await self.http.post(f"{self.broker.url}/v1/tokens", headers=self.auth)
+        assert response.status_code == 200, response.text
+        token: str = response.json()["token"]
+        return token
+
+
+async def at_smithery(http: httpx.AsyncClient, emulator: Process, connection_id: str) -> Any:
+    response = await http.get(f"{emulator.url}/connect/{NS}/{connection_id}", headers=ADMIN)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_owner_metadata_enforced_and_other_users_shut_out(
+    http: httpx.AsyncClient, broker: Process, fresh_emulator: Process, keys: Keys
+) -> None:
+    alice = Client(http, broker, keys, unique("alice"))
+    bob = Client(http, broker, keys, unique("bob"))
+    mine = f"{alice.sub}-github"
+    created = await alice.put(mine, {"mcpUrl": GITHUB, "metadata": {"team": "core"}})
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == {"state": "connected"}
+    stored = await at_smithery(http, fresh_emulator, mine)
+    assert stored["metadata"] == {"team": "core", "userId": alice.sub}
+
+    # bob can neither read, update nor delete it, and does not see it.
+    assert (await bob.call("GET", mine)).status_code == 404
+    assert (await bob.call("DELETE", mine)).status_code == 404
+    assert (await bob.put(mine, {"name": "mine now"})).status_code == 403
+    assert await bob.list() == []
+    assert await alice.list() == [mine]
+    assert (await at_smithery(http, fresh_emulator, mine))["metadata"]["userId"] == alice.sub
+
+    # The token alice gets reaches her connection at Smithery; bob's does not.
+    for client, status in ((alice, 200), (bob, 404)):
+        token = await client.token()
+        seen = await http.get(
+            f"{fresh_emulator.url}/connect/{NS}/{mine}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert seen.status_code == status
+    decision = await http.post(
+        f"{broker.url}/v1/precheck",
+        headers=alice.auth,
+        json={
+            "namespace": NS,
+            "connectionId": mine,
+            "request": {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        },
+    )
+    assert decision.json()["allowed"] is True
+
+    assert (await alice.call("DELETE", mine)).status_code == 200
+    gone = await http.get(f"{fresh_emulator.url}/connect/{NS}/{mine}", headers=ADMIN)
+    assert gone.status_code == 404
+    assert await alice.list() == []
+
+
+async def test_forged_owner_and_foreign_targets_denied(
+    http: httpx.AsyncClient, broker: Process, fresh_emulator: Process, keys: Keys
+) -> None:
+    alice = Client(http, broker, keys, unique("alice"))
+    bob_sub = unique("bob")
+    forged = await alice.put(f"{alice.sub}-x", {"mcpUrl": GITHUB, "metadata": {"userId": bob_sub}})
+    assert forged.status_code == 403
+    assert forged.json()["code"] == "metadata_not_allowed"
+    outside = await alice.put(f"{alice.sub}-x", {"mcpUrl": "https://evil.example.org/mcp"})
+    assert outside.status_code == 403
+    assert outside.json()["code"] == "target_not_allowed"
+    # Ids are formed from the caller's prefix: alice cannot even name an id in bob's space.
+    squat = await alice.put(f"{bob_sub}-github", {"mcpUrl": GITHUB})
+    assert squat.status_code == 403
+    assert squat.json()["code"] == "connection_id_not_allowed"
+    listed = await http.get(f"{fresh_emulator.url}/connect/{NS}", headers=ADMIN)
+    assert listed.json()["connections"] == []
+
+
+async def test_per_user_limit_enforced(
+    http: httpx.AsyncClient, broker: Process, fresh_emulator: Process, keys: Keys
+) -> None:
+    alice = Client(http, broker, keys, unique("alice"))
+    bob = Client(http, broker, keys, unique("bob"))
+    for index in range(5):
+        response = await alice.put(f"{alice.sub}-{index}", {"mcpUrl": CUSTOM})
+        assert response.status_code == 201, response.text
+    refused = await alice.put(f"{alice.sub}-5", {"mcpUrl": CUSTOM})
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "connection_limit_reached"
+    assert (await bob.put(f"{bob.sub}-0", {"mcpUrl": CUSTOM})).status_code == 201
+    assert (await alice.call("DELETE", f"{alice.sub}-0")).status_code == 200
+    assert (await alice.put(f"{alice.sub}-5", {"mcpUrl": CUSTOM})).status_code == 201
+
+
+async def test_oauth_target_reports_auth_required(
+    http: httpx.AsyncClient, broker: Process, fresh_emulator: Process, keys: Keys
+) -> None:
+    alice = Client(http, broker, keys, unique("alice"))
+    created = await alice.put(f"{alice.sub}-o", {"mcpUrl": "https://oauth.example.com/mcp"})
+    assert created.status_code == 201
+    status = created.json()["status"]
+    assert status["state"] == "auth_required"
+    assert status["setupUrl"].startswith("https://")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"mcpUrl": CUSTOM, "owner": "x"},
+        {"mcpUrl": "not a url"},
+        {"mcpUrl": CUSTOM, "headers": {f"X-{i}": "v" for i in range(100)}},
+        {"mcpUrl": CUSTOM, "headers": {"X": "v" * 10_000}},
+        {"mcpUrl": 42},
+        "just a string",
+    ],
+)
+async def test_bad_input_is_400(
+    http: httpx.AsyncClient, broker: Process, fresh_emulator: Process, keys: Keys, body: Any
+) -> None:
+    alice = Client(http, broker, keys, unique("alice"))
+    response = await alice.put(f"{alice.sub}-x", body)
+    assert response.status_code == 400, response.text
+    malformed = await http.put(
+        f"{broker.url}/v1/connections/{NS}/{alice.sub}-x",
+        content=b"{not json",
+        headers={**alice.auth, "Content-Type": "application/json"},
+    )
+    assert malformed.status_code == 400
+
+
+@pytest.fixture
+def otlp_receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    sock = listening_socket()
+    spans_file = tmp_path / "spans.jsonl"
+    receiver = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "otlp_receiver.py"),
+            "--fd",
+            str(sock.fileno()),
+            "--out",
+            str(spans_file),
+        ],
+        pass_fds=(sock.fileno(),),
+    )
+    try:
+        yield url_of(sock), spans_file
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=15)
+        sock.close()
+
+
+async def test_headers_never_in_responses_logs_or_traces(
+    otlp_receiver: tuple[str, Path],
+    http: httpx.AsyncClient,
+    fresh_emulator: Process,
+    keys: Keys,
+    start_broker: Any,
+) -> None:
+    receiver_url, spans_file = otlp_receiver
+    broker: Process = start_broker(
+        fresh_emulator.url,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver_url,
+    )
+    alice = Client(http, broker, keys, unique("alice"))
+    mine = f"{alice.sub}-h"
+    headers = {"Authorization": f"Bearer {SECRET_HEADER}", "X-Api-Key": SECRET_HEADER}
+    responses = [
+        await alice.put(mine, {"mcpUrl": CUSTOM, "headers": headers}),
+        await alice.put(mine, {"headers": headers, "name": "again"}),
+        await alice.put(f"{alice.sub}-bad", {"mcpUrl": "nope", "headers": headers}),
+        await alice.put(
+            f"{alice.sub}-big", {"mcpUrl": CUSTOM, "headers": {"X": SECRET_HEADER * 500}}
+        ),
+        await alice.call("GET", mine),
+        await http.get(f"{broker.url}/v1/connections/{NS}", headers=alice.auth),
+    ]
+    assert [r.status_code for r in responses] == [201, 200, 400, 400, 200, 200]
+    broker.stop()  # flushes the span exporter
+    spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    provision = [s for s in spans if s["name"] == "broker.provision"]
+    assert provision
+    assert any(s["attributes"].get("broker.decision") == "allow" for s in provision)
+    everything = "\n".join([spans_file.read_text(), broker.output(), *(r.text for r in responses)])
+    assert SECRET_HEADER not in everything
+    audit = [json.loads(line) for line in broker.out_path.read_text().splitlines() if line]
+    assert {"connection.create", "connection.update", "connection.read", "connection.list"} <= {
+        record["event"] for record in audit
+    }

@@ -1,0 +1,188 @@
+"""The ``provision`` block: loading, rendering per user, target and ownership checks (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from broker.constraints import render_rules
+from broker.errors import InvalidRequestError
+from broker.policy import PolicySet, Provision, load_policy_dir, load_policy_sources
+from broker.provisioning import (
+    check_mcp_url,
+    render_provisioning,
+    select_entitlement,
+)
+from tests.inprocess import ROOT
+
+ISSUER = "https://issuer.test/"
+POLICY = b"""
+rules:
+  - id: members
+    when: {claims: {org_id: {present: true}}}
+    grant: {namespaces: my-app, metadata: {orgId: "{claims.org_id}"}}
+    provision:
+      namespace: "{claims.org_id}-ns"
+      metadata: {orgId: "{claims.org_id}", userId: "{claims.sub}"}
+      idPrefix: "{claims.org_id}.{claims.sub}-"
+      mcpUrl: ["^https://(a|b)\\\\.example\\\\.com/mcp$"]
+  - id: own
+    grant: {namespaces: my-app, metadata: {userId: "{claims.sub}"}}
+    provision:
+      namespace: my-app
+      metadata: {userId: "{claims.sub}"}
+      idPrefix: "{claims.sub}-"
+      servers: [github, "@acme/tools"]
+      maxConnections: 3
+  - id: no-provision
+    grant: {namespaces: my-app}
+"""
+
+
+def policy() -> PolicySet:
+    return load_policy_sources([("p.yaml", POLICY)])
+
+
+def test_provision_block_loads() -> None:
+    provision = policy().rules[1].provision
+    assert isinstance(provision, Provision)
+    assert provision.namespace.source == "my-app"
+    assert provision.id_prefix.source == "{claims.sub}-"
+    assert provision.servers == ("github", "@acme/tools")
+    assert provision.mcp_url == ()
+    assert provision.max_connections == 3
+    assert policy().rules[2].provision is None
+
+
+def test_entitlement_renders_claims() -> None:
+    found = select_entitlement(policy(), ISSUER, {"sub": "alice"}, "my-app")
+    assert found is not None
+    assert found.rule_id == "own"
+    assert found.metadata == {"userId": "alice"}
+    assert found.id_prefix == "alice-"
+    assert found.max_connections == 3
+
+
+def test_first_rule_for_the_namespace_wins() -> None:
+    claims = {"sub": "alice", "org_id": "acme"}
+    found = select_entitlement(policy(), ISSUER, claims, "acme-ns")
+    assert found is not None
+    assert found.rule_id == "members"
+    assert found.id_prefix == "acme.alice-"
+    assert found.metadata == {"orgId": "acme", "userId": "alice"}
+    assert select_entitlement(policy(), ISSUER, claims, "my-app") is not None
+    assert select_entitlement(policy(), ISSUER, claims, "elsewhere") is None
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {},
+        {"sub": ""},
+        {"sub": "alice-x"},  # holds the separator: could produce another user's prefix
+        {"sub": "auth0|123"},  # not connection-id characters
+        {"sub": True},
+        {"sub": "x" * 300},
+    ],
+)
+def test_unusable_claim_denied(claims: dict[str, Any]) -> None:
+    assert select_entitlement(policy(), ISSUER, claims, "my-app") is None
+
+
+def test_prefixes_of_two_users_never_overlap() -> None:
+    prefixes = []
+    for sub in ("alice", "alice.x", "al", "a_b", "42"):
+        found = select_entitlement(policy(), ISSUER, {"sub": sub}, "my-app")
+        assert found is not None
+        prefixes.append(found.id_prefix)
+    for one in prefixes:
+        for other in prefixes:
+            assert one == other or not other.startswith(one)
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://server.smithery.ai/github", True),
+        ("https://server.smithery.ai/github/mcp", True),
+        ("https://server.smithery.ai/@acme/tools/mcp", True),
+        ("https://server.smithery.ai/github/other", False),
+        ("https://server.smithery.ai/gitlab/mcp", False),
+        ("http://server.smithery.ai/github/mcp", False),
+    ],
+)
+def test_servers_allowlist(url: str, allowed: bool) -> None:
+    found = select_entitlement(policy(), ISSUER, {"sub": "alice"}, "my-app")
+    assert found is not None
+    assert found.allows_target(url) is allowed
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://a.example.com/mcp", True),
+        ("https://b.example.com/mcp", True),
+        ("https://c.example.com/mcp", False),
+        ("https://a.example.com/mcp?x=1", False),
+        ("https://a.example.com/mcp\n", True),  # JavaScript: $ does not match before \n...
+    ],
+)
+def test_url_patterns(url: str, allowed: bool) -> None:
+    found = select_entitlement(policy(), ISSUER, {"sub": "u", "org_id": "o"}, "o-ns")
+    assert found is not None
+    if url.endswith("\n"):
+        # ...so a trailing newline is refused, as Smithery's JavaScript would.
+        allowed = False
+    assert found.allows_target(url) is allowed
+
+
+def test_owns_needs_every_enforced_pair() -> None:
+    found = select_entitlement(policy(), ISSUER, {"sub": "u", "org_id": "o"}, "o-ns")
+    assert found is not None
+    assert found.owns({"orgId": "o", "userId": "u", "extra": "x"})
+    assert not found.owns({"orgId": "o"})
+    assert not found.owns({"orgId": "o", "userId": "v"})
+    assert not found.owns(None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url",
+        "ftp://x.example/mcp",
+        "https://user:pw@x.example/mcp",
+        "https:///mcp",
+        "https://x.example:99999/mcp",
+        "https://x.example/m cp",
+    ],
+)
+def test_bad_url_is_invalid_request(url: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        check_mcp_url(url)
+
+
+def test_explanation_lists_applied_and_skipped() -> None:
+    applied, skipped = render_provisioning(policy(), ISSUER, {"sub": "alice"})
+    assert [a["rule"] for a in applied] == ["own"]
+    assert applied[0]["idPrefix"] == "alice-"
+    assert skipped == [("members", "the rule does not apply")]
+
+
+def test_shipped_example_grant_and_provision_agree() -> None:
+    """``own-connections``: what alice may create is exactly what her token may use."""
+    shipped = load_policy_dir(ROOT / "policies")
+    claims = {"sub": "alice", "email_verified": True}
+    found = select_entitlement(shipped, ISSUER, claims, "my-app")
+    assert found is not None
+    assert found.rule_id == "own-connections"
+    assert found.id_prefix == "alice-"
+    assert found.max_connections == 5
+    (applied,) = [
+        a for a in render_rules(shipped, ISSUER, claims).applied if a.rule_id == found.rule_id
+    ]
+    assert applied.constraint["metadata"] == found.metadata
+    assert applied.constraint["namespaces"] == found.namespace
+    assert (
+        select_entitlement(shipped, ISSUER, {"sub": "m", "email_verified": False}, "my-app") is None
+    )
