@@ -25,6 +25,7 @@ from broker.upstream import SmitheryClient
 
 COMPILED_CACHE_ENTRIES: Final = 4096
 CONNECTION_CACHE_ENTRIES: Final = 10_000
+TOKEN_CACHE_ENTRIES: Final = 10_000
 
 
 @dataclass(slots=True)
@@ -38,9 +39,11 @@ class Admission:
     metrics: Metrics = field(default_factory=Metrics)
     _compiled: BoundedCache[tuple[str, str, str], tuple[CompiledConstraint, ...]] | None = None
     _connections: TimedCache[tuple[str, str], Mapping[str, Any]] | None = None
+    _by_token: BoundedCache[tuple[str, bytes], tuple[CompiledConstraint, ...]] | None = None
 
     def __post_init__(self) -> None:
         self._compiled = BoundedCache(COMPILED_CACHE_ENTRIES)
+        self._by_token = BoundedCache(TOKEN_CACHE_ENTRIES)
         self._connections = TimedCache(
             max_entries=CONNECTION_CACHE_ENTRIES,
             ttl_seconds=self.connection_cache_seconds,
@@ -48,9 +51,16 @@ class Admission:
         )
 
     def constraints_for(self, principal: Principal) -> tuple[CompiledConstraint, ...]:
-        """The user's rendered constraints, compiled once per (revision, issuer, subject)."""
+        """The user's rendered constraints, compiled once per distinct constraint set and
+        remembered per (revision, verified JWT): a repeated token renders nothing."""
         policy_set = self.policy()
         assert self._compiled is not None
+        assert self._by_token is not None
+        token_key = (policy_set.revision, principal.token_digest)
+        if principal.token_digest:
+            known = self._by_token.get(token_key)
+            if known is not None:
+                return known
         rendering = render_rules(policy_set, principal.issuer, principal.claims)
         digest = constraints_digest(
             [{"rule": a.rule_id, "grant": a.constraint} for a in rendering.applied]
@@ -60,6 +70,8 @@ class Admission:
         if compiled is None:
             compiled = compile_constraints(rendering.applied)
             self._compiled.put(key, compiled)
+        if principal.token_digest:
+            self._by_token.put(token_key, compiled)
         return compiled
 
     async def connection_metadata(

@@ -239,8 +239,12 @@ def run_server(
             other.should_exit = True
         await asyncio.gather(*extra_tasks)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_all())
+    # uvicorn's own loop choice (uvloop when installed), as ``uvicorn.Server.run`` would make.
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=config.get_loop_factory()) as runner,
+    ):
+        runner.run(run_all())
 
 
 def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
