@@ -244,3 +244,38 @@ async def test_headers_never_in_responses_logs_or_traces(
     assert {"connection.create", "connection.update", "connection.read", "connection.list"} <= {
         record["event"] for record in audit
     }
+
+
+async def test_minted_token_uses_the_created_connection_over_mcp(
+    http: httpx.AsyncClient, broker: Process, fresh_emulator: Process, keys: Keys
+) -> None:
+    """alice creates a connection through the broker; her token then calls MCP on it at
+    Smithery's endpoint, and bob's cannot. The connection is re-pointed by the operator (API key,
+    metadata kept) at a local demo MCP server, since the example policy only allows https
+    targets."""
+    from broker.demo import MCP_PATH, create_demo_mcp_app
+    from tests.emulator.loopback import LoopbackServer
+
+    alice = Client(http, broker, keys, unique("alice"))
+    bob = Client(http, broker, keys, unique("bob"))
+    mine = f"{alice.sub}-tools"
+    assert (await alice.put(mine, {"mcpUrl": CUSTOM})).status_code == 201
+    metadata = (await at_smithery(http, fresh_emulator, mine))["metadata"]
+    assert metadata == {"userId": alice.sub}
+    with LoopbackServer(create_demo_mcp_app()) as demo:
+        url = f"{fresh_emulator.url}/connect/{NS}/{mine}"
+        assert (await http.delete(url, headers=ADMIN)).status_code == 200
+        repointed = await http.put(
+            url, headers=ADMIN, json={"mcpUrl": f"{demo.url}{MCP_PATH}", "metadata": metadata}
+        )
+        assert repointed.status_code in (200, 201), repointed.text
+        listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        headers = {"Accept": "application/json, text/event-stream"}
+        for client, status in ((alice, 200), (bob, 404)):
+            token = await client.token()
+            response = await http.post(
+                f"{url}/mcp", json=listing, headers={**headers, "Authorization": f"Bearer {token}"}
+            )
+            assert response.status_code == status, response.text
+            if status == 200:
+                assert "search_issues" in response.text
