@@ -37,14 +37,14 @@ class BurstResult:
     bodies: list[bytes]
 
 
-def _request(host: str, port: int, path: str, authorization: str) -> bytes:
+def post_request(host: str, port: int, path: str, authorization: str) -> bytes:
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: {authorization}\r\n"
         "Content-Length: 0\r\n\r\n"
     ).encode()
 
 
-async def _read_reply(reader: asyncio.StreamReader, started: float) -> Reply:
+async def read_reply(reader: asyncio.StreamReader, started: float) -> Reply:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
@@ -64,11 +64,11 @@ async def _burst(url: str, path: str, authorization: str, size: int) -> BurstRes
         raise HarnessError(f"refusing to send a burst anywhere but 127.0.0.1: {url}")
     streams = await asyncio.gather(*(asyncio.open_connection(host, port) for _ in range(size)))
     try:
-        request = _request(host, port, path, authorization)
+        request = post_request(host, port, path, authorization)
         started = time.perf_counter()
         for _, writer in streams:
             writer.write(request)
-        replies = await asyncio.gather(*(_read_reply(reader, started) for reader, _ in streams))
+        replies = await asyncio.gather(*(read_reply(reader, started) for reader, _ in streams))
         wall_ms = (time.perf_counter() - started) * 1000.0
     finally:
         for _, writer in streams:

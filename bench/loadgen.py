@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -31,6 +32,9 @@ class WrkRun:
     max_ms: float
     mean_ms: float
     errors: dict[str, int]
+    sent: int = 0
+    """Requests the script formatted from a pool (every one written, completed or not); 0 when
+    the run used no pool."""
 
 
 def ensure_wrk() -> str:
@@ -67,8 +71,19 @@ def run_wrk(
     duration_s: int,
     authorization: str = "",
     body: str = "",
+    headers: Mapping[str, str] | None = None,
+    pool_file: Path | None = None,
+    pool_offset: int = 0,
 ) -> WrkRun:
-    """One bounded wrk run against ``url`` (loopback only); raises if wrk produced no numbers."""
+    """One bounded wrk run against ``url`` (loopback only); raises if wrk produced no numbers.
+
+    ``headers``: sent on every request besides Authorization and Content-Type. ``pool_file``: a
+    file of Authorization values, one per line; request i of the run takes value
+    ``(pool_offset + i) % size`` (see ``post.lua``).
+    """
+    for name, value in (headers or {}).items():
+        if "\n" in name + value or ":" in name:
+            raise HarnessError(f"header {name!r} cannot be passed to wrk")
     if not url.startswith("http://127.0.0.1:"):
         raise HarnessError(f"refusing to load anything but 127.0.0.1: {url}")
     argv = [
@@ -84,6 +99,10 @@ def run_wrk(
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "BENCH_AUTHORIZATION": authorization,
         "BENCH_BODY": body,
+        "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in (headers or {}).items()),
+        "BENCH_POOL_FILE": "" if pool_file is None else str(pool_file),
+        "BENCH_POOL_OFFSET": str(pool_offset),
+        "BENCH_THREADS": str(threads),
     }
     try:
         done = subprocess.run(
@@ -112,4 +131,5 @@ def run_wrk(
         max_ms=latency["max"],
         mean_ms=latency["mean"],
         errors={name: int(count) for name, count in data["errors"].items()},
+        sent=int(data["sent"]),
     )

@@ -21,13 +21,26 @@ class Plan:
     bursts: int
     """R5 bursts per app, alternated; every broker burst is for a new user."""
     memory_entries: int
+    jwt_pool: int
+    """R2: distinct JWTs (one per user), each sent once to warm the service-token cache."""
+    verified_cache_entries: int
+    """The broker's verified-JWT cache size (``BROKER_AUTH_VERIFIED_CACHE_ENTRIES``); smaller
+    than ``jwt_pool``, so R2's rotation never finds a JWT in it (see bench/README.md)."""
+    proxy_concurrencies: tuple[int, ...]
+    """R4's concurrencies (its added latency is reported at each; c=1, when present, shows the
+    latency added to one request on an idle chain and is not judged against the target)."""
+    micro_repeats: int
+    """MICRO: timeit repeats (the median is reported), each of about ``MICRO_REPEAT_SECONDS``."""
 
     def describe(self) -> str:
         cs = ", ".join(f"c={c}" for c in self.concurrencies)
+        proxy = ", ".join(f"c={c}" for c in self.proxy_concurrencies)
         return (
             f"{self.name}: {self.runs} run(s) x {self.duration_s} s per app at {cs} "
-            f"(wrk -t{self.threads}), warm-up {self.warmup_s} s; R5 {self.bursts} burst(s) of "
-            f"{self.burst_size}; R6 {self.memory_entries} tokens"
+            f"(R4 at {proxy}; wrk -t{self.threads}), warm-up {self.warmup_s} s; R2 pool of "
+            f"{self.jwt_pool} JWTs (verified-JWT cache {self.verified_cache_entries}); R5 "
+            f"{self.bursts} burst(s) of {self.burst_size}; R6 {self.memory_entries} tokens; "
+            f"MICRO {self.micro_repeats} repeats"
         )
 
 
@@ -41,16 +54,24 @@ FULL = Plan(
     burst_size=500,
     bursts=3,
     memory_entries=100_000,
+    jwt_pool=20_000,
+    verified_cache_entries=10_000,
+    proxy_concurrencies=(1, 8, 32),
+    micro_repeats=7,
 )
 
 SMOKE = Plan(
     name="smoke",
     runs=1,
-    duration_s=2,
+    duration_s=1,
     warmup_s=1,
     concurrencies=(8,),
     threads=1,
     burst_size=50,
     bursts=1,
     memory_entries=2_000,
+    jwt_pool=400,
+    verified_cache_entries=200,
+    proxy_concurrencies=(8,),
+    micro_repeats=3,
 )

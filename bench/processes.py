@@ -66,6 +66,19 @@ class Server:
         ticks = own.cpu_ticks + sum(child.cpu_ticks for child in _descendants(self.pid))
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def event_loop(self) -> str:
+        """``uvloop`` when the process has uvloop's extension loaded, else ``asyncio``.
+
+        A heuristic from ``/proc/<pid>/maps``: uvicorn imports uvloop only to run on it, so a
+        server started without it runs on asyncio's default (slower) loop. The harness reports
+        it because the baseline runs on uvloop: apps on different loops are not comparable.
+        """
+        try:
+            with open(f"/proc/{self.pid}/maps") as maps:
+                return "uvloop" if "/uvloop/" in maps.read() else "asyncio"
+        except OSError:
+            raise HarnessError(self._failure("cannot read its memory maps")) from None
+
     def check(self, path: str) -> None:
         """One GET to ``path`` must answer 200; otherwise raise with the server's output."""
         try:
@@ -118,7 +131,9 @@ def _stat_fields(pid: int) -> _Stat | None:
 
 def _descendants(pid: int) -> list[_Stat]:
     """Every live process below ``pid`` (one scan of ``/proc``)."""
-    stats = [s for entry in os.listdir("/proc") if entry.isdigit() and (s := _stat_fields(int(entry)))]
+    stats = [
+        s for entry in os.listdir("/proc") if entry.isdigit() and (s := _stat_fields(int(entry)))
+    ]
     children: dict[int, list[_Stat]] = {}
     for stat in stats:
         children.setdefault(stat.ppid, []).append(stat)

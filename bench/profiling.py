@@ -1,4 +1,5 @@
-"""Optional (``--profile``): sample an app with py-spy during one extra, unmeasured R1 run.
+"""Optional (``--profile``): sample a server with py-spy during one extra, unmeasured wrk run
+of a scenario (R1 to R4), or run the MICRO probe under py-spy.
 
 py-spy writes collapsed stacks (``--format raw``, one ``frame;frame;... count`` line per stack;
 idle threads are not sampled). They are summarised as self time per package or broker module
@@ -108,6 +109,31 @@ def profile_during(pid: int, seconds: int, out_path: Path, load: Callable[[], ob
     if recorder.returncode != 0 or not out_path.exists():
         text = output.decode(errors="replace") if recorder.stdout else ""
         raise HarnessError(f"py-spy failed (exit {recorder.returncode}): {text[-2000:]}")
+    return _summarise_file(out_path)
+
+
+def profile_command(argv: list[str], out_path: Path, timeout_s: float, cwd: Path) -> Profile:
+    """Run ``argv`` (a Python process) under ``py-spy record`` until it exits, then summarise."""
+    command = [
+        py_spy_command(),
+        "record",
+        f"--rate={RATE_HZ * 5}",
+        "--format=raw",
+        f"--output={out_path}",
+        "--",
+        *argv,
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=timeout_s, cwd=cwd, check=False)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"py-spy {' '.join(argv)} did not finish in {timeout_s} s") from None
+    if done.returncode != 0 or not out_path.exists():
+        text = (done.stdout + done.stderr).decode(errors="replace")
+        raise HarnessError(f"py-spy failed (exit {done.returncode}): {text[-2000:]}")
+    return _summarise_file(out_path)
+
+
+def _summarise_file(out_path: Path) -> Profile:
     profile = summarise(out_path.read_text())
     packed = out_path.with_name(out_path.name + ".gz")
     packed.write_bytes(gzip.compress(out_path.read_bytes()))

@@ -27,6 +27,18 @@ def _ratio_cell(comparison: Comparison) -> str:
     return cell
 
 
+def _event_loop_lines(loops: dict[str, str]) -> list[str]:
+    if not loops:
+        return []
+    line = "Event loops: " + ", ".join(f"{name} {loop}" for name, loop in loops.items()) + "."
+    if loops.get("broker") != loops.get("baseline"):
+        line += (
+            " **The broker and the baseline run on different event loops: the ratios compare "
+            "the loops as much as the apps.**"
+        )
+    return [line]
+
+
 def markdown(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
     machine = meta["machine"]
     lines = [
@@ -35,6 +47,7 @@ def markdown(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
         f"Machine: {machine['nproc']} CPU(s) ({machine['cpu_model']}), Python {machine['python']}, "
         f"{machine['wrk']}, load average at start {machine['load_average_at_start']}.",
         f"Plan: {meta['plan_description']}.",
+        *_event_loop_lines(meta.get("event_loops", {})),
         "",
         *(
             [
@@ -49,7 +62,9 @@ def markdown(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
         "over baseline req/s (range of the per-pair ratios in parentheses): compare ratios, not "
         "absolute numbers, which drift between runs on shared machines. CPU µs/req is the "
         "server process's own CPU time (user + system) per request: it does not depend on how "
-        "busy the rest of the machine is.",
+        "busy the rest of the machine is. For R4 it is the whole chain a request goes through: "
+        "broker + emulator + demo MCP server (with the emulator's node helper) for the broker, "
+        "emulator + demo MCP server for the direct calls (the baseline column).",
         "",
         "| scenario | load | baseline req/s | broker req/s | ratio | baseline p50 / p99 ms "
         "| broker p50 / p99 ms | CPU µs/req baseline / broker | target | met |",
@@ -108,6 +123,9 @@ def chart(results: list[ScenarioResult], path: Path, title: str) -> None:
         axis.bar([p - width / 2 for p in positions], base, width, label="baseline", color="#9aa5b1")
         axis.bar([p + width / 2 for p in positions], brok, width, label="broker", color="#2f6fde")
         axis.set_xticks(positions, [label for label, _ in groups], rotation=20, ha="right")
+        values = [v for v in base + brok if v and v > 0 and not math.isnan(v)]
+        if values and max(values) > 20 * min(values):  # R4's few hundred req/s next to R1's
+            axis.set_yscale("log")
         axis.set_ylabel(unit)
         axis.set_title(unit.split(" (")[0])
         axis.legend()

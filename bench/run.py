@@ -1,4 +1,4 @@
-"""The harness entry point: ``python -m bench.run [--smoke] [--profile] [--scenarios R1,R5]``.
+"""The harness entry point: ``python -m bench.run [--smoke] [--profile [IDS]] [--scenarios IDS]``.
 
 Starts the servers once, runs every selected scenario of the registry in order, stops every
 server (always), then writes ``<stamp>.json``, ``.md`` and ``.png`` and prints the Markdown.
@@ -20,18 +20,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import profiling, report
+from bench import report
 from bench.errors import HarnessError
 from bench.identity import create_identity
-from bench.loadgen import ensure_wrk, run_wrk
+from bench.loadgen import ensure_wrk
 from bench.machine import load_average, machine_info
 from bench.plan import FULL, SMOKE, Plan
 from bench.results import ScenarioResult
 from bench.scenarios import SCENARIOS, Context, failed_result, pending_result
-from bench.stack import ROOT, TOKEN_PATH, start_stack
+from bench.stack import ROOT, start_stack
+from bench.workload import SUPPORT_CLAIMS, SUPPORT_SUBJECT
 
 RESULTS_DIR = ROOT / "bench" / "results"
 REFERENCE_SUBJECT = "user-000001"
+PROFILED = ("R1", "R2", "R3", "R4", "MICRO")
+"""The scenarios ``--profile`` can sample."""
 
 
 def log(message: str) -> None:
@@ -52,8 +55,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile",
-        action="store_true",
-        help="after R1, sample the broker with py-spy during one extra, unmeasured run",
+        nargs="?",
+        const="all",
+        default="",
+        metavar="IDS",
+        help="after measuring, sample the apps with py-spy during one extra, unmeasured run "
+        f"per app (scenarios {', '.join(PROFILED)}; default: every selected one), e.g. "
+        "--profile R4,MICRO",
     )
     parser.add_argument(
         "--out-dir", type=Path, default=None, help=f"default: {RESULTS_DIR.relative_to(ROOT)}"
@@ -68,6 +76,16 @@ def select(ids: str) -> list[str]:
     if unknown:
         raise HarnessError(f"unknown scenario(s) {unknown}; known: {', '.join(known)}")
     return wanted
+
+
+def select_profiled(ids: str, wanted: list[str]) -> frozenset[str]:
+    if not ids:
+        return frozenset()
+    asked = PROFILED if ids == "all" else [i.strip().upper() for i in ids.split(",") if i.strip()]
+    unknown = sorted(set(asked) - set(PROFILED))
+    if unknown:
+        raise HarnessError(f"cannot profile {unknown}; --profile takes {', '.join(PROFILED)}")
+    return frozenset(asked) & frozenset(wanted)
 
 
 def run_scenarios(ctx: Context, wanted: list[str]) -> list[ScenarioResult]:
@@ -91,30 +109,6 @@ def run_scenarios(ctx: Context, wanted: list[str]) -> list[ScenarioResult]:
     return results
 
 
-def profile_r1(ctx: Context, out_dir: Path, stem: str) -> list[str]:
-    """One extra, unmeasured R1 run per app under py-spy; Markdown sections, broker first."""
-    concurrency = max(ctx.plan.concurrencies)
-    seconds = ctx.plan.duration_s
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sections = []
-    for server in (ctx.stack.broker, ctx.stack.baseline):
-        log(f"profiling the {server.name} with py-spy during one extra R1 run (c={concurrency})")
-
-        def load(url: str = server.url) -> object:
-            return run_wrk(
-                f"{url}{TOKEN_PATH}",
-                connections=concurrency,
-                threads=ctx.plan.threads,
-                duration_s=seconds,
-                authorization=f"Bearer {ctx.reference_jwt}",
-            )
-
-        path = out_dir / f"{stem}-{server.name}-r1.pyspy.txt"
-        profile = profiling.profile_during(server.pid, seconds, path, load)
-        sections.append(profiling.markdown(profile, server.name, f"R1 at c={concurrency}"))
-    return sections
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan: Plan = SMOKE if args.smoke else FULL
@@ -125,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_dir: Path = args.out_dir or (work_dir / "results" if args.smoke else RESULTS_DIR)
         try:
             wanted = select(args.scenarios)
+            profiled = select_profiled(args.profile, wanted)
             wrk_version = ensure_wrk()
             meta: dict[str, Any] = {
                 "started_at": started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -136,16 +131,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"bench: {plan.describe()}")
             identity = create_identity(work_dir)
             reference_jwt = identity.jwt(REFERENCE_SUBJECT)
+            support_jwt = identity.jwt(SUPPORT_SUBJECT, claims=SUPPORT_CLAIMS)
             with contextlib.ExitStack() as servers:
-                stack = start_stack(servers, work_dir, identity, reference_jwt)
+                stack = start_stack(servers, work_dir, identity, reference_jwt, plan)
                 log(
                     f"bench: emulator {stack.emulator.url}, broker {stack.broker.url}, "
                     f"baseline {stack.baseline.url}"
                 )
-                ctx = Context(plan, stack, identity, reference_jwt, work_dir, log)
+                loops = {server.name: server.event_loop() for server in stack.servers}
+                meta["event_loops"] = loops
+                if loops["broker"] != loops["baseline"]:
+                    log(f"bench: WARNING: the apps run on different event loops: {loops}")
+                ctx = Context(
+                    plan,
+                    stack,
+                    identity,
+                    reference_jwt,
+                    support_jwt,
+                    work_dir,
+                    log,
+                    profile=profiled,
+                    out_dir=out_dir,
+                    stem=stem,
+                    notes=meta["notes"],
+                )
                 results = run_scenarios(ctx, wanted)
-                if args.profile and "R1" in wanted:
-                    meta["notes"].extend(profile_r1(ctx, out_dir, stem))
                 stack.ensure_running()
         except HarnessError as exc:
             print(f"bench: FAILED: {exc}", file=sys.stderr)

@@ -3,35 +3,67 @@
 Every scenario is one ``Scenario`` entry in ``SCENARIOS``. A measured one has a ``run`` function
 taking the ``Context`` (plan, servers, identity) and returning a ``ScenarioResult``; one that
 cannot be measured yet has ``run=None`` and a ``pending`` reason, and is reported as "not yet
-measured" instead of being faked. To add one (R2, R3, R4, the precheck micro benchmark), write
-its ``run`` function with the helpers below (``ab_load`` for A/B wrk runs, ``run_burst``), set
-it on the entry and document it in ``bench/README.md``.
+measured" instead of being faked. To add one, write its ``run`` function with the helpers below
+(``ab_load`` for A/B wrk runs, ``run_burst``), set it on the entry and document it in
+``bench/README.md``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Final, TypedDict
+from typing import Any, Final, TypedDict
 
+from bench import profiling
 from bench.burst import BurstResult, run_burst
 from bench.errors import HarnessError
 from bench.identity import Identity
+from bench.jwtpool import JwtPool, create_pool, send_each
 from bench.loadgen import WrkRun, run_wrk
 from bench.plan import Plan
 from bench.processes import Server
 from bench.results import App, Check, Comparison, Run, ScenarioResult, percentile
-from bench.stack import ROOT, TOKEN_PATH, Stack
+from bench.stack import (
+    API_KEY,
+    ROOT,
+    TOKEN_PATH,
+    Stack,
+    post,
+    post_token,
+    start_baseline,
+    start_demo_mcp,
+)
+from bench.workload import (
+    DIRECT_PATH,
+    MCP_HEADERS,
+    PRECHECK_BODY,
+    PRECHECK_PATH,
+    PROXY_PATH,
+    SUPPORT_RULE,
+    TOOLS_CALL,
+    VERIFIED_TOKEN_PATH,
+    jsonrpc_answer,
+)
 
 R1_TARGET_RATIO: Final = 0.80
+R2_TARGET_RATIO: Final = 0.90
+R3_TARGET_RATIO: Final = 0.75
+R4_TARGET_RATIO: Final = 0.70
+R4_TARGET_ADDED_MS: Final = 1.0
+R4_UNLOADED_CONCURRENCY: Final = 1
 R6_TARGET_BYTES: Final = 1024
+MICRO_TARGET_US: Final = 10.0
 MEMORY_TIMEOUT_SECONDS: Final = 600
+MICRO_TIMEOUT_SECONDS: Final = 300
+POOL_WARM_CONNECTIONS: Final = 32
 
 
 @dataclass
@@ -41,25 +73,46 @@ class Context:
     identity: Identity
     reference_jwt: str
     """The JWT the stack was started with: the broker has its service token cached."""
+    support_jwt: str
+    """R3's and R4's user: ``groups: ["support"]``, so the two support-github rules apply."""
     work_dir: Path
     log: Callable[[str], None]
+    profile: frozenset[str] = frozenset()
+    """Scenario ids to profile with py-spy after measuring (``--profile``)."""
+    out_dir: Path = Path()
+    stem: str = ""
+    notes: list[str] = field(default_factory=list)
+    """Markdown sections for the report (the profiles)."""
 
 
 @dataclass(frozen=True, slots=True)
 class LoadTarget:
-    """What wrk sends to one app: a path on a server, an Authorization header, an optional body.
+    """What wrk sends to one app: a path on a server, an Authorization header (or a JWT pool
+    rotated per request), an optional JSON body and extra headers.
 
-    The server's CPU time is read before and after every measured run.
+    The CPU time of ``server`` and ``also_cpu`` (and their child processes) is read before and
+    after every measured run: R4 counts the whole chain of servers a request goes through.
     """
 
     server: Server
     path: str
     authorization: str = ""
     body: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    pool: JwtPool | None = None
+    also_cpu: tuple[Server, ...] = ()
 
     @property
     def url(self) -> str:
         return f"{self.server.url}{self.path}"
+
+    @property
+    def cpu_servers(self) -> tuple[Server, ...]:
+        return (self.server, *self.also_cpu)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each server of ``cpu_servers``, by name."""
+        return {server.name: server.cpu_seconds() for server in self.cpu_servers}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,39 +129,103 @@ class Scenario:
 # --- helpers shared by scenarios ----------------------------------------------------------------
 
 
-def ab_load(ctx: Context, baseline: LoadTarget, broker: LoadTarget) -> tuple[list[Run], int]:
+def ab_load(
+    ctx: Context,
+    scenario_id: str,
+    baseline: LoadTarget,
+    broker: LoadTarget,
+    concurrencies: Sequence[int] | None = None,
+) -> tuple[list[Run], int]:
     """Alternated wrk runs (baseline, broker, baseline, ...) at every concurrency of the plan.
 
     One untimed warm-up run per app and concurrency comes first. Returns the measured runs and
-    the number of tokens the emulator minted during the broker's measured runs.
+    the number of tokens the emulator minted during the broker's measured runs. Each run's
+    ``extra`` holds wrk's numbers and the changes of the emulator's counters during it. A JWT
+    pool rotation continues from run to run (each app has its own position). When the scenario
+    is in ``ctx.profile``, one more run per app follows under py-spy (see ``profile_load``).
     """
-    plan, mints = ctx.plan, 0
+    plan, stack, mints = ctx.plan, ctx.stack, 0
     runs: list[Run] = []
     targets: tuple[tuple[App, LoadTarget], ...] = (("baseline", baseline), ("broker", broker))
-    for concurrency in plan.concurrencies:
+    positions: dict[App, int] = {"baseline": 0, "broker": 0}
+    concurrencies = tuple(concurrencies or plan.concurrencies)
+    for concurrency in concurrencies:
         label = f"c={concurrency}"
         for app, target in targets:
-            _wrk(ctx, app, target, concurrency, plan.warmup_s)
+            warm = _wrk(ctx, app, target, concurrency, plan.warmup_s, positions[app])
+            positions[app] += warm.sent
         for index in range(plan.runs):
             for app, target in targets:
-                before = ctx.stack.tokens_minted() if app == "broker" else 0
-                cpu_before = target.server.cpu_seconds()
-                run = _wrk(ctx, app, target, concurrency, plan.duration_s)
-                cpu_us = (target.server.cpu_seconds() - cpu_before) / run.requests * 1e6
-                minted = ctx.stack.tokens_minted() - before if app == "broker" else 0
+                stats_before = stack.emulator_stats()
+                cpu_before = target.cpu_seconds()
+                run = _wrk(ctx, app, target, concurrency, plan.duration_s, positions[app])
+                cpu_after = target.cpu_seconds()
+                cpu_by_server = {
+                    name: (cpu_after[name] - cpu_before[name]) / run.requests * 1e6
+                    for name in cpu_after
+                }
+                cpu_us = sum(cpu_by_server.values())
+                stats_after = stack.emulator_stats()
+                emulator = {k: v - stats_before.get(k, 0) for k, v in stats_after.items()}
+                minted = emulator.get("tokens_minted", 0) if app == "broker" else 0
                 mints += minted
-                extra = asdict(run) | {"mints": minted}
+                extra = asdict(run) | {
+                    "mints": minted,
+                    "emulator": emulator,
+                    "cpu_us_by_server": cpu_by_server,
+                }
+                if target.pool is not None:
+                    extra["pool"] = {
+                        "size": target.pool.size,
+                        "first_index": positions[app] % target.pool.size,
+                        "distinct_jwts": min(run.sent, target.pool.size),
+                    }
+                    positions[app] += run.sent
                 runs.append(Run(app, label, index, run.rps, run.p50_ms, run.p99_ms, cpu_us, extra))
+                split = (
+                    " (" + ", ".join(f"{k} {v:,.0f}" for k, v in cpu_by_server.items()) + ")"
+                    if len(cpu_by_server) > 1
+                    else ""
+                )
                 ctx.log(
                     f"  {label} run {index + 1}/{plan.runs} {app:8s} {run.rps:9,.0f} req/s  "
                     f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  "
-                    f"CPU {cpu_us:5.0f} us/req"
+                    f"CPU {cpu_us:5.0f} us/req{split}"
                 )
+    if scenario_id in ctx.profile:
+        profile_load(ctx, scenario_id, targets, max(concurrencies), positions)
     return runs, mints
 
 
-def _wrk(ctx: Context, app: App, target: LoadTarget, connections: int, seconds: int) -> WrkRun:
+def profile_load(
+    ctx: Context,
+    scenario_id: str,
+    targets: Sequence[tuple[App, LoadTarget]],
+    concurrency: int,
+    positions: dict[App, int],
+) -> None:
+    """One extra, unmeasured run per app under py-spy (broker first); adds report sections."""
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    seconds = ctx.plan.duration_s
+    for app, target in reversed(targets):
+        server = target.server
+        ctx.log(f"  profiling the {server.name} with py-spy during one extra run ({concurrency=})")
+
+        def load(app: App = app, target: LoadTarget = target) -> object:
+            return _wrk(ctx, app, target, concurrency, seconds, positions[app])
+
+        path = ctx.out_dir / f"{ctx.stem}-{server.name}-{scenario_id.lower()}.pyspy.txt"
+        profile = profiling.profile_during(server.pid, seconds, path, load)
+        what = f"{scenario_id} at c={concurrency}, as the {app} side"
+        ctx.notes.append(profiling.markdown(profile, server.name, what))
+
+
+def _wrk(
+    ctx: Context, app: App, target: LoadTarget, connections: int, seconds: int, position: int
+) -> WrkRun:
     ctx.stack.ensure_running()
+    for server in target.cpu_servers:
+        server.ensure_running()
     run = run_wrk(
         target.url,
         connections=connections,
@@ -116,14 +233,53 @@ def _wrk(ctx: Context, app: App, target: LoadTarget, connections: int, seconds: 
         duration_s=seconds,
         authorization=target.authorization,
         body=target.body,
+        headers=target.headers,
+        pool_file=None if target.pool is None else target.pool.path,
+        pool_offset=position % target.pool.size if target.pool is not None else 0,
     )
     failed = run.errors["status"] + run.errors["connect"]
     if run.requests == 0 or failed:
         raise HarnessError(
             f"{app} at c={connections}: {run.requests} requests, {run.errors['status']} non-2xx, "
-            f"{run.errors['connect']} connect errors: the harness is not measuring a good path"
+            f"{run.errors['connect']} connect errors: the harness is not measuring a good path "
+            f"({_one_answer(target, position)})"
         )
     return run
+
+
+def _one_answer(target: LoadTarget, position: int) -> str:
+    """What one more request to ``target`` gets (to say what the failed requests got)."""
+    authorization = target.authorization
+    if target.pool is not None:
+        authorization = target.pool.authorizations[position % target.pool.size]
+    try:
+        response = post(
+            target.url,
+            authorization=authorization,
+            body=target.body,
+            headers=dict(target.headers),
+        )
+    except HarnessError as exc:
+        return f"one more request failed: {exc}"
+    return f"one more request: {response.status_code} {response.text[:300]!r}"
+
+
+def _comparisons(ctx: Context, runs: list[Run], concurrencies: Sequence[int]) -> list[Comparison]:
+    plan = ctx.plan
+    return [
+        Comparison.of(f"c={c}", f"c={c}, {plan.runs}x{plan.duration_s} s", runs)
+        for c in concurrencies
+    ]
+
+
+def _ok_reply(response: Any, what: str) -> Any:
+    """The JSON body of a 200 answer, or a HarnessError saying what came instead."""
+    if response.status_code != 200:
+        raise HarnessError(f"{what} answered {response.status_code}: {response.text[:500]}")
+    try:
+        return response.json()
+    except ValueError:
+        raise HarnessError(f"{what} answered 200 but no JSON: {response.text[:500]}") from None
 
 
 def _burst_run(app: App, index: int, result: BurstResult) -> Run:
@@ -161,14 +317,11 @@ def r1_same_jwt(ctx: Context) -> ScenarioResult:
     authorization = f"Bearer {ctx.reference_jwt}"
     runs, mints = ab_load(
         ctx,
+        "R1",
         baseline=LoadTarget(ctx.stack.baseline, TOKEN_PATH, authorization),
         broker=LoadTarget(ctx.stack.broker, TOKEN_PATH, authorization),
     )
-    plan = ctx.plan
-    comparisons = [
-        Comparison.of(f"c={c}", f"c={c}, {plan.runs}x{plan.duration_s} s", runs)
-        for c in plan.concurrencies
-    ]
+    comparisons = _comparisons(ctx, runs, ctx.plan.concurrencies)
     met = all(c.ratio >= R1_TARGET_RATIO for c in comparisons)
     return ScenarioResult(
         **_meta("R1"),
@@ -178,6 +331,226 @@ def r1_same_jwt(ctx: Context) -> ScenarioResult:
         comparisons=comparisons,
         runs=runs,
         details={"mints_during_measured_runs": mints},
+    )
+
+
+def r2_fresh_jwt(ctx: Context) -> ScenarioResult:
+    plan, stack = ctx.plan, ctx.stack
+    pool = create_pool(ctx.identity, ctx.work_dir, plan.jwt_pool)
+    ctx.log(f"  {pool.size:,} JWTs for {pool.size:,} users signed in {pool.sign_seconds:.1f} s")
+    before = stack.tokens_minted()
+    warm = send_each(
+        stack.broker.url, TOKEN_PATH, pool.authorizations, connections=POOL_WARM_CONNECTIONS
+    )
+    warm_mints = stack.tokens_minted() - before
+    ctx.log(
+        f"  service-token cache warmed for every user in {warm.seconds:.1f} s: "
+        f"{warm_mints:,} mints, statuses {warm.statuses}"
+    )
+    if warm.statuses != {200: pool.size}:
+        raise HarnessError(f"warming the pool's users: statuses {warm.statuses}, not all 200")
+    first = pool.authorizations[0]
+    sizes = {
+        app: len(post(f"{server.url}{path}", authorization=first).content)
+        for app, server, path in (
+            ("broker", stack.broker, TOKEN_PATH),
+            ("baseline", stack.baseline, VERIFIED_TOKEN_PATH),
+        )
+    }
+    if sizes["broker"] != sizes["baseline"]:
+        ctx.log(f"  note: answer sizes differ for the pool's first user: {sizes}")
+    runs, mints = ab_load(
+        ctx,
+        "R2",
+        baseline=LoadTarget(stack.baseline, VERIFIED_TOKEN_PATH, pool=pool),
+        broker=LoadTarget(stack.broker, TOKEN_PATH, pool=pool),
+    )
+    comparisons = _comparisons(ctx, runs, plan.concurrencies)
+    broker_runs = [r for r in runs if r.app == "broker"]
+    sent = [r.extra["sent"] for r in broker_runs]
+    distinct = [r.extra["pool"]["distinct_jwts"] for r in broker_runs]
+    uses = math.ceil(max(sent) / pool.size)
+    fresh = pool.size > plan.verified_cache_entries
+    return ScenarioResult(
+        **_meta("R2"),
+        status="measured",
+        target_met=all(c.ratio >= R2_TARGET_RATIO for c in comparisons),
+        summary=(
+            ", ".join(f"{c.label}: ratio {c.ratio:.2f}" for c in comparisons)
+            + f"; each broker run sent {min(sent):,}-{max(sent):,} requests with "
+            f"{min(distinct):,}-{max(distinct):,} distinct JWTs (each at most {uses}x per run; "
+            f"pool {pool.size:,} {'>' if fresh else '<='} verified-JWT cache "
+            f"{plan.verified_cache_entries:,}: "
+            + ("no request can hit it" if fresh else "repeats may hit it")
+            + f"); {mints} mint(s) while measuring"
+        ),
+        comparisons=comparisons,
+        runs=runs,
+        details={
+            "pool_size": pool.size,
+            "answer_bytes": sizes,
+            "verified_cache_entries": plan.verified_cache_entries,
+            "every_request_verified": fresh,
+            "sign_seconds": pool.sign_seconds,
+            "warm_seconds": warm.seconds,
+            "warm_mints": warm_mints,
+            "mints_during_measured_runs": mints,
+        },
+        checks=[
+            Check(
+                "warm-up: exactly one mint per pool user",
+                warm_mints == pool.size,
+                f"{warm_mints} mints for {pool.size} users",
+            )
+        ],
+    )
+
+
+def r3_precheck(ctx: Context) -> ScenarioResult:
+    plan, stack = ctx.plan, ctx.stack
+    authorization = f"Bearer {ctx.support_jwt}"
+    reply = post(
+        f"{stack.broker.url}{PRECHECK_PATH}", authorization=authorization, body=PRECHECK_BODY
+    )
+    decision = _ok_reply(reply, f"broker POST {PRECHECK_PATH}")
+    if decision.get("allowed") is not True or decision.get("rule") != SUPPORT_RULE:
+        raise HarnessError(f"the precheck was expected to allow by {SUPPORT_RULE}: {decision}")
+    precheck_file = ctx.work_dir / "precheck-body.json"
+    precheck_file.write_bytes(reply.content)
+    with contextlib.ExitStack() as exits:
+        baseline = start_baseline(
+            exits,
+            ctx.work_dir,
+            "baseline-precheck",
+            ["--body-file", str(stack.token_body_file), "--precheck-body-file", str(precheck_file)],
+        )
+        base_reply = post(
+            f"{baseline.url}{PRECHECK_PATH}", authorization=authorization, body=PRECHECK_BODY
+        )
+        _ok_reply(base_reply, f"baseline POST {PRECHECK_PATH}")
+        if len(base_reply.content) != len(reply.content):
+            raise HarnessError(
+                f"baseline precheck body is {len(base_reply.content)} bytes, the broker's "
+                f"{len(reply.content)}: not comparable"
+            )
+        loops = {server.name: server.event_loop() for server in (stack.broker, baseline)}
+        runs, mints = ab_load(
+            ctx,
+            "R3",
+            baseline=LoadTarget(baseline, PRECHECK_PATH, authorization, PRECHECK_BODY),
+            broker=LoadTarget(stack.broker, PRECHECK_PATH, authorization, PRECHECK_BODY),
+        )
+    comparisons = _comparisons(ctx, runs, plan.concurrencies)
+    return ScenarioResult(
+        **_meta("R3"),
+        status="measured",
+        target_met=all(c.ratio >= R3_TARGET_RATIO for c in comparisons),
+        summary=", ".join(f"{c.label}: ratio {c.ratio:.2f}" for c in comparisons)
+        + f"; every answer allowed by {SUPPORT_RULE} ({len(reply.content)}-byte body)",
+        comparisons=comparisons,
+        runs=runs,
+        details={
+            "mints_during_measured_runs": mints,
+            "event_loops": loops,
+            "request_body_bytes": len(PRECHECK_BODY),
+            "response_body_bytes": len(reply.content),
+        },
+    )
+
+
+def _mcp_call(target: LoadTarget, what: str) -> dict[str, Any]:
+    """Send R4's tools/call once (outside the measured runs); its JSON-RPC ``result``."""
+    response = post(
+        target.url,
+        authorization=target.authorization,
+        body=target.body,
+        headers=dict(target.headers),
+    )
+    if response.status_code != 200:
+        raise HarnessError(f"{what} answered {response.status_code}: {response.text[:500]}")
+    answer = jsonrpc_answer(response.text)
+    if answer is None or "result" not in answer or answer["result"].get("isError"):
+        raise HarnessError(f"{what} did not answer the tool's result: {response.text[:500]}")
+    result: dict[str, Any] = answer["result"]
+    return result
+
+
+def r4_proxy(ctx: Context) -> ScenarioResult:
+    from broker.demo import MCP_PATH, SeedError, seed_dev_connections
+
+    plan, stack = ctx.plan, ctx.stack
+    with contextlib.ExitStack() as exits:
+        demo = start_demo_mcp(exits, ctx.work_dir)
+        demo_url = f"{demo.url}{MCP_PATH}"
+        try:
+            asyncio.run(seed_dev_connections(stack.emulator.url, API_KEY, demo_url))
+        except SeedError as exc:
+            raise HarnessError(f"seeding the emulator's connections failed: {exc}") from None
+        # The service token the broker's proxy forwards for this user (the same cache entry).
+        token = _ok_reply(post_token(stack.broker.url, ctx.support_jwt), "broker POST /v1/tokens")
+        demo_target = LoadTarget(demo, MCP_PATH, body=TOOLS_CALL, headers=MCP_HEADERS)
+        direct = LoadTarget(
+            stack.emulator,
+            DIRECT_PATH,
+            f"Bearer {token['token']}",
+            TOOLS_CALL,
+            MCP_HEADERS,
+            also_cpu=(demo,),
+        )
+        proxied = LoadTarget(
+            stack.broker,
+            PROXY_PATH,
+            f"Bearer {ctx.support_jwt}",
+            TOOLS_CALL,
+            MCP_HEADERS,
+            also_cpu=(stack.emulator, demo),
+        )
+        expected = _mcp_call(demo_target, "the demo MCP server")
+        for target, what in ((direct, "the emulator (direct)"), (proxied, "the broker's proxy")):
+            if _mcp_call(target, what) != expected:
+                raise HarnessError(f"{what} answered another result than the demo server")
+        loops = {server.name: server.event_loop() for server in (*stack.servers, demo)}
+        runs, mints = ab_load(
+            ctx, "R4", baseline=direct, broker=proxied, concurrencies=plan.proxy_concurrencies
+        )
+    comparisons = _comparisons(ctx, runs, plan.proxy_concurrencies)
+    for comparison in comparisons:
+        comparison.load += " (CPU: whole chain)"
+    added = {c.label: c.broker.p50_ms - c.baseline.p50_ms for c in comparisons}
+    # The target is judged under load; one request at a time (c=1) is shown for what it says
+    # about the broker's own added latency when nothing queues.
+    judged = [
+        c
+        for c, n in zip(comparisons, plan.proxy_concurrencies, strict=True)
+        if n > R4_UNLOADED_CONCURRENCY
+    ] or comparisons
+    checks = [
+        Check(
+            f"{run.label} run {run.index + 1} {run.app}: every request forwarded, none denied",
+            run.extra["emulator"].get("mcp_denied", 0) == 0
+            and run.extra["emulator"].get("mcp_forwarded", 0) >= run.extra["requests"],
+            f"emulator: {run.extra['emulator'].get('mcp_forwarded')} forwarded, "
+            f"{run.extra['emulator'].get('mcp_denied')} denied, for {run.extra['requests']} "
+            "requests",
+        )
+        for run in runs
+    ]
+    met = all(c.ratio >= R4_TARGET_RATIO and added[c.label] <= R4_TARGET_ADDED_MS for c in judged)
+    return ScenarioResult(
+        **_meta("R4"),
+        status="measured",
+        target_met=met,
+        summary="; ".join(
+            f"{c.label}{'' if c in judged else ' (not judged)'}: ratio {c.ratio:.2f}, added p50 "
+            f"{added[c.label]:+.2f} ms (broker {c.broker.p50_ms:.2f} ms, direct "
+            f"{c.baseline.p50_ms:.2f} ms)"
+            for c in comparisons
+        )
+        + f"; {mints} mint(s) while measuring",
+        comparisons=comparisons,
+        runs=runs,
+        details={"added_p50_ms": added, "mints_during_measured_runs": mints, "event_loops": loops},
+        checks=checks,
     )
 
 
@@ -273,6 +646,54 @@ def r6_memory(ctx: Context) -> ScenarioResult:
     )
 
 
+def micro_precheck(ctx: Context) -> ScenarioResult:
+    argv = [sys.executable, "-m", "bench.micro", f"--repeats={ctx.plan.micro_repeats}"]
+    try:
+        done = subprocess.run(
+            argv, cwd=ROOT, capture_output=True, text=True, timeout=MICRO_TIMEOUT_SECONDS
+        )
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"bench.micro did not finish in {MICRO_TIMEOUT_SECONDS} s") from None
+    if done.returncode != 0:
+        raise HarnessError(f"bench.micro failed (exit {done.returncode}):\n{done.stderr}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    allowed, denied = data["allowed"], data["denied"]
+    ctx.log(
+        f"  {data['rules']} rules: allowed {allowed['median_us']:.2f} us, "
+        f"denied {denied['median_us']:.2f} us per message"
+    )
+    if "MICRO" in ctx.profile:
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        ctx.log("  profiling bench.micro with py-spy (one more, unmeasured, run)")
+        path = ctx.out_dir / f"{ctx.stem}-micro.pyspy.txt"
+        profile = profiling.profile_command(argv, path, MICRO_TIMEOUT_SECONDS, ROOT)
+        ctx.notes.append(profiling.markdown(profile, "precheck decision", "MICRO, in process"))
+    return ScenarioResult(
+        **_meta("MICRO"),
+        status="measured",
+        target_met=max(allowed["median_us"], denied["median_us"]) <= MICRO_TARGET_US,
+        summary=(
+            f"{data['rules']} rules ({data['rpc_entries']} rpcReqMatch entries): allowed by the "
+            f"last rule {allowed['median_us']:.2f} µs, denied by all "
+            f"{denied['median_us']:.2f} µs per message (median of {data['repeats']} repeats; "
+            f"best {allowed['best_us']:.2f} / {denied['best_us']:.2f} µs)"
+        ),
+        details=data,
+        checks=[
+            Check(
+                "the allowed message is allowed by the last rule",
+                allowed["allowed"] is True and str(allowed["rule"]).startswith("rule-5-"),
+                f"allowed={allowed['allowed']} rule={allowed['rule']}",
+            ),
+            Check(
+                "the denied message is denied with one reason per rule",
+                denied["allowed"] is False and denied["reasons"] == data["rules"],
+                f"allowed={denied['allowed']} reasons={denied['reasons']}",
+            ),
+        ],
+    )
+
+
 # --- the registry -----------------------------------------------------------------------------
 
 SCENARIOS: Final[tuple[Scenario, ...]] = (
@@ -287,25 +708,28 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario(
         "R2",
         "/v1/tokens, fresh JWT per request",
-        "wrk cycling through a pre-generated pool of JWTs (every request pays full verification) "
-        "vs a baseline handler that verifies the same JWTs with PyJWT",
-        "to be set",
-        pending="needs a JWT-pool wrk script and a verifying baseline handler (not built yet)",
+        "wrk rotating through a pool of distinct JWTs for distinct users (service tokens cached "
+        "for all, the pool larger than the verified-JWT cache: every request verifies an RS256 "
+        "signature) vs a baseline that verifies the same JWTs with PyJWT",
+        f"throughput ratio broker/baseline >= {R2_TARGET_RATIO:.2f}",
+        run=r2_fresh_jwt,
     ),
     Scenario(
         "R3",
         "/v1/precheck",
-        "wrk POST /v1/precheck with a JSON-RPC message vs the baseline",
-        "to be set",
-        pending="the broker has no POST /v1/precheck endpoint yet",
+        "wrk POST /v1/precheck (a tools/call with the connection's metadata given, allowed by "
+        f"{SUPPORT_RULE}) vs a baseline answering the same-size body to the same POST",
+        f"throughput ratio broker/baseline >= {R3_TARGET_RATIO:.2f}",
+        run=r3_precheck,
     ),
     Scenario(
         "R4",
-        "proxied tools/call",
-        "an MCP tools/call through the broker's proxy vs the same call sent directly to the "
-        "emulator",
-        "to be set",
-        pending="the broker has no MCP proxy yet",
+        "proxied tools/call (baseline: direct to the emulator)",
+        "an MCP tools/call through the broker's proxy (broker -> emulator -> demo MCP server) vs "
+        "the same call sent directly to the emulator with the same service token",
+        f"added p50 <= {R4_TARGET_ADDED_MS:.0f} ms and throughput ratio >= {R4_TARGET_RATIO:.2f} "
+        "(under load: c=8, c=32)",
+        run=r4_proxy,
     ),
     Scenario(
         "R5",
@@ -325,9 +749,10 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario(
         "MICRO",
         "precheck decision",
-        "µs per JSON-RPC message for the precheck decision function, in process (timeit)",
-        "to be set",
-        pending="the precheck decision function does not exist yet",
+        "µs per JSON-RPC message for broker.precheck.decide with 5 rules carrying rpcReqMatch, "
+        "in process (timeit), for a message the last rule allows and one no rule allows",
+        f"<= {MICRO_TARGET_US:.0f} µs per message",
+        run=micro_precheck,
     ),
 )
 

@@ -4,7 +4,9 @@ The emulator and the broker are separate ``broker`` processes (``broker emulator
 ``broker serve``, configured only through ``BROKER_*`` variables); the baseline is
 ``python -m bench.baseline`` answering with the broker's real response to the reference JWT, so
 both apps send bodies of the same size and shape. Every server is stopped by the caller's
-``ExitStack``, whatever happens.
+``ExitStack``, whatever happens. Scenarios that need one more server (R3's precheck baseline,
+R4's demo MCP server) start it with ``start_baseline``/``start_demo_mcp`` on their own
+``ExitStack``, so it is stopped when the scenario ends.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import httpx
 
 from bench.errors import HarnessError
 from bench.identity import ALGORITHM, AUDIENCE, ISSUER, Identity
+from bench.plan import Plan
 from bench.processes import STARTUP_TIMEOUT_SECONDS, Server, start_server
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -35,6 +38,8 @@ class Stack:
     baseline: Server
     token_response: dict[str, Any]
     """The broker's reply to the reference JWT (the baseline answers these very bytes)."""
+    token_body_file: Path
+    """That reply, as given to the baseline (``--body-file``)."""
 
     @property
     def servers(self) -> tuple[Server, ...]:
@@ -44,15 +49,22 @@ class Stack:
         for server in self.servers:
             server.ensure_running()
 
-    def tokens_minted(self) -> int:
-        """The emulator's ``tokens_minted`` counter."""
+    def emulator_stats(self) -> dict[str, int]:
+        """The emulator's counters (``tokens_minted``, ``mcp_forwarded``, ``mcp_denied``, ...)."""
         try:
             with httpx.Client(trust_env=False, timeout=STARTUP_TIMEOUT_SECONDS) as client:
                 response = client.get(f"{self.emulator.url}/_emulator/stats")
                 response.raise_for_status()
-                return int(response.json()["tokens_minted"])
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
+                return {str(k): int(v) for k, v in response.json().items()}
+        except (httpx.HTTPError, AttributeError, TypeError, ValueError) as exc:
             raise HarnessError(f"cannot read the emulator's stats: {exc!r}") from None
+
+    def tokens_minted(self) -> int:
+        """The emulator's ``tokens_minted`` counter."""
+        try:
+            return self.emulator_stats()["tokens_minted"]
+        except KeyError:
+            raise HarnessError("the emulator's stats have no tokens_minted") from None
 
 
 def broker_command() -> str:
@@ -62,7 +74,13 @@ def broker_command() -> str:
     return str(path)
 
 
-def broker_env(identity: Identity, emulator_url: str) -> dict[str, str]:
+TOKEN_CACHE_HEADROOM: Final = 10_000
+"""Service-token cache entries beyond R2's pool: R1's, R4's and R5's users."""
+UNREACHABLE_RATE: Final = 1_000_000
+"""Requests per user per second (and burst) no benchmark run comes near."""
+
+
+def broker_env(identity: Identity, emulator_url: str, plan: Plan) -> dict[str, str]:
     return {
         "BROKER_POLICIES_DIR": str(ROOT / "policies"),
         "BROKER_SMITHERY_BASE_URL": emulator_url,
@@ -71,15 +89,33 @@ def broker_env(identity: Identity, emulator_url: str) -> dict[str, str]:
         "BROKER_AUTH_AUDIENCE": AUDIENCE,
         "BROKER_AUTH_JWKS_FILE": str(identity.jwks_path),
         "BROKER_AUTH_ALGORITHMS": ALGORITHM,
+        # R2: every user of the JWT pool keeps its service token (no mint while measuring), and
+        # the pool is larger than the verified-JWT cache (every request verifies a signature).
+        "BROKER_CACHE_MAX_ENTRIES": str(plan.jwt_pool + TOKEN_CACHE_HEADROOM),
+        "BROKER_AUTH_VERIFIED_CACHE_ENTRIES": str(plan.verified_cache_entries),
+        # R3 and R4 send thousands of requests per second for one user: the per-user request
+        # limit stays on (its bookkeeping is measured) but so high that it never refuses.
+        "BROKER_LIMITS_REQUEST_RATE_PER_SECOND": str(UNREACHABLE_RATE),
+        "BROKER_LIMITS_REQUEST_BURST": str(UNREACHABLE_RATE),
     }
 
 
-def post_token(url: str, jwt: str) -> httpx.Response:
+def post(
+    url: str, *, authorization: str, body: str = "", headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """One POST (read in full) to a loopback server, for checks outside the measured runs."""
+    sent = {"Authorization": authorization, **(headers or {})}
+    if body:
+        sent["Content-Type"] = "application/json"
     try:
         with httpx.Client(trust_env=False, timeout=STARTUP_TIMEOUT_SECONDS) as client:
-            return client.post(f"{url}{TOKEN_PATH}", headers={"Authorization": f"Bearer {jwt}"})
+            return client.post(url, content=body.encode(), headers=sent)
     except httpx.HTTPError as exc:
-        raise HarnessError(f"POST {url}{TOKEN_PATH} failed: {exc!r}") from None
+        raise HarnessError(f"POST {url} failed: {exc!r}") from None
+
+
+def post_token(url: str, jwt: str) -> httpx.Response:
+    return post(f"{url}{TOKEN_PATH}", authorization=f"Bearer {jwt}")
 
 
 def _token_reply(server: Server, jwt: str) -> bytes:
@@ -95,7 +131,34 @@ def _token_reply(server: Server, jwt: str) -> bytes:
     return response.content
 
 
-def start_stack(exits: contextlib.ExitStack, work_dir: Path, identity: Identity, jwt: str) -> Stack:
+def start_baseline(
+    exits: contextlib.ExitStack, work_dir: Path, name: str, args: list[str]
+) -> Server:
+    """A ``python -m bench.baseline`` process (stopped by ``exits``), checked with ``/livez``."""
+    server = start_server(
+        name, [sys.executable, "-m", "bench.baseline", *args], log_dir=work_dir, cwd=ROOT
+    )
+    exits.callback(server.stop)
+    server.check("/livez")
+    return server
+
+
+def start_demo_mcp(exits: contextlib.ExitStack, work_dir: Path) -> Server:
+    """The demo MCP server (``python -m bench.demo_mcp``), stopped by ``exits``.
+
+    It has no health route: the caller's first MCP request waits in the socket's backlog until
+    the server accepts it.
+    """
+    server = start_server(
+        "demo-mcp", [sys.executable, "-m", "bench.demo_mcp"], log_dir=work_dir, cwd=ROOT
+    )
+    exits.callback(server.stop)
+    return server
+
+
+def start_stack(
+    exits: contextlib.ExitStack, work_dir: Path, identity: Identity, jwt: str, plan: Plan
+) -> Stack:
     """Start and check the three servers; ``jwt`` is the reference JWT (it warms the cache)."""
     broker = broker_command()
     emulator_server = start_server(
@@ -107,7 +170,7 @@ def start_stack(exits: contextlib.ExitStack, work_dir: Path, identity: Identity,
         [broker, "serve"],
         log_dir=work_dir,
         cwd=ROOT,
-        env=broker_env(identity, emulator_server.url),
+        env=broker_env(identity, emulator_server.url, plan),
     )
     exits.callback(broker_server.stop)
     emulator_server.check("/health")
@@ -115,18 +178,16 @@ def start_stack(exits: contextlib.ExitStack, work_dir: Path, identity: Identity,
     reply = _token_reply(broker_server, jwt)
     body_file = work_dir / "baseline-body.json"
     body_file.write_bytes(reply)
-    baseline_server = start_server(
+    baseline_server = start_baseline(
+        exits,
+        work_dir,
         "baseline",
-        [sys.executable, "-m", "bench.baseline", "--body-file", str(body_file)],
-        log_dir=work_dir,
-        cwd=ROOT,
+        ["--body-file", str(body_file), "--jwks-file", str(identity.jwks_path)],
     )
-    exits.callback(baseline_server.stop)
-    baseline_server.check("/livez")
     baseline_reply = _token_reply(baseline_server, jwt)
     if len(baseline_reply) != len(reply):
         raise HarnessError(
             f"baseline body is {len(baseline_reply)} bytes, the broker's {len(reply)}: "
             "not comparable"
         )
-    return Stack(emulator_server, broker_server, baseline_server, json.loads(reply))
+    return Stack(emulator_server, broker_server, baseline_server, json.loads(reply), body_file)

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 NAMESPACE: Final = "my-app"
 CONNECTION_ID: Final = "support-github"
-"""Seeded by ``broker.demo.seed_dev_connections`` with metadata ``{connectionId: support-github}``."""
+"""Seeded by ``broker.demo.seed_dev_connections``, metadata ``{connectionId: support-github}``."""
 
 SUPPORT_SUBJECT: Final = "support-agent-1"
 SUPPORT_CLAIMS: Final = MappingProxyType({"groups": ["support"]})
