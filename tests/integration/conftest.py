@@ -192,3 +192,28 @@ async def fresh_emulator(emulator: Process, http: httpx.AsyncClient) -> Process:
     response = await http.post(f"{emulator.url}/_emulator/reset")
     assert response.status_code == 200
     return emulator
+
+
+@pytest.fixture
+def otlp_receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real OTLP/HTTP receiver process (``tests/otlp_receiver.py``) on a pre-bound socket;
+    yields its URL and the file it writes received spans to."""
+    sock = listening_socket()
+    spans_file = tmp_path / "spans.jsonl"
+    receiver = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "otlp_receiver.py"),
+            "--fd",
+            str(sock.fileno()),
+            "--out",
+            str(spans_file),
+        ],
+        pass_fds=(sock.fileno(),),
+    )
+    try:
+        yield url_of(sock), spans_file
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=15)
+        sock.close()

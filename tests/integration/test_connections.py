@@ -8,17 +8,14 @@ token a user gets from ``/v1/tokens`` reaches exactly the connections they creat
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.conftest import API_KEY, ROOT, Keys, Process, listening_socket, url_of
+from tests.integration.conftest import API_KEY, Keys, Process
 
 pytestmark = pytest.mark.integration
 
@@ -181,29 +178,6 @@ async def test_bad_input_is_400(
         headers={**alice.auth, "Content-Type": "application/json"},
     )
     assert malformed.status_code == 400
-
-
-@pytest.fixture
-def otlp_receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    sock = listening_socket()
-    spans_file = tmp_path / "spans.jsonl"
-    receiver = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "otlp_receiver.py"),
-            "--fd",
-            str(sock.fileno()),
-            "--out",
-            str(spans_file),
-        ],
-        pass_fds=(sock.fileno(),),
-    )
-    try:
-        yield url_of(sock), spans_file
-    finally:
-        receiver.terminate()
-        receiver.wait(timeout=15)
-        sock.close()
 
 
 async def test_headers_never_in_responses_logs_or_traces(

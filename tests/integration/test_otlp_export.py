@@ -5,10 +5,7 @@ or ``/metrics`` output."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +16,8 @@ from broker.demo import MCP_PATH, create_demo_mcp_app, seed_dev_connections
 from tests.emulator.loopback import LoopbackServer
 from tests.integration.conftest import (
     API_KEY,
-    ROOT,
     Keys,
     Process,
-    listening_socket,
-    url_of,
 )
 
 pytestmark = pytest.mark.integration
@@ -33,30 +27,6 @@ def secret_fragments(secret: str) -> set[str]:
     """The secret and, for JWTs and dotted tokens, each of its long parts."""
     parts = {secret} | {part for part in secret.split(".") if len(part) >= 16}
     return parts
-
-
-@pytest.fixture
-def otlp_receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The receiver process on a pre-bound socket; yields its URL and its spans file."""
-    sock = listening_socket()
-    spans_file = tmp_path / "spans.jsonl"
-    receiver = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "otlp_receiver.py"),
-            "--fd",
-            str(sock.fileno()),
-            "--out",
-            str(spans_file),
-        ],
-        pass_fds=(sock.fileno(),),
-    )
-    try:
-        yield url_of(sock), spans_file
-    finally:
-        receiver.terminate()
-        receiver.wait(timeout=15)
-        sock.close()
 
 
 async def test_spans_exported_to_real_receiver_and_no_secret_anywhere(
