@@ -120,13 +120,30 @@ def decide(
         )
     method = message.get("method")
     skip_rpc = exempt_lifecycle and isinstance(method, str) and is_lifecycle(method)
-    denials: list[Denial] = []
+    # First a plain yes/no pass that builds nothing; the reasons are worked out only when no
+    # constraint allows the message (the MICRO benchmark in bench/ measured the difference).
     for constraint in constraints:
-        denial = _check(constraint, target, message, skip_rpc=skip_rpc)
-        if denial is None:
+        if _allows(constraint, target, message, skip_rpc=skip_rpc):
             return Decision(True, constraint.rule)
-        denials.append(denial)
-    return Decision(False, None, tuple(denials))
+    denials = [_check(c, target, message, skip_rpc=skip_rpc) for c in constraints]
+    return Decision(False, None, tuple(d for d in denials if d is not None))
+
+
+def _allows(
+    constraint: CompiledConstraint, target: Target, message: Mapping[str, Any], *, skip_rpc: bool
+) -> bool:
+    if constraint.namespaces is not None and target.namespace not in constraint.namespaces:
+        return False
+    if constraint.resources is not None and RESOURCE not in constraint.resources:
+        return False
+    if constraint.operations is not None and OPERATION not in constraint.operations:
+        return False
+    if constraint.metadata is not None and (
+        target.metadata is None
+        or not any(_covers(wanted, target.metadata) for wanted in constraint.metadata)
+    ):
+        return False
+    return constraint.rpc is None or skip_rpc or constraint.rpc.matches(message)
 
 
 def _check(

@@ -213,3 +213,25 @@ def test_denial_json_names_rule_field_and_pattern() -> None:
             "pattern": "^(search_issues|get_issue)$",
         }
     ]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        LIST,
+        INIT,
+        NOTE,
+        call("get_issue"),
+        call("delete_repository"),
+        call("get_issue\n"),
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call"},
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": ["get_issue"]}},
+        call("t", repo="acme/x", n=7, tags=["bug"]),
+        call("t", repo="acme/x", n="7a", tags=[]),
+    ],
+)
+def test_fast_match_agrees_with_explained_match(message: dict[str, Any]) -> None:
+    for _, constraint in (SUPPORT_SESSION, SUPPORT_READ, ARG):
+        matcher = compile_constraints([AppliedRule("r", constraint, None)])[0].rpc
+        assert matcher is not None
+        assert matcher.matches(message) is (matcher.first_mismatch(message) is None)
