@@ -8,7 +8,13 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request
 
-from broker.errors import CallerError, InvalidJSONError, InvalidRequestError
+from broker.errors import (
+    CallerError,
+    InvalidJSONError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+)
+from broker.jsonrpc import decode_strict
 
 T = TypeVar("T")
 
@@ -76,3 +82,23 @@ async def read_body_within(request: Request[Any, Any, Any], seconds: float) -> b
         raise RequestTimeoutError(
             f"The request body did not arrive within {seconds:g} s."
         ) from None
+
+
+async def read_strict_json(
+    request: Request[Any, Any, Any], *, timeout_seconds: float, max_bytes: int, max_depth: int
+) -> tuple[bytes, Any]:
+    """The raw body and its strict parse (``jsonrpc.decode_strict``): size limit (413), JSON
+    content type (415), then duplicate keys, NaN and depth refused (400)."""
+    body = await read_body(request, timeout_seconds)
+    if len(body) > max_bytes:
+        raise PayloadTooLargeError(f"The body may be at most {max_bytes} bytes.")
+    require_json(request.headers.get("content-type"))
+    return body, decode_strict(body, max_depth=max_depth)
+
+
+def convert_body(parsed: Any, type_: type[T]) -> T:
+    """A strictly parsed body as ``type_``; schema violations name the JSON path (400)."""
+    try:
+        return msgspec.convert(parsed, type_, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(str(exc)) from None

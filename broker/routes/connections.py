@@ -14,11 +14,10 @@ from litestar import Request, Response, delete, get, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from broker.errors import InvalidRequestError, PayloadTooLargeError
-from broker.identity import Principal
-from broker.jsonrpc import decode_strict
+from broker.errors import InvalidRequestError
 from broker.provisioning import ConnectionRequest
-from broker.routes.body import read_body, require_json
+from broker.routes.body import convert_body, read_strict_json
+from broker.routes.caller import limited_caller
 from broker.routes.names import check_name
 from broker.state import BrokerState
 from broker.upstream import ConnectionDocument, ConnectionPage
@@ -33,13 +32,6 @@ class Deleted(msgspec.Struct, frozen=True):
     success: bool = True
 
 
-async def _caller(request: Request[Any, Any, Any], broker: BrokerState) -> Principal:
-    principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
-    if broker.request_limit is not None:
-        broker.request_limit.check(principal.issuer, principal.subject)
-    return principal
-
-
 @put(
     "/v1/connections/{namespace:str}/{connection_id:str}",
     request_max_body_size=16 * 1024 * 1024,
@@ -51,19 +43,16 @@ async def put_connection(
     connection_id: FromPath[str],
     broker: NamedDependency[BrokerState],
 ) -> Response[ConnectionDocument]:
-    principal = await _caller(request, broker)
+    principal = await limited_caller(request, broker)
     check_name("namespace", namespace)
     check_name("connectionId", connection_id)
-    body = await read_body(request, broker.settings.server.body_timeout_seconds)
-    if len(body) > MAX_BODY_BYTES:
-        raise PayloadTooLargeError(f"The body may be at most {MAX_BODY_BYTES} bytes.")
-    require_json(request.headers.get("content-type"))
-    try:
-        upsert = msgspec.convert(
-            decode_strict(body, max_depth=MAX_BODY_DEPTH), ConnectionRequest, strict=True
-        )
-    except msgspec.ValidationError as exc:
-        raise InvalidRequestError(str(exc)) from None
+    _, parsed = await read_strict_json(
+        request,
+        timeout_seconds=broker.settings.server.body_timeout_seconds,
+        max_bytes=MAX_BODY_BYTES,
+        max_depth=MAX_BODY_DEPTH,
+    )
+    upsert = convert_body(parsed, ConnectionRequest)
     document, created = await broker.provisioning.put(principal, namespace, connection_id, upsert)
     return Response(document, status_code=201 if created else 200, headers=NO_STORE)
 
@@ -77,7 +66,7 @@ async def list_connections(
     namespace: FromPath[str],
     broker: NamedDependency[BrokerState],
 ) -> Response[ConnectionPage]:
-    principal = await _caller(request, broker)
+    principal = await limited_caller(request, broker)
     check_name("namespace", namespace)
     params = request.query_params
     unknown = set(params.keys()) - {"cursor", "limit"}
@@ -106,7 +95,7 @@ async def get_connection(
     connection_id: FromPath[str],
     broker: NamedDependency[BrokerState],
 ) -> Response[ConnectionDocument]:
-    principal = await _caller(request, broker)
+    principal = await limited_caller(request, broker)
     check_name("namespace", namespace)
     check_name("connectionId", connection_id)
     document = await broker.provisioning.get(principal, namespace, connection_id)
@@ -124,7 +113,7 @@ async def delete_connection(
     connection_id: FromPath[str],
     broker: NamedDependency[BrokerState],
 ) -> Deleted:
-    principal = await _caller(request, broker)
+    principal = await limited_caller(request, broker)
     check_name("namespace", namespace)
     check_name("connectionId", connection_id)
     await broker.provisioning.delete(principal, namespace, connection_id)

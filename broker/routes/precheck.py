@@ -9,10 +9,11 @@ import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
 
-from broker.errors import InvalidRequestError, PayloadTooLargeError
-from broker.jsonrpc import check_message, decode_strict
+from broker.errors import InvalidRequestError
+from broker.jsonrpc import check_message
 from broker.precheck import Target
-from broker.routes.body import read_body, require_json
+from broker.routes.body import convert_body, read_strict_json
+from broker.routes.caller import limited_caller
 from broker.routes.names import NAME_PATTERN
 from broker.state import BrokerState
 
@@ -52,19 +53,15 @@ class PrecheckResponse(msgspec.Struct, frozen=True):
 async def precheck(
     request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
 ) -> PrecheckResponse:
-    principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
-    if broker.request_limit is not None:
-        broker.request_limit.check(principal.issuer, principal.subject)
+    principal = await limited_caller(request, broker)
     limits = broker.settings.precheck
-    body = await read_body(request, broker.settings.server.body_timeout_seconds)
-    if len(body) > limits.max_body_bytes:
-        raise PayloadTooLargeError(f"The body may be at most {limits.max_body_bytes} bytes.")
-    require_json(request.headers.get("content-type"))
-    parsed = decode_strict(body, max_depth=limits.max_depth + 1)
-    try:
-        envelope = msgspec.convert(parsed, PrecheckRequest, strict=True)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequestError(str(exc)) from None
+    _, parsed = await read_strict_json(
+        request,
+        timeout_seconds=broker.settings.server.body_timeout_seconds,
+        max_bytes=limits.max_body_bytes,
+        max_depth=limits.max_depth + 1,
+    )
+    envelope = convert_body(parsed, PrecheckRequest)
     if envelope.connectionId is not None and envelope.metadata is not None:
         raise InvalidRequestError("Give either connectionId or metadata, not both.")
     message = check_message(envelope.request)

@@ -20,10 +20,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Stream
 
-from broker.errors import PayloadTooLargeError, RequestDeniedError
-from broker.jsonrpc import check_message, decode_strict, is_notification
+from broker.errors import RequestDeniedError
+from broker.jsonrpc import check_message, is_notification
 from broker.precheck import Target
-from broker.routes.body import read_body, require_json
+from broker.routes.body import read_strict_json
+from broker.routes.caller import limited_caller
 from broker.routes.names import check_name
 from broker.state import BrokerState
 
@@ -56,17 +57,17 @@ async def proxy_mcp(
     connection_id: FromPath[str],
     broker: NamedDependency[BrokerState],
 ) -> Response[Any]:
-    principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
-    if broker.request_limit is not None:
-        broker.request_limit.check(principal.issuer, principal.subject)
+    principal = await limited_caller(request, broker)
     check_name("namespace", namespace)
     check_name("connectionId", connection_id)
     limits = broker.settings.precheck
-    body = await read_body(request, broker.settings.server.body_timeout_seconds)
-    if len(body) > limits.max_body_bytes:
-        raise PayloadTooLargeError(f"The body may be at most {limits.max_body_bytes} bytes.")
-    require_json(request.headers.get("content-type"))
-    message = check_message(decode_strict(body, max_depth=limits.max_depth))
+    body, parsed = await read_strict_json(
+        request,
+        timeout_seconds=broker.settings.server.body_timeout_seconds,
+        max_bytes=limits.max_body_bytes,
+        max_depth=limits.max_depth,
+    )
+    message = check_message(parsed)
     metadata = await broker.admission.connection_metadata(namespace, connection_id)
     decision = broker.admission.decide(
         principal,
