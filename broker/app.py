@@ -53,6 +53,7 @@ from broker.routes import (
     observability,
     precheck,
     proxy,
+    static,
     tokens,
 )
 from broker.routes.observability import METRIC_HELP, collect_state_metrics
@@ -299,9 +300,11 @@ def create_app(
         health.livez,
         health.readyz,
         admin.explain_route,
+        static.client_js,
+        static.client_types,
     ]
     if dev_signer is not None:
-        handlers.append(dev.dev_login)
+        handlers.extend([dev.dev_login, dev.dev_console, dev.dev_console_file])
     if settings.telemetry.metrics_port == 0:
         handlers.append(observability.metrics_route)
     cors = None

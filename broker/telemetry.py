@@ -59,6 +59,12 @@ _TEMPLATES: Final = {
     "/readyz": "/readyz",
     "/metrics": "/metrics",
     "/dev/login": "/dev/login",
+    "/v1/client.js": "/v1/client.js",
+    "/v1/client.d.ts": "/v1/client.d.ts",
+    "/dev/": "/dev/",
+    "/dev": "/dev/",
+    "/dev/console.js": "/dev/console.js",
+    "/dev/console.css": "/dev/console.css",
 }
 MCP_ROUTE: Final = "/v1/mcp/{namespace}/{connectionId}"
 

@@ -1,6 +1,11 @@
-"""Dev mode only: ``POST /dev/login`` signs an app-user JWT with the ephemeral dev key.
+"""Dev mode only: ``POST /dev/login`` signs an app-user JWT with the ephemeral dev key, and
+``GET /dev/`` serves the dev console (``broker/static/console/``), a page that uses the same
+``/v1/client.js`` as any app would.
 
-This router is mounted only by ``broker dev``; ``broker serve`` has no ``/dev/*`` routes.
+These routes are mounted only by ``broker dev``; ``broker serve`` has no ``/dev/*`` routes.
+The console's HTML, script and style are separate files, so it runs under a strict
+``Content-Security-Policy`` (no inline script or style), and it carries no secret: users'
+JWTs come from ``/dev/login`` at run time and stay in the page's memory.
 """
 
 from __future__ import annotations
@@ -8,15 +13,32 @@ from __future__ import annotations
 from typing import Any, Final
 
 import msgspec
-from litestar import Request, Response, post
+from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 
 from broker.errors import InvalidRequestError
 from broker.routes.body import decode_json_body, read_body
+from broker.routes.static import CSS, HTML, JAVASCRIPT, asset_response, load_asset
 from broker.state import BrokerState
 
 DEV_TOKEN_LIFETIME_SECONDS: Final = 3600
 RESERVED_CLAIMS: Final = ("iss", "aud", "exp", "iat", "nbf", "jti")
+CONSOLE_CSP: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+"""Everything the console needs comes from the broker's own origin; nothing inline."""
+CONSOLE_HEADERS: Final = {
+    "Content-Security-Policy": CONSOLE_CSP,
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+CONSOLE_FILES: Final = {
+    "console.js": JAVASCRIPT,
+    "console.css": CSS,
+}
 
 
 class LoginResponse(msgspec.Struct, frozen=True):
@@ -61,3 +83,19 @@ async def dev_login(
         ),
         headers={"Cache-Control": "no-store"},
     )
+
+
+@get("/dev/", include_in_schema=False, sync_to_thread=False)
+def dev_console(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The dev console page."""
+    page = load_asset("console/index.html", HTML)
+    return asset_response(request, page, CONSOLE_HEADERS)
+
+
+@get("/dev/{name:str}", include_in_schema=False, sync_to_thread=False)
+def dev_console_file(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
+    """The console's script and style (a fixed list: no path from the request reaches a file)."""
+    media_type = CONSOLE_FILES.get(name)
+    if media_type is None:
+        raise NotFoundException()
+    return asset_response(request, load_asset(f"console/{name}", media_type), CONSOLE_HEADERS)

@@ -1,0 +1,86 @@
+"""``GET /v1/client.js`` and ``/v1/client.d.ts`` in ``broker serve`` mode (no dev signer), and
+the dev console's absence there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from broker.app import create_app
+from broker.config import PoliciesSettings, Secret, Settings, SmitherySettings
+from broker.routes.static import etag_matches
+from tests.inprocess import ROOT
+
+
+@pytest.fixture
+def served() -> Iterator[TestClient[Any]]:
+    """The production app, as ``broker serve`` builds it: no dev signer."""
+    settings = Settings(
+        policies=PoliciesSettings(dir=str(ROOT / "policies")),
+        smithery=SmitherySettings(base_url="http://emulator.invalid", api_key=Secret("k")),
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_client_js_served_as_javascript(served: TestClient[Any]) -> None:
+    response = served.get("/v1/client.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.content == resources.files("broker").joinpath("static/client.js").read_bytes()
+    assert b"export function createBrokerClient" in response.content
+
+
+def test_client_types_served(served: TestClient[Any]) -> None:
+    response = served.get("/v1/client.d.ts")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/typescript; charset=utf-8"
+    assert b"export declare function createBrokerClient" in response.content
+
+
+def test_client_js_revalidates_with_etag(served: TestClient[Any]) -> None:
+    first = served.get("/v1/client.js")
+    etag = first.headers["etag"]
+    assert etag.startswith('"')
+    assert etag.endswith('"')
+    again = served.get("/v1/client.js", headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again.headers["etag"] == etag
+    stale = served.get("/v1/client.js", headers={"If-None-Match": '"something-else"'})
+    assert stale.status_code == 200
+    assert stale.content == first.content
+
+
+@pytest.mark.parametrize(
+    ("header", "matches"),
+    [
+        (None, False),
+        ("", False),
+        ('"abc"', True),
+        ('W/"abc"', True),
+        ('"x", "abc"', True),
+        ("*", True),
+        ('"abcd"', False),
+        ("abc", False),
+    ],
+)
+def test_etag_matching(header: str | None, matches: bool) -> None:
+    assert etag_matches(header, '"abc"') is matches
+
+
+@pytest.mark.parametrize(
+    "path", ["/dev/", "/dev", "/dev/console.js", "/dev/console.css", "/dev/login"]
+)
+def test_dev_console_absent_in_serve_mode(served: TestClient[Any], path: str) -> None:
+    response = served.get(path)
+    assert response.status_code in (404, 405)
+    assert response.status_code == 404 or path == "/dev/login"
+    assert "content-security-policy" not in response.headers
+    assert served.post("/dev/login", json={"sub": "a"}).status_code == 404
