@@ -20,6 +20,7 @@ from broker.identity import Principal
 from broker.metrics import Metrics
 from broker.policy import PolicySet
 from broker.precheck import CompiledConstraint, Decision, Target, compile_constraints, decide
+from broker.revocation import Revocations
 from broker.telemetry import Telemetry, audit, deny
 from broker.upstream import SmitheryClient
 
@@ -37,6 +38,8 @@ class Admission:
     connection_cache_seconds: float = 30.0
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)
+    revocations: Revocations | None = None
+    """Asked before every decision: a revoked subject (or rule) is refused, not decided."""
     _compiled: BoundedCache[tuple[str, str, str], tuple[CompiledConstraint, ...]] | None = None
     _connections: TimedCache[tuple[str, str], Mapping[str, Any]] | None = None
     _by_token: BoundedCache[tuple[str, bytes], tuple[CompiledConstraint, ...]] | None = None
@@ -100,9 +103,12 @@ class Admission:
         params = message.get("params")
         tool = params.get("name") if isinstance(params, dict) and method == "tools/call" else None
         tool = tool if isinstance(tool, str) else None
+        constraints = self.constraints_for(principal)
+        if self.revocations is not None:
+            self.revocations.check(principal, (c.rule for c in constraints))
         with self.telemetry.span("broker.precheck") as span:
             decision = decide(
-                self.constraints_for(principal),
+                constraints,
                 target,
                 message,
                 exempt_lifecycle=self.exempt_lifecycle,

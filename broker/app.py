@@ -35,6 +35,7 @@ from broker import __version__
 from broker.admission import Admission
 from broker.authentication import Authenticator
 from broker.cache import TokenCache
+from broker.cluster import setup_cluster
 from broker.config import Settings
 from broker.errors import AuthenticationError, BrokerError, RequestDeniedError
 from broker.identity import DevSigner
@@ -43,7 +44,6 @@ from broker.jwks import JwksManager, setup_verifier
 from broker.metrics import Metrics
 from broker.policy import PolicySet, load_policy_dir
 from broker.provisioning import Provisioning
-from broker.ratelimit import RateLimiter
 from broker.reload import PolicyReloader
 from broker.routes import (
     admin,
@@ -237,6 +237,9 @@ def create_app(
         refresh_ahead=settings.cache.refresh_ahead,
         clock=clock,
     )
+    cluster = setup_cluster(
+        settings, cache=cache, clock=clock, metrics=metrics, telemetry=telemetry
+    )
     state = BrokerState(
         settings=settings,
         policy_set=policies,
@@ -249,14 +252,16 @@ def create_app(
             upstream=upstream,
             telemetry=telemetry,
             metrics=metrics,
-            mint_limit=RateLimiter(
+            mint_limit=cluster.limiter(
                 rate_per_second=settings.limits.mint_rate_per_second,
                 burst=settings.limits.mint_burst,
                 clock=clock,
                 what="token mints",
             ),
+            revocations=cluster.revocations,
+            shared=cluster.shared,
         ),
-        request_limit=RateLimiter(
+        request_limit=cluster.limiter(
             rate_per_second=settings.limits.request_rate_per_second,
             burst=settings.limits.request_burst,
             clock=clock,
@@ -270,6 +275,7 @@ def create_app(
             connection_cache_seconds=settings.precheck.connection_cache_seconds,
             telemetry=telemetry,
             metrics=metrics,
+            revocations=cluster.revocations,
         ),
         clock=clock,
         reloader=PolicyReloader(
@@ -287,8 +293,10 @@ def create_app(
         dev_signer=dev_signer,
         telemetry=telemetry,
         metrics=metrics,
+        cluster=cluster,
     )
     metrics.collectors.append(lambda: collect_state_metrics(state))
+    metrics.collectors.append(cluster.collect_metrics)
     handlers: list[Any] = [
         tokens.create_token,
         precheck.precheck,
@@ -300,6 +308,7 @@ def create_app(
         health.livez,
         health.readyz,
         admin.explain_route,
+        admin.revoke_route,
         static.client_js,
         static.client_types,
     ]
@@ -319,6 +328,7 @@ def create_app(
 
     async def start_background() -> None:
         await state.reloader.start()
+        await cluster.start()
         if keys is not None:
             await keys.start()
 
@@ -327,6 +337,7 @@ def create_app(
         if keys is not None:
             await keys.aclose()
         await upstream.aclose()
+        await cluster.aclose()
         telemetry.shutdown()  # flushes spans still queued for export
 
     async def count_response(message: Message, scope: Scope) -> None:

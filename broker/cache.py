@@ -113,6 +113,9 @@ class LRU(Generic[K, V]):
     def clear(self) -> None:
         self._data.clear()
 
+    def key_list(self) -> list[K]:
+        return list(self._data)
+
 
 class TokenCache:
     """Bounded LRU of service tokens with refresh margins and per-key single-flight."""
@@ -133,6 +136,8 @@ class TokenCache:
         self._margin_ratio = margin_ratio
         self._clock = clock
         self._inflight: dict[CacheKey, asyncio.Task[CachedToken]] = {}
+        self._generation = 0
+        """Moved by ``purge``: a mint that started before a purge does not refill the cache."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -156,6 +161,24 @@ class TokenCache:
             return entry
         self._entries.pop(key, None)
         return None
+
+    def peek(self, key: CacheKey) -> CachedToken | None:
+        """The entry for ``key`` whatever its state (no LRU update, nothing dropped)."""
+        return self._entries.get(key)
+
+    def purge(self, match: Callable[[CacheKey], bool] | None = None) -> int:
+        """Drop the entries ``match`` selects (all without one); the number dropped. Mints
+        already in flight still answer their waiters but are not cached (they may predate the
+        reason for the purge, e.g. a revocation)."""
+        self._generation += 1
+        if match is None:
+            count = len(self._entries)
+            self._entries.clear()
+            return count
+        doomed = [key for key in self._entries.key_list() if match(key)]
+        for key in doomed:
+            self._entries.pop(key)
+        return len(doomed)
 
     async def get_or_mint(
         self,
@@ -216,14 +239,19 @@ class TokenCache:
 
     async def _mint(self, key: CacheKey, mint: Callable[[], Awaitable[Minted]]) -> CachedToken:
         minted_at = self._clock()
+        generation = self._generation
         try:
             minted = await mint()
         except BaseException:
             self.stats.mint_failures += 1
             raise
         self.stats.mints += 1
-        entry = CachedToken(minted.token, minted.expires_at, minted_at)
-        if self.servable(entry, minted_at):
+        # A token another replica minted (read from a shared tier) says when it was minted, so
+        # its margins are computed on its real lifetime.
+        entry = CachedToken(
+            minted.token, minted.expires_at, getattr(minted, "minted_at", None) or minted_at
+        )
+        if generation == self._generation and self.servable(entry, minted_at):
             self._entries[key] = entry
         return entry
 

@@ -24,6 +24,7 @@ import msgspec
 import uvicorn
 
 from broker import __version__
+from broker.cluster import load_cluster_keyring
 from broker.config import (
     Secret,
     ServerSettings,
@@ -129,6 +130,7 @@ def _load(*, production: bool) -> tuple[Settings, PolicySet]:
     try:
         settings = load_settings(production=production)
         setup_verifier(settings.auth)
+        load_cluster_keyring(settings)
     except ConfigError as exc:
         problems.extend(exc.problems)
     policy_set: PolicySet | None = None

@@ -190,6 +190,32 @@ class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """...or this fraction of its lifetime, whichever is larger."""
     refresh_ahead: bool = True
     """Mint a user's next token in the background when the current one nears its margin."""
+    backend: str = "memory"
+    """``memory`` (each replica alone) or ``redis``: replicas share tokens, single-flight mints,
+    rate limits and revocations through ``BROKER_REDIS_URL``, with this cache as a local L1."""
+    encryption_key: Secret | None = None
+    """Keyring for tokens stored in Redis (YAML: ``active``, ``keys`` by id, ``naming_key``;
+    base64 of 32 random bytes each). Required with the ``redis`` backend."""
+
+
+class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: Secret | None = None
+    """``redis://`` or ``rediss://`` (TLS) URL, password included; used with
+    ``BROKER_CACHE_BACKEND=redis``."""
+    timeout_seconds: float = 0.25
+    """Time allowed to connect and for each reply; a slower Redis counts as unavailable."""
+    retry_seconds: float = 1.0
+    """After a failure, Redis is not tried again for this long (the replica works alone)."""
+    key_prefix: str = "token-broker"
+    """Prefix of every key the broker writes (separates brokers sharing one Redis)."""
+    required_for_readiness: bool = False
+    """``/readyz`` answers 503 while Redis is unavailable (default: ready on the local cache)."""
+    lock_seconds: float = 15.0
+    """Lifetime of the cross-replica mint lock (longer than a mint may take)."""
+    lock_wait_seconds: float = 5.0
+    """How long a replica waits for another replica's mint before minting itself."""
+    sync_interval_seconds: float = 0.25
+    """How often each replica checks Redis for new revocations."""
 
 
 class TelemetrySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -206,6 +232,8 @@ class TelemetrySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token: Secret | None = None
     """Bearer credential for operator endpoints (``POST /v1/explain``). Unset: they answer 404."""
+    revocation_seconds: int = 900
+    """How long ``POST /v1/admin/revoke`` refuses a subject (or rule) by default."""
 
 
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -234,6 +262,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     precheck: PrecheckSettings = msgspec.field(default_factory=PrecheckSettings)
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
@@ -356,6 +385,7 @@ def settings_problems(settings: Settings) -> list[str]:
         problems.append("BROKER_CACHE_REFRESH_MARGIN_SECONDS: must not be negative")
     if not 0 <= settings.cache.refresh_margin_ratio < 1:
         problems.append("BROKER_CACHE_REFRESH_MARGIN_RATIO: must be in [0, 1)")
+    problems.extend(_redis_problems(settings))
     for origin in settings.cors.origins:
         if origin != "*" and not origin.startswith(("https://", "http://")):
             problems.append(
@@ -374,6 +404,38 @@ def settings_problems(settings: Settings) -> list[str]:
         problems.append("BROKER_SERVER_MAX_HEADER_BYTES: must be between 1024 and 1048576")
     if not 0 < settings.server.port < 65536:
         problems.append("BROKER_SERVER_PORT: must be a TCP port number")
+    return problems
+
+
+def _redis_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    backend, redis = settings.cache.backend, settings.redis
+    if backend not in ("memory", "redis"):
+        problems.append("BROKER_CACHE_BACKEND: must be memory or redis")
+    if backend == "redis":
+        if redis.url is None:
+            problems.append(
+                "BROKER_REDIS_URL or BROKER_REDIS_URL_FILE: required with "
+                "BROKER_CACHE_BACKEND=redis"
+            )
+        if settings.cache.encryption_key is None:
+            problems.append(
+                "BROKER_CACHE_ENCRYPTION_KEY or BROKER_CACHE_ENCRYPTION_KEY_FILE: required with "
+                "BROKER_CACHE_BACKEND=redis (tokens are stored encrypted)"
+            )
+    # The URL itself is never echoed: it may carry a password.
+    if redis.url is not None and not redis.url.reveal().startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        problems.append("BROKER_REDIS_URL: must start with redis://, rediss:// or unix://")
+    if redis.timeout_seconds <= 0 or redis.retry_seconds <= 0 or redis.sync_interval_seconds <= 0:
+        problems.append("BROKER_REDIS_TIMEOUT/RETRY/SYNC_INTERVAL_SECONDS: must be greater than 0")
+    if redis.lock_seconds <= 0 or redis.lock_wait_seconds <= 0:
+        problems.append("BROKER_REDIS_LOCK(_WAIT)_SECONDS: must be greater than 0")
+    if not redis.key_prefix or any(c in redis.key_prefix for c in " *?[]"):
+        problems.append("BROKER_REDIS_KEY_PREFIX: must be non-empty, without spaces or glob chars")
+    if settings.admin.revocation_seconds < 0:
+        problems.append("BROKER_ADMIN_REVOCATION_SECONDS: must not be negative")
     return problems
 
 

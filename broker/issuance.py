@@ -25,6 +25,8 @@ from broker.identity import Principal
 from broker.metrics import Metrics
 from broker.policy import PolicySet
 from broker.ratelimit import RateLimiter
+from broker.revocation import Revocations
+from broker.sharedcache import SharedCache
 from broker.telemetry import Telemetry, audit, audit_log, deny
 from broker.upstream import MintedToken, SmitheryClient
 
@@ -58,6 +60,10 @@ class Issuance:
     metrics: Metrics = field(default_factory=Metrics)
     mint_limit: RateLimiter | None = None
     """Per-user limit on mints (cache hits are not limited)."""
+    revocations: Revocations | None = None
+    """Checked once the rules are known: a revoked subject or rule gets no token."""
+    shared: SharedCache | None = None
+    """With Redis: the tier consulted on a memory miss (one mint across replicas)."""
 
     def plan(
         self, policy_set: PolicySet, principal: Principal, requested: Sequence[str]
@@ -117,14 +123,32 @@ class Issuance:
                 span.set_attribute("broker.policy.revision", policy_set.revision)
                 span.set_attribute("broker.rules.matched", list(plan.rule_ids))
                 span.set_attribute("broker.constraints.digest", plan.digest)
+        if self.revocations is not None:
+            self.revocations.check(principal, plan.rule_ids)
         key = CacheKey(principal.issuer, principal.subject, plan.digest_bytes, policy_set.revision)
         with telemetry.span("broker.cache.lookup") as span:
             limit = self.mint_limit
-            entry, hit = await self.cache.get_or_mint(
-                key,
-                lambda: self._mint(plan),
-                None if limit is None else lambda: limit.check(principal.issuer, principal.subject),
-            )
+            shared = self.shared
+            if shared is None:
+                entry, hit = await self.cache.get_or_mint(
+                    key,
+                    lambda: self._mint(plan),
+                    None
+                    if limit is None
+                    else lambda: limit.check(principal.issuer, principal.subject),
+                )
+            else:
+                entry, hit = await self.cache.get_or_mint(
+                    key,
+                    lambda: shared.fetch_or_mint(
+                        key,
+                        plan.rule_ids,
+                        lambda: self._mint(plan),
+                        None
+                        if limit is None
+                        else lambda: limit.acquire(principal.issuer, principal.subject),
+                    ),
+                )
             if span is not None:
                 span.set_attribute("broker.cache.hit", hit)
                 span.set_attribute("broker.token.fingerprint", telemetry.fingerprint(entry.token))

@@ -3,7 +3,9 @@
 One noisy client must not starve the others: each (issuer, subject) gets its own bucket of
 ``burst`` requests refilled at ``rate_per_second``. A refused request learns when to retry
 (``Retry-After``). Buckets live in a bounded LRU, so a flood of distinct subjects cannot grow
-memory without limit. Limits apply per broker process.
+memory without limit. Limits apply per broker process, or, with Redis
+(``SharedRateLimiter``), across all replicas, with this process's buckets as the fallback while
+Redis is unavailable. Shared buckets are named by a keyed hash, never by the subject.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Final
 
 from broker.cache import LRU
 from broker.errors import CallerError
+from broker.sharedstore import SharedStore, SharedStoreDown
 
 DEFAULT_MAX_SUBJECTS: Final = 100_000
 
@@ -56,6 +59,10 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self._rate > 0
 
+    async def acquire(self, issuer: str, subject: str) -> None:
+        """``check``, awaitable: the form shared limiters implement."""
+        self.check(issuer, subject)
+
     def check(self, issuer: str, subject: str) -> None:
         """Take one token from the subject's bucket or raise ``RateLimitedError``."""
         if self._rate <= 0:
@@ -75,3 +82,44 @@ class RateLimiter:
         self.refused += 1
         wait = math.ceil((1 - bucket.tokens) / self._rate)
         raise RateLimitedError(f"Too many {self._what} for this user; retry later.", max(1, wait))
+
+
+class SharedRateLimiter(RateLimiter):
+    """The same buckets kept in Redis (a Lua token bucket on Redis' clock), so a user's limit is
+    one limit whatever replica serves them. ``check`` stays this process's own bucket."""
+
+    def __init__(
+        self,
+        *,
+        store: SharedStore,
+        name: Callable[..., str],
+        rate_per_second: float,
+        burst: int,
+        clock: Callable[[], float],
+        what: str,
+        max_subjects: int = DEFAULT_MAX_SUBJECTS,
+    ) -> None:
+        super().__init__(
+            rate_per_second=rate_per_second,
+            burst=burst,
+            clock=clock,
+            what=what,
+            max_subjects=max_subjects,
+        )
+        self._store = store
+        self._name = name
+
+    async def acquire(self, issuer: str, subject: str) -> None:
+        if self._rate <= 0:
+            return
+        bucket = self._name("rate", self._what, issuer, subject)
+        try:
+            wait = await self._store.take(bucket, self._rate, int(self._burst))
+        except SharedStoreDown:
+            self.check(issuer, subject)
+            return
+        if wait is not None:
+            self.refused += 1
+            raise RateLimitedError(
+                f"Too many {self._what} for this user; retry later.", max(1, math.ceil(wait))
+            )

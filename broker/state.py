@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from broker.admission import Admission
 from broker.authentication import Authenticator
 from broker.cache import TokenCache
+from broker.cluster import Cluster
 from broker.config import Settings
 from broker.identity import DevSigner
 from broker.issuance import Issuance
@@ -41,3 +42,5 @@ class BrokerState:
     dev_signer: DevSigner | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)
+    cluster: Cluster | None = None
+    """What replicas share (Redis), and revocations; set by ``create_app``."""

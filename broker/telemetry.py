@@ -55,6 +55,7 @@ _TEMPLATES: Final = {
     "/v1/tokens": "/v1/tokens",
     "/v1/precheck": "/v1/precheck",
     "/v1/explain": "/v1/explain",
+    "/v1/admin/revoke": "/v1/admin/revoke",
     "/livez": "/livez",
     "/readyz": "/readyz",
     "/metrics": "/metrics",

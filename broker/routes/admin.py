@@ -1,4 +1,5 @@
-"""Operator endpoints behind the admin credential: ``POST /v1/explain`` (a policy dry run).
+"""Operator endpoints behind the admin credential: ``POST /v1/explain`` (a policy dry run) and
+``POST /v1/admin/revoke`` (withdraw a subject, a rule or everyone for a while).
 
 The admin token (``BROKER_ADMIN_TOKEN_FILE``) is compared in constant time; without one
 configured these routes answer 404, so ordinary users cannot even find them.
@@ -7,7 +8,8 @@ configured these routes answer 404, so ordinary users cannot even find them.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Request, post
@@ -18,6 +20,7 @@ from broker.explain import explain
 from broker.identity import bearer_token
 from broker.jsonrpc import decode_strict
 from broker.precheck import Target
+from broker.revocation import Scope
 from broker.routes.body import read_body, require_json
 from broker.routes.names import NAME_PATTERN
 from broker.state import BrokerState
@@ -31,6 +34,31 @@ class ExplainRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Optional JSON-RPC message to decide."""
     namespace: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)] | None = None
     metadata: dict[str, str] | None = None
+
+
+MAX_REVOCATION_SECONDS: Final = 30 * 86_400
+
+
+class RevokeRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Exactly one of ``subject`` (with an optional ``issuer``), ``rule`` or ``all: true``."""
+
+    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)] | None = None
+    issuer: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)] | None = None
+    """Only that issuer's subject; without it the subject is revoked for every issuer."""
+    rule: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    all: bool = False
+    seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_REVOCATION_SECONDS)] | None = None
+    """How long to refuse (default ``BROKER_ADMIN_REVOCATION_SECONDS``); 0 purges only."""
+
+
+class RevokeResponse(msgspec.Struct, frozen=True):
+    revoked: str
+    """``subject``, ``rule`` or ``all``."""
+    refusedUntil: str
+    purged: int
+    """Cached tokens dropped from this replica's memory."""
+    purgedShared: int | None
+    """Tokens deleted from Redis (null without Redis)."""
 
 
 def require_admin(broker: BrokerState, authorization: str | None) -> None:
@@ -73,3 +101,40 @@ async def explain_route(
         exempt_lifecycle=broker.settings.precheck.exempt_lifecycle,
     )
     return result.as_json()
+
+
+@post(
+    "/v1/admin/revoke",
+    status_code=200,
+    request_max_body_size=16 * 1024,
+    summary="Operators: purge cached tokens and refuse a subject, a rule or everyone for a while",
+)
+async def revoke_route(
+    request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
+) -> RevokeResponse:
+    require_admin(broker, request.headers.get("authorization"))
+    require_json(request.headers.get("content-type"))
+    parsed = decode_strict(
+        await read_body(request, broker.settings.server.body_timeout_seconds), max_depth=4
+    )
+    try:
+        body = msgspec.convert(parsed, RevokeRequest, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(str(exc)) from None
+    chosen = [body.subject is not None, body.rule is not None, body.all]
+    if sum(chosen) != 1:
+        raise InvalidRequestError('Give exactly one of "subject", "rule" or "all": true.')
+    if body.issuer is not None and body.subject is None:
+        raise InvalidRequestError('"issuer" only goes with "subject".')
+    assert broker.cluster is not None
+    outcome = await broker.cluster.revocations.revoke(
+        Scope(subject=body.subject, issuer=body.issuer, rule=body.rule, everyone=body.all),
+        body.seconds,
+    )
+    until = datetime.fromtimestamp(outcome.until, tz=UTC).isoformat().replace("+00:00", "Z")
+    return RevokeResponse(
+        revoked=outcome.kind,
+        refusedUntil=until,
+        purged=outcome.purged_local,
+        purgedShared=outcome.purged_shared,
+    )

@@ -15,5 +15,5 @@ async def limited_caller(request: Request[Any, Any, Any], broker: BrokerState) -
     """The verified principal, or 401; 429 when the user is over the request limit."""
     principal = await broker.authenticator.authenticate(request.headers.get("authorization"))
     if broker.request_limit is not None:
-        broker.request_limit.check(principal.issuer, principal.subject)
+        await broker.request_limit.acquire(principal.issuer, principal.subject)
     return principal

@@ -34,6 +34,8 @@ def readyz(broker: NamedDependency[BrokerState]) -> Response[Readiness]:
         "identity": broker.authenticator.ready,
         "accepting": not broker.draining,
     }
+    if broker.cluster is not None and broker.cluster.required_for_readiness:
+        checks["redis"] = broker.cluster.ready
     ready = all(checks.values())
     return Response(
         Readiness(

@@ -1,0 +1,153 @@
+"""What broker replicas share, assembled from settings: nothing (``memory``) or, with the
+``redis`` backend, the store, the shared token tier, shared rate limits and the revocation feed.
+
+``setup_cluster`` is called once by ``create_app``; ``start``/``aclose`` run in its lifespan.
+Revocations exist in both modes (one process is a cluster of one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from broker.cache import TokenCache
+from broker.config import Settings
+from broker.errors import ConfigError
+from broker.metrics import Labels, Metrics
+from broker.ratelimit import RateLimiter, SharedRateLimiter
+from broker.revocation import Revocations
+from broker.sealing import Keyring, load_keyring
+from broker.sharedcache import SharedCache
+from broker.sharedstore import SharedStore, SharedStoreDown
+from broker.telemetry import Telemetry
+
+
+@dataclass(slots=True)
+class Cluster:
+    revocations: Revocations
+    shared: SharedCache | None = None
+    keyring: Keyring | None = None
+    sync_interval_seconds: float = 0.25
+    required_for_readiness: bool = False
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> SharedStore | None:
+        return None if self.shared is None else self.shared.store
+
+    @property
+    def ready(self) -> bool:
+        """False only when Redis is required for readiness and unavailable."""
+        store = self.store
+        return store is None or not self.required_for_readiness or store.up
+
+    def limiter(
+        self, *, rate_per_second: float, burst: int, clock: Callable[[], float], what: str
+    ) -> RateLimiter:
+        """A per-user rate limiter: shared through Redis when there is one."""
+        if self.shared is None or self.keyring is None:
+            return RateLimiter(rate_per_second=rate_per_second, burst=burst, clock=clock, what=what)
+        return SharedRateLimiter(
+            store=self.shared.store,
+            name=self.keyring.name,
+            rate_per_second=rate_per_second,
+            burst=burst,
+            clock=clock,
+            what=what,
+        )
+
+    async def start(self) -> None:
+        if self.shared is not None:
+            with contextlib.suppress(SharedStoreDown):
+                await self.revocations.sync()  # a new replica starts with the current revocations
+            self._task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        """Poll the revocation sequence; doubles as the probe that notices Redis coming back."""
+        while True:
+            await asyncio.sleep(self.sync_interval_seconds)
+            with contextlib.suppress(SharedStoreDown):
+                await self.revocations.sync()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.shared is not None:
+            await self.shared.store.aclose()
+
+    def collect_metrics(self) -> Iterable[tuple[str, str, Labels, float]]:
+        yield "broker_revocations_active", "gauge", (), len(self.revocations)
+        if self.shared is None:
+            return
+        yield "broker_redis_up", "gauge", (), 1 if self.shared.store.up else 0
+        stats = self.shared.stats
+        for event, value in (
+            ("hit", stats.hits),
+            ("miss", stats.misses),
+            ("lock_wait", stats.lock_waits),
+            ("lock_timeout", stats.lock_timeouts),
+            ("unshared_mint", stats.unshared_mints),
+            ("stored", stats.stored),
+        ):
+            yield "broker_shared_cache_events_total", "counter", (("event", event),), value
+
+
+def load_cluster_keyring(settings: Settings) -> Keyring | None:
+    """The keyring for Redis records (None with the memory backend); ``ConfigError`` if bad."""
+    if settings.cache.backend != "redis":
+        return None
+    secret = settings.cache.encryption_key
+    if secret is None:
+        raise ConfigError(["BROKER_CACHE_ENCRYPTION_KEY: required with BROKER_CACHE_BACKEND=redis"])
+    return load_keyring(secret.reveal())
+
+
+def setup_cluster(
+    settings: Settings,
+    *,
+    cache: TokenCache,
+    clock: Callable[[], float],
+    metrics: Metrics,
+    telemetry: Telemetry | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Cluster:
+    keyring = load_cluster_keyring(settings)
+    shared: SharedCache | None = None
+    redis = settings.redis
+    if keyring is not None:
+        if redis.url is None:
+            raise ConfigError(["BROKER_REDIS_URL: required with BROKER_CACHE_BACKEND=redis"])
+        store = SharedStore(redis, redis.url, clock=monotonic, metrics=metrics)
+        shared = SharedCache(
+            store,
+            keyring,
+            cache,
+            clock=clock,
+            monotonic=monotonic,
+            lock_seconds=redis.lock_seconds,
+            lock_wait_seconds=redis.lock_wait_seconds,
+            metrics=metrics,
+        )
+    revocations = Revocations(
+        cache=cache,
+        clock=clock,
+        default_seconds=settings.admin.revocation_seconds,
+        namer=None if keyring is None else keyring.name,
+        shared=shared,
+        telemetry=telemetry,
+        metrics=metrics,
+    )
+    if shared is not None:
+        shared.sequence = lambda: revocations.sequence
+    return Cluster(
+        revocations=revocations,
+        shared=shared,
+        keyring=keyring,
+        sync_interval_seconds=redis.sync_interval_seconds,
+        required_for_readiness=redis.required_for_readiness,
+    )

@@ -1,0 +1,303 @@
+"""The Redis that broker replicas share: the only module that imports redis.
+
+Every operation is short and bounded (``BROKER_REDIS_TIMEOUT_SECONDS`` for connecting and for
+each reply, no client-side retries) and either succeeds or raises ``SharedStoreDown``: callers
+fall back to what the replica can do alone, so a dead or slow Redis never stalls a request.
+After a failure the store is considered down and not even tried for ``retry_seconds``; the next
+successful call marks it up again (the connection pool reconnects by itself). Each transition is
+logged once, never each failed request; the URL (which may carry a password) is never logged.
+
+Stored values are opaque bytes sealed by ``sealing``; names are HMACs. This module knows the key
+layout and the Lua scripts, nothing about tokens, users or HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from broker.config import RedisSettings, Secret
+from broker.metrics import Metrics
+
+logger = logging.getLogger("broker.sharedstore")
+
+T = TypeVar("T")
+DEFAULT_MAX_CONNECTIONS: Final = 64
+PURGE_BATCH: Final = 500
+
+# KEYS[1] record, KEYS[2] revocation sequence, KEYS[3..] index sets;
+# ARGV[1] record, ARGV[2] ttl ms, ARGV[3] the revocation sequence the mint started under.
+# A mint that raced a revocation is not stored: the revocation may have purged before it landed.
+_STORE: Final = """
+local seq = redis.call('GET', KEYS[2]) or '0'
+if seq ~= ARGV[3] then return 0 end
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+for i = 3, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return 1
+"""
+
+# Compare-and-delete: only the owner that set the lock releases it.
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# A token bucket on Redis' clock (one clock for every replica). KEYS[1] bucket;
+# ARGV[1] rate per second, ARGV[2] burst. Returns {1, "0"} or {0, seconds to wait}.
+_TAKE: Final = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(state[1])
+local updated = tonumber(state[2])
+if tokens == nil or updated == nil then
+  tokens = burst
+else
+  tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+end
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, tostring(wait)}
+"""
+
+# KEYS[1] revocation hash, KEYS[2] revocation sequence; ARGV[1] field, ARGV[2] value.
+# One script, so a replica that sees the new sequence also sees the entry.
+_REVOKE: Final = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('INCR', KEYS[2])
+"""
+
+# KEYS = index sets; deletes every record they list, then the sets.
+_PURGE_INDEXED: Final = """
+local purged = 0
+for i = 1, #KEYS do
+  for _, member in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+    purged = purged + redis.call('DEL', member)
+  end
+  redis.call('DEL', KEYS[i])
+end
+return purged
+"""
+
+
+class SharedStoreDown(Exception):
+    """Redis could not be used for this operation; do without it."""
+
+
+class SharedStore:
+    def __init__(
+        self,
+        settings: RedisSettings,
+        url: Secret,
+        *,
+        clock: Callable[[], float],
+        metrics: Metrics | None = None,
+        client: Any = None,
+    ) -> None:
+        """``clock`` is monotonic (the retry pause); ``client`` replaces the Redis client."""
+        self._prefix = settings.key_prefix
+        self._timeout = settings.timeout_seconds
+        self._retry_seconds = settings.retry_seconds
+        self._clock = clock
+        self._metrics = metrics or Metrics()
+        self._client: Any = client or redis.Redis.from_url(
+            url.reveal(),
+            socket_timeout=settings.timeout_seconds,
+            socket_connect_timeout=settings.timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=DEFAULT_MAX_CONNECTIONS,
+            single_connection_client=False,
+        )
+        self._up = False
+        self._known = False
+        self._retry_at = 0.0
+        self._store = self._client.register_script(_STORE)
+        self._release = self._client.register_script(_RELEASE)
+        self._take = self._client.register_script(_TAKE)
+        self._revoke = self._client.register_script(_REVOKE)
+        self._purge_indexed = self._client.register_script(_PURGE_INDEXED)
+        self.errors = 0
+
+    def __repr__(self) -> str:  # the URL may carry a password
+        return f"SharedStore(prefix={self._prefix!r}, up={self._up!r})"
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def key(self, kind: str, name: str) -> str:
+        return f"{self._prefix}:{kind}:{name}"
+
+    @property
+    def _revocations_key(self) -> str:
+        return f"{self._prefix}:revocations"
+
+    @property
+    def _sequence_key(self) -> str:
+        return f"{self._prefix}:revocations:seq"
+
+    async def _run(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        timeout_seconds: float | None = None,
+    ) -> T:
+        if not self._up and self._known and self._clock() < self._retry_at:
+            raise SharedStoreDown
+        try:
+            # The socket timeouts bound each reply; this bounds the whole call (connect + pool).
+            async with asyncio.timeout(timeout_seconds or self._timeout * 2):
+                result = await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(operation, exc)
+            raise SharedStoreDown from None
+        if not self._up:
+            logger.warning("redis: available; shared cache, locks and limits in use")
+            self._up = True
+            self._known = True
+        return result
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        self.errors += 1
+        self._metrics.inc("broker_redis_errors_total", (("operation", operation),))
+        self._retry_at = self._clock() + self._retry_seconds
+        if self._up or not self._known:
+            # Only the type: a driver's message can carry the address or the command's data.
+            logger.warning(
+                "redis: unavailable (%s during %s); serving from this replica's memory only",
+                type(exc).__name__,
+                operation,
+            )
+        self._up = False
+        self._known = True
+
+    async def ping(self) -> None:
+        await self._run("ping", lambda: self._client.ping())
+
+    async def get(self, kind: str, name: str) -> bytes | None:
+        value = await self._run("get", lambda: self._client.get(self.key(kind, name)))
+        return value if isinstance(value, bytes) else None
+
+    async def delete(self, kind: str, name: str) -> None:
+        await self._run("delete", lambda: self._client.delete(self.key(kind, name)))
+
+    async def put_indexed(
+        self,
+        name: str,
+        value: bytes,
+        *,
+        ttl_ms: int,
+        indexes: Sequence[str],
+        sequence: int,
+    ) -> bool:
+        """Store a record (``tok``) with a TTL and list it in ``indexes`` (``idx``); refused
+        (False) when the revocation sequence moved since ``sequence``."""
+        keys = [self.key("tok", name), self._sequence_key, *(self.key("idx", i) for i in indexes)]
+        stored = await self._run(
+            "store", lambda: self._store(keys=keys, args=[value, max(1, ttl_ms), str(sequence)])
+        )
+        return bool(stored)
+
+    async def acquire_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """SET NX PX: True when this caller now holds the lock."""
+        acquired = await self._run(
+            "lock",
+            lambda: self._client.set(self.key("lock", name), owner, nx=True, px=max(1, ttl_ms)),
+        )
+        return bool(acquired)
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        await self._run(
+            "unlock", lambda: self._release(keys=[self.key("lock", name)], args=[owner])
+        )
+
+    async def take(self, name: str, rate_per_second: float, burst: int) -> float | None:
+        """One token from a shared bucket: None when taken, else the seconds to wait."""
+        result = await self._run(
+            "ratelimit",
+            lambda: self._take(keys=[self.key("rate", name)], args=[repr(rate_per_second), burst]),
+        )
+        allowed, wait = result
+        return None if int(allowed) == 1 else float(wait)
+
+    async def sequence(self) -> int:
+        value = await self._run("revocations", lambda: self._client.get(self._sequence_key))
+        return int(value) if value is not None else 0
+
+    async def revocations(self) -> dict[str, bytes]:
+        entries = await self._run(
+            "revocations", lambda: self._client.hgetall(self._revocations_key)
+        )
+        return {
+            (field.decode() if isinstance(field, bytes) else str(field)): value
+            for field, value in entries.items()
+        }
+
+    async def add_revocation(self, field: str, value: bytes) -> int:
+        """Record a revocation and move the sequence; returns the new sequence."""
+        sequence = await self._run(
+            "revoke",
+            lambda: self._revoke(
+                keys=[self._revocations_key, self._sequence_key], args=[field, value]
+            ),
+        )
+        return int(sequence)
+
+    async def drop_revocations(self, fields: Sequence[str]) -> None:
+        if fields:
+            await self._run(
+                "revocations", lambda: self._client.hdel(self._revocations_key, *fields)
+            )
+
+    async def purge_indexed(self, indexes: Sequence[str]) -> int:
+        """Delete every record listed in the index sets; the number deleted."""
+        keys = [self.key("idx", i) for i in indexes]
+        return int(await self._run("purge", lambda: self._purge_indexed(keys=keys, args=[])))
+
+    async def purge_all(self) -> int:
+        """Delete every record and index under the prefix (SCAN, in batches)."""
+
+        async def purge() -> int:
+            purged = 0
+            for kind in ("tok", "idx"):
+                batch: list[Any] = []
+                async for key in self._client.scan_iter(match=self.key(kind, "*"), count=1000):
+                    batch.append(key)
+                    if len(batch) >= PURGE_BATCH:
+                        deleted = int(await self._client.unlink(*batch))
+                        purged += deleted if kind == "tok" else 0
+                        batch = []
+                if batch:
+                    deleted = int(await self._client.unlink(*batch))
+                    purged += deleted if kind == "tok" else 0
+            return purged
+
+        # A scan takes longer than one command; it is an operator's action, not a request's.
+        return await self._run("purge", purge, timeout_seconds=max(self._timeout, 10.0))
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(RedisError, OSError):  # a dead connection closes quietly
+            await self._client.aclose()
