@@ -17,9 +17,15 @@ IDP_MODULES := tests/idp/node_modules/.package-lock.json
 $(IDP_MODULES): tests/idp/package.json tests/idp/package-lock.json
 	npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
 
+BROWSER_MODULES := tests/browser/node_modules/.package-lock.json
+
+# Playwright (playwright-core only: it drives Debian's /usr/bin/chromium, downloads no browser).
+$(BROWSER_MODULES): tests/browser/package.json tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+
 install: $(BIN)/broker
 
-test-deps: install $(IDP_MODULES)
+test-deps: install $(IDP_MODULES) $(BROWSER_MODULES)
 
 ## Run the broker, a Smithery emulator and a dev identity on loopback.
 dev: install

@@ -28,7 +28,9 @@ function announce(text) {
   $("status").textContent = text;
 }
 
-function showError(error) {
+function showError(error, near) {
+  // Next to the control that failed, so it is seen where the user is looking.
+  near?.closest("form, section")?.append($("error"));
   const message = error instanceof BrokerError
     ? `${error.message} (HTTP ${error.status || "none"}, code ${error.code})`
     : String(error?.message ?? error);
@@ -72,7 +74,7 @@ function action(button, run) {
     try {
       await run();
     } catch (error) {
-      showError(error);
+      showError(error, button);
     } finally {
       button.removeAttribute("aria-busy");
       button.disabled = false;
@@ -100,6 +102,9 @@ function resetResults() {
   $("result-output").textContent = "";
   $("denial").hidden = true;
   $("denial-reasons").replaceChildren();
+  $("lookup-id").value = "";
+  $("tool-name").value = "";
+  $("tool-args").value = "{}";
 }
 
 function namespace() {
