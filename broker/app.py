@@ -323,6 +323,8 @@ def create_app(
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "MCP-Protocol-Version", "traceparent"],
             allow_credentials=False,  # bearer tokens only; no cookies cross origins
+            # /v1/client.js reads these: backoff honours Retry-After, expiry uses the server's Date.
+            expose_headers=["Retry-After", "Date", "WWW-Authenticate"],
             max_age=600,
         )
 

@@ -91,6 +91,10 @@ def test_console_served_with_strict_csp(dev: TestClient[Any]) -> None:
     assert response.headers["referrer-policy"] == "no-referrer"
 
 
+def test_readme_documents_the_console_csp() -> None:
+    assert f"`Content-Security-Policy: {CONSOLE_CSP}`" in (ROOT / "README.md").read_text()
+
+
 def test_console_page_has_nothing_inline(dev: TestClient[Any]) -> None:
     page = Page()
     page.feed(dev.get("/dev/").text)

@@ -11,17 +11,20 @@ import pytest
 from litestar.testing import TestClient
 
 from broker.app import create_app
-from broker.config import PoliciesSettings, Secret, Settings, SmitherySettings
+from broker.config import CorsSettings, PoliciesSettings, Secret, Settings, SmitherySettings
 from broker.routes.static import etag_matches
 from tests.inprocess import ROOT
+
+APP_ORIGIN = "https://app.example.com"
 
 
 @pytest.fixture
 def served() -> Iterator[TestClient[Any]]:
-    """The production app, as ``broker serve`` builds it: no dev signer."""
+    """The production app, as ``broker serve`` builds it: no dev signer; one app origin."""
     settings = Settings(
         policies=PoliciesSettings(dir=str(ROOT / "policies")),
         smithery=SmitherySettings(base_url="http://emulator.invalid", api_key=Secret("k")),
+        cors=CorsSettings(origins=(APP_ORIGIN,)),
     )
     with TestClient(create_app(settings)) as client:
         yield client
@@ -84,3 +87,21 @@ def test_dev_console_absent_in_serve_mode(served: TestClient[Any], path: str) ->
     assert response.status_code == 404 or path == "/dev/login"
     assert "content-security-policy" not in response.headers
     assert served.post("/dev/login", json={"sub": "a"}).status_code == 404
+
+
+def test_client_importable_from_the_app_origin(served: TestClient[Any]) -> None:
+    """A cross-origin ``import`` is a CORS request: allowed for the configured app origin only."""
+    allowed = served.get("/v1/client.js", headers={"Origin": APP_ORIGIN})
+    assert allowed.headers["access-control-allow-origin"] == APP_ORIGIN
+    other = served.get("/v1/client.js", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_client_can_read_retry_after_and_date_cross_origin(served: TestClient[Any]) -> None:
+    response = served.post("/v1/tokens", headers={"Origin": APP_ORIGIN})
+    assert response.status_code == 401
+    exposed = {
+        h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")
+    }
+    assert {"retry-after", "date", "www-authenticate"} <= exposed
+    assert "access-control-allow-credentials" not in response.headers
