@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from broker.config import RedisSettings, Secret
@@ -126,7 +127,10 @@ class SharedStore:
             url.reveal(),
             socket_timeout=settings.timeout_seconds,
             socket_connect_timeout=settings.timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
+            # One immediate retry, on a fresh connection, only for a connection that turned out
+            # to be dead (Redis restarted): a timeout is never retried, so a blackholed Redis
+            # costs one timeout, not several.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             max_connections=DEFAULT_MAX_CONNECTIONS,
             single_connection_client=False,
         )
@@ -173,6 +177,12 @@ class SharedStore:
                 result = await call()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(operation, exc)
+            # Idle pooled connections to a Redis that went away are dead too; without retries
+            # each would fail once more after Redis returns. Drop them now.
+            pool = getattr(self._client, "connection_pool", None)
+            if pool is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await pool.disconnect(inuse_connections=False)
             raise SharedStoreDown from None
         if not self._up:
             logger.warning("redis: available; shared cache, locks and limits in use")

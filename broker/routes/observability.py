@@ -23,7 +23,7 @@ METRIC_HELP: Final = {
     "broker_jwks_refreshes_total": "Identity-provider key set fetches by result.",
     "broker_policy_info": "The policy revision being served (value 1).",
     "broker_policy_reloads_total": "Policy reloads by result.",
-    "broker_redis_up": "1 while Redis answers, 0 while this replica works alone.",
+    "broker_redis_up": "Whether Redis answers (1) or this replica works alone (0).",
     "broker_redis_errors_total": "Failed Redis operations (errors, timeouts) by operation.",
     "broker_shared_cache_events_total": "Shared (Redis) token tier hits, misses, lock waits.",
     "broker_shared_cache_rejected_total": "Redis records that could not be opened, by reason.",
