@@ -19,7 +19,13 @@ from broker.constraints import constraints_digest, render_rules
 from broker.identity import Principal
 from broker.metrics import Metrics
 from broker.policy import PolicySet
-from broker.precheck import CompiledConstraint, Decision, Target, compile_constraints, decide
+from broker.precheck import (
+    CompiledConstraints,
+    Decision,
+    Target,
+    compile_constraints,
+    decide,
+)
 from broker.revocation import Revocations
 from broker.telemetry import Telemetry, audit, deny
 from broker.upstream import SmitheryClient
@@ -40,9 +46,9 @@ class Admission:
     metrics: Metrics = field(default_factory=Metrics)
     revocations: Revocations | None = None
     """Asked before every decision: a revoked subject (or rule) is refused, not decided."""
-    _compiled: BoundedCache[tuple[str, str, str], tuple[CompiledConstraint, ...]] | None = None
+    _compiled: BoundedCache[tuple[str, str, str], CompiledConstraints] | None = None
     _connections: TimedCache[tuple[str, str], Mapping[str, Any]] | None = None
-    _by_token: BoundedCache[tuple[str, bytes], tuple[CompiledConstraint, ...]] | None = None
+    _by_token: BoundedCache[tuple[str, bytes], CompiledConstraints] | None = None
 
     def __post_init__(self) -> None:
         self._compiled = BoundedCache(COMPILED_CACHE_ENTRIES)
@@ -53,7 +59,7 @@ class Admission:
             clock=self.clock,
         )
 
-    def constraints_for(self, principal: Principal) -> tuple[CompiledConstraint, ...]:
+    def constraints_for(self, principal: Principal) -> CompiledConstraints:
         """The user's rendered constraints, compiled once per distinct constraint set and
         remembered per (revision, verified JWT): a repeated token renders nothing."""
         policy_set = self.policy()

@@ -1188,7 +1188,9 @@ def _is_array_index(segment: str) -> bool:
     return segment.isascii() and segment.isdigit() and (segment == "0" or segment[0] != "0")
 
 
-def _lookup(message: object, segments: tuple[str, ...]) -> object:
+def lookup_segments(message: object, segments: tuple[str, ...]) -> object:
+    """The value at a split dot path, or a private missing marker (``js_string`` of it is None,
+    as for objects and arrays: the three cases Smithery treats alike)."""
     value = message
     for segment in segments:
         if isinstance(value, dict):
@@ -1209,7 +1211,7 @@ def lookup_path(message: object, dot_path: str) -> tuple[bool, object]:
     Segments are object keys (an all-digit key works on objects too); an all-digit segment in
     canonical form indexes an array. Anything else, including a key on a scalar, is not found.
     """
-    value = _lookup(message, tuple(dot_path.split(".")))
+    value = lookup_segments(message, tuple(dot_path.split(".")))
     if value is _MISSING:
         return False, None
     return True, value
@@ -1263,7 +1265,7 @@ class RpcMatcher:
     def first_mismatch(self, message: object) -> RpcMismatch | None:
         """The first entry ``message`` fails, or None when every entry matches."""
         for entry in self.entries:
-            value = _lookup(message, entry.segments)
+            value = lookup_segments(message, entry.segments)
             # js_string(_MISSING) is None too: an absent path, an object and an array alike.
             text = value if type(value) is str else js_string(value)
             if text is None:
@@ -1275,7 +1277,7 @@ class RpcMatcher:
     def matches(self, message: object) -> bool:
         """``first_mismatch(message) is None``, without building the explanation (hot path)."""
         for entry in self.entries:
-            value = _lookup(message, entry.segments)
+            value = lookup_segments(message, entry.segments)
             if value is _MISSING:
                 return False
             text = value if isinstance(value, str) else js_string(value)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
 from broker.constraints import AppliedRule
 from broker.precheck import Decision, Target, compile_constraints, decide
+from broker.rpcmatch import RpcMatcher
 
 
 def rules(*constraints: tuple[str, dict[str, Any]]) -> Any:
@@ -235,3 +237,102 @@ def test_fast_match_agrees_with_explained_match(message: dict[str, Any]) -> None
         matcher = compile_constraints([AppliedRule("r", constraint, None)])[0].rpc
         assert matcher is not None
         assert matcher.matches(message) is (matcher.first_mismatch(message) is None)
+
+
+def reference_decision(
+    applied: list[AppliedRule], target: Target, message: dict[str, Any], exempt: bool
+) -> tuple[bool, str | None, list[tuple[str | None, str, str | None, str | None]]]:
+    """The decision written the plain way, rule by rule with ``RpcMatcher.first_mismatch``:
+    what ``decide`` (which shares path lookups and pattern runs across rules) must agree with."""
+    reasons: list[tuple[str | None, str, str | None, str | None]] = []
+    method = message.get("method")
+    lifecycle = exempt and (
+        method in ("initialize", "ping")
+        or (isinstance(method, str) and method.startswith("notifications/"))
+    )
+    for rule in applied:
+        grant = rule.constraint
+        namespaces = grant.get("namespaces")
+        resources = grant.get("resources")
+        operations = grant.get("operations")
+        metadata = grant.get("metadata")
+
+        def listed(value: Any, wanted: str) -> bool:
+            return value is None or wanted == value or (isinstance(value, list) and wanted in value)
+
+        if not listed(namespaces, target.namespace):
+            reasons.append((rule.rule_id, "namespace", None, None))
+            continue
+        if not listed(resources, "connections"):
+            reasons.append((rule.rule_id, "resource", None, None))
+            continue
+        if not listed(operations, "execute"):
+            reasons.append((rule.rule_id, "operation", None, None))
+            continue
+        if metadata is not None:
+            options = metadata if isinstance(metadata, list) else [metadata]
+            actual = target.metadata
+            if actual is None or not any(
+                all(isinstance(actual.get(k), str) and actual[k] == v for k, v in o.items())
+                for o in options
+            ):
+                reasons.append((rule.rule_id, "metadata", None, None))
+                continue
+        rpc = grant.get("rpcReqMatch")
+        if rpc and not lifecycle:
+            mismatch = RpcMatcher.from_mapping(rpc).first_mismatch(message)
+            if mismatch is not None:
+                reasons.append((rule.rule_id, mismatch.reason, mismatch.field, mismatch.pattern))
+                continue
+        return True, rule.rule_id, []
+    if not applied:
+        return False, None, [(None, "no_matching_rule", None, None)]
+    return False, None, reasons
+
+
+def test_decide_agrees_with_the_rule_by_rule_reference() -> None:
+    """Seeded random rule sets (shared and distinct patterns on shared paths) and messages."""
+    rng = random.Random(20261121)
+    patterns = {
+        "method": ["^tools/call$", "^tools/(list|call)$", "^initialize$", "call", "^ping$"],
+        "params.name": ["^get_issue$", "^(search_issues|get_issue)$", "issue", "^x$"],
+        "params.arguments.n": ["^[0-9]+$", "^1$", "^true$", "^null$"],
+        "params.arguments.list.0": ["^a$", "."],
+    }
+    values: list[Any] = ["get_issue", "search_issues", "x", "1", 1, 12, True, None, "a", {}, []]
+    methods = ["tools/call", "tools/list", "initialize", "ping", "notifications/x", 5]
+    allowed = 0
+    for _ in range(3000):
+        applied = []
+        for index in range(rng.randint(0, 5)):
+            grant: dict[str, Any] = {}
+            if rng.random() < 0.3:
+                grant["namespaces"] = rng.choice(["my-app", ["other", "my-app"], "other"])
+            if rng.random() < 0.2:
+                grant["resources"] = rng.choice(["connections", ["servers"]])
+            if rng.random() < 0.2:
+                grant["operations"] = rng.choice(["execute", ["read"], ["read", "execute"]])
+            if rng.random() < 0.3:
+                grant["metadata"] = rng.choice(
+                    [{"userId": "alice"}, [{"userId": "bob"}, {"team": "t"}], {"team": "t"}]
+                )
+            if rng.random() < 0.8:
+                chosen = rng.sample(sorted(patterns), rng.randint(1, len(patterns)))
+                grant["rpcReqMatch"] = {path: rng.choice(patterns[path]) for path in chosen}
+            applied.append(AppliedRule(f"r{index}", grant, None))
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": rng.choice(methods)}
+        if rng.random() < 0.8:
+            arguments = {"n": rng.choice(values), "list": rng.choice([[], ["a"], ["b"], "a"])}
+            message["params"] = {"name": rng.choice(values), "arguments": arguments}
+        metadata = rng.choice([None, {"userId": "alice"}, {"team": "t", "userId": 1}, {}])
+        target = Target(rng.choice(["my-app", "other"]), metadata)
+        exempt = rng.random() < 0.3
+        decision = decide(compile_constraints(applied), target, message, exempt_lifecycle=exempt)
+        expected = reference_decision(applied, target, message, exempt)
+        assert (
+            decision.allowed,
+            decision.rule,
+            [(d.rule, d.reason, d.field, d.pattern) for d in decision.reasons],
+        ) == expected, (applied, target, message, exempt)
+        allowed += decision.allowed
+    assert 300 < allowed < 2700  # both outcomes well represented
