@@ -3,6 +3,8 @@ the dev console's absence there."""
 
 from __future__ import annotations
 
+import fnmatch
+import tomllib
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -105,3 +107,19 @@ def test_client_can_read_retry_after_and_date_cross_origin(served: TestClient[An
     }
     assert {"retry-after", "date", "www-authenticate"} <= exposed
     assert "access-control-allow-credentials" not in response.headers
+
+
+def test_every_static_file_ships_in_the_wheel() -> None:
+    """A non-editable install has only what ``package-data`` names: each file must match a glob
+    (setuptools globs do not cross directories, hence the check per file)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["broker"]
+    package = ROOT / "broker"
+    files = [f for f in (package / "static").rglob("*") if f.is_file()]
+    assert len(files) >= 5
+    for file in files:
+        relative = file.relative_to(package).as_posix()
+        assert any(
+            fnmatch.fnmatchcase(relative, p) and relative.count("/") == p.count("/")
+            for p in patterns
+        ), f"{relative} is not in [tool.setuptools.package-data] broker"

@@ -118,10 +118,9 @@ export function createBrokerClient(options) {
 
   // One HTTP exchange with the broker, retried on 503/504 and network errors when `retry`.
   async function send(method, path, { body, headers = {}, retry = true, signal } = {}) {
-    const authorization = await userAuthorization();
     const init = {
       method,
-      headers: { Accept: "application/json", ...headers, Authorization: authorization },
+      headers: { Accept: "application/json", ...headers },
       cache: "no-store",
       credentials: "omit", // bearer tokens only: no cookies cross origins
       signal,
@@ -131,9 +130,11 @@ export function createBrokerClient(options) {
       init.headers["Content-Type"] = "application/json";
     }
     for (let attempt = 0; ; attempt += 1) {
+      // Asked again per attempt: the identity SDK may have renewed the JWT meanwhile.
+      const authorization = await userAuthorization();
       let response;
       try {
-        response = await fetchImpl(baseUrl + path, init);
+        response = await fetchImpl(baseUrl + path, { ...init, headers: { ...init.headers, Authorization: authorization } });
       } catch (error) {
         if (error?.name === "AbortError" || signal?.aborted) throw error;
         if (!retry || attempt >= maxRetries) {
@@ -226,6 +227,8 @@ export function createBrokerClient(options) {
         // A refresh ahead of expiry that failed for a transient reason: the current token is
         // still valid, so callers keep working with it.
         if (started === generation && previous && previous === cached && now() < previous.expiresAtLocal) {
+          // Callers in the next few seconds get it at once instead of waiting out retries again.
+          previous.refreshAt = Math.min(previous.expiresAtLocal, now() + retryMaxDelayMs);
           return previous.info;
         }
         throw error;

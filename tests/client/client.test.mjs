@@ -156,6 +156,13 @@ describe("getToken", () => {
     assert.equal(calls[0].init.credentials, "omit");
   });
 
+  test("the user's JWT is asked for again on each retry", async () => {
+    let n = 0;
+    const { fetch, calls } = fakeFetch((call, i) => (i === 1 ? problem(503, "upstream_unavailable") : tokenResponse(clock)));
+    await client(clock, fetch, { getUserToken: () => `jwt-${(n += 1)}` }).getToken();
+    assert.deepEqual(calls.map((c) => c.init.headers.Authorization), ["Bearer jwt-1", "Bearer jwt-2"]);
+  });
+
   test("async getUserToken is awaited", async () => {
     const { fetch, calls } = fakeFetch(() => tokenResponse(clock));
     await client(clock, fetch, { getUserToken: async () => "async-jwt" }).getToken();
@@ -333,12 +340,19 @@ describe("retries", () => {
 
   test("a failed refresh ahead of expiry keeps serving the still-valid token", async () => {
     let fail = false;
-    const { fetch } = fakeFetch(() => (fail ? problem(503, "upstream_unavailable") : tokenResponse(clock)));
+    const { fetch, calls } = fakeFetch(() => (fail ? problem(503, "upstream_unavailable") : tokenResponse(clock)));
     const broker = client(clock, fetch, { maxRetries: 0 });
     await broker.getToken();
     fail = true;
     clock.t = START + 590_000; // inside the margin, 10 s before expiry
     assert.equal(await broker.getToken(), "svc-1");
+    assert.equal(calls.length, 2);
+    clock.t += 1000; // within the hold-off after a failed refresh: no new attempt
+    assert.equal(await broker.getToken(), "svc-1");
+    assert.equal(calls.length, 2);
+    clock.t += 4000; // past it: the refresh is tried again
+    assert.equal(await broker.getToken(), "svc-1");
+    assert.equal(calls.length, 3);
     clock.t = START + 600_000; // expired: no more fallback
     await assert.rejects(broker.getToken(), BrokerUnavailableError);
   });
