@@ -502,6 +502,7 @@ Token broker (dev mode) is running.
   broker            {broker_url}          (OpenAPI: {broker_url}/schema)
   Smithery emulator {upstream_url}          (API key: {DEV_API_KEY})
   demo MCP server   {mcp_url}   (connections alice-github, bob-github, support-github)
+  dev console       {broker_url}/dev/    (the whole flow in a browser)
   policies          revision {policy_set.revision}: {rules}
 
 Get a JWT for a dev user, then a scoped Smithery service token:

@@ -3,6 +3,7 @@
 // Run: node --test tests/client/ (tests/test_client_js.py runs them under pytest).
 
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { beforeEach, describe, test } from "node:test";
 
 import {
@@ -533,6 +534,15 @@ describe("connections", () => {
     await assert.rejects(client(clock, fetch).getConnection("my-app", ""), TypeError);
     assert.equal(calls.length, 0);
   });
+});
+
+// ----- types ------------------------------------------------------------------------------------
+
+test("client.d.ts declares exactly what client.js exports", async () => {
+  const module = await import("../../broker/static/client.js");
+  const types = readFileSync(new URL("../../broker/static/client.d.ts", import.meta.url), "utf8");
+  const declared = [...types.matchAll(/^export declare (?:class|function|const) (\w+)/gm)].map((m) => m[1]);
+  assert.deepEqual(declared.sort(), Object.keys(module).sort());
 });
 
 // ----- parsers ----------------------------------------------------------------------------------

@@ -87,7 +87,8 @@ def dev_broker() -> Iterator[DevBroker]:
     reader, lines = pump(popen)
     dev = DevBroker(f"http://127.0.0.1:{port}", popen, reader, lines)
     try:
-        read_until(lines, "is running")
+        banner = read_until(lines, "is running")
+        assert f"{dev.url}/dev/" in banner, "the banner points newcomers at the console"
         yield dev
     finally:
         dev.stop()
