@@ -1,0 +1,168 @@
+"""``POST /v1/admin/revoke`` with the memory backend (one process): purge, then refuse on every
+user-facing endpoint for the period; decision table of what is refused and what is not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from broker.config import AdminSettings, Secret
+from tests.inprocess import Harness, harness
+
+ADMIN = "admin-token-revoke-0123"
+MESSAGE = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+
+
+def with_admin(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = h.state.settings
+    admin = AdminSettings(token=Secret(ADMIN), revocation_seconds=600)
+    monkeypatch.setattr(h.state, "settings", msgspec.structs.replace(settings, admin=admin))
+
+
+async def revoke(h: Harness, body: Any, token: str = ADMIN) -> Any:
+    return await h.client.post(
+        "/v1/admin/revoke", json=body, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+async def token(h: Harness, sub: str, **claims: Any) -> Any:
+    return await h.client.post("/v1/tokens", headers=h.auth(sub, email_verified=True, **claims))
+
+
+async def precheck(h: Harness, sub: str) -> Any:
+    return await h.client.post(
+        "/v1/precheck",
+        json={"namespace": "my-app", "request": MESSAGE, "metadata": {"userId": sub}},
+        headers=h.auth(sub, email_verified=True),
+    )
+
+
+async def proxy(h: Harness, sub: str, connection: str) -> Any:
+    return await h.client.post(
+        f"/v1/mcp/my-app/{connection}", json=MESSAGE, headers=h.auth(sub, email_verified=True)
+    )
+
+
+def assert_revoked(response: Any) -> None:
+    assert response.status_code == 403, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "access_revoked"
+
+
+async def test_revoked_subject_refused_on_tokens_precheck_and_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with harness() as h:
+        with_admin(h, monkeypatch)
+        await h.create_connection("my-app", "mallory-github", metadata={"userId": "mallory"})
+        first = await token(h, "mallory")
+        assert first.status_code == 200
+        assert len(h.state.cache) == 1
+        response = await revoke(h, {"subject": "mallory"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["revoked"] == "subject"
+        assert body["purged"] == 1
+        assert body["purgedShared"] is None
+        assert body["refusedUntil"].endswith("Z")
+        assert "mallory" not in response.text
+        assert len(h.state.cache) == 0
+        assert_revoked(await token(h, "mallory"))
+        assert_revoked(await precheck(h, "mallory"))
+        assert_revoked(await proxy(h, "mallory", "mallory-github"))
+        # Everyone else is served.
+        assert (await token(h, "alice")).status_code == 200
+        assert (await precheck(h, "alice")).json()["allowed"] is True
+
+
+async def test_refusal_ends_after_the_period_and_the_old_token_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with harness() as h:
+        with_admin(h, monkeypatch)
+        before = (await token(h, "mallory")).json()["token"]
+        assert (await revoke(h, {"subject": "mallory", "seconds": 30})).status_code == 200
+        assert_revoked(await token(h, "mallory"))
+        now = h.state.clock()
+        monkeypatch.setattr(h.state.issuance.revocations, "_clock", lambda: now + 31)
+        after = await token(h, "mallory")
+        assert after.status_code == 200
+        assert after.json()["token"] != before  # re-minted: the purged token is not served
+
+
+async def test_issuer_scoped_revocation_spares_the_same_subject_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with harness() as h:
+        with_admin(h, monkeypatch)
+        other = await revoke(h, {"subject": "mallory", "issuer": "https://other-idp.test/"})
+        assert other.status_code == 200
+        assert (await token(h, "mallory")).status_code == 200
+        issuer = h.state.dev_signer.issuer
+        assert (await revoke(h, {"subject": "mallory", "issuer": issuer})).status_code == 200
+        assert_revoked(await token(h, "mallory"))
+
+
+async def test_rule_revocation_refuses_whoever_it_would_serve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with harness() as h:
+        with_admin(h, monkeypatch)
+        assert (await token(h, "sam", groups=["support"])).status_code == 200
+        response = await revoke(h, {"rule": "support-github-readonly"})
+        assert response.status_code == 200, response.text
+        assert_revoked(await token(h, "sam", groups=["support"]))
+        assert (await token(h, "alice")).status_code == 200  # not under that rule
+
+
+async def test_revoke_all_refuses_everyone_and_zero_seconds_only_purges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with harness() as h:
+        with_admin(h, monkeypatch)
+        first = (await token(h, "alice")).json()["token"]
+        purge_only = await revoke(h, {"all": True, "seconds": 0})
+        assert purge_only.json()["purged"] == 1
+        second = await token(h, "alice")
+        assert second.status_code == 200
+        assert second.json()["token"] != first
+        assert (await revoke(h, {"all": True})).status_code == 200
+        assert_revoked(await token(h, "alice"))
+        assert_revoked(await precheck(h, "bob"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"all": False},
+        {"subject": "a", "rule": "r"},
+        {"subject": "a", "all": True},
+        {"rule": "r", "issuer": "https://idp.test/"},
+        {"subject": ""},
+        {"subject": "a", "seconds": -1},
+        {"subject": "a", "extra": 1},
+        {"subject": 5},
+        [],
+    ],
+)
+async def test_bad_revocation_requests_denied(monkeypatch: pytest.MonkeyPatch, body: Any) -> None:
+    async with harness() as h:
+        with_admin(h, monkeypatch)
+        response = await revoke(h, body)
+        assert response.status_code == 400, response.text
+        assert len(h.state.cluster.revocations) == 0
+
+
+async def test_revoke_without_admin_credential_denied(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with harness() as h:
+        assert (await revoke(h, {"all": True})).status_code == 404  # no admin token: hidden
+        with_admin(h, monkeypatch)
+        assert (await revoke(h, {"all": True}, token="wrong")).status_code == 401
+        user = await h.client.post(
+            "/v1/admin/revoke", json={"all": True}, headers=h.auth("alice", email_verified=True)
+        )
+        assert user.status_code == 401
+        assert (await token(h, "alice")).status_code == 200
