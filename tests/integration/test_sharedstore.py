@@ -1,0 +1,138 @@
+"""``SharedStore`` against a real ``redis-server``: the Lua scripts (compare-and-delete lock,
+indexed store with TTL, shared token bucket, revocation sequence) and behaviour while Redis is
+down (fast, typed failure; recovery)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.config import RedisSettings, Secret
+from broker.metrics import Metrics
+from broker.ratelimit import RateLimitedError, SharedRateLimiter
+from broker.sharedstore import SharedStore, SharedStoreDown
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[SharedStore]:
+    shared = SharedStore(
+        RedisSettings(retry_seconds=0.05),
+        Secret(redis_server.url),
+        clock=time.monotonic,
+        metrics=Metrics(),
+    )
+    yield shared
+    await shared.aclose()
+
+
+async def test_lock_is_exclusive_and_released_only_by_its_owner(store: SharedStore) -> None:
+    assert await store.acquire_lock("k", "owner-a", 10_000)
+    assert not await store.acquire_lock("k", "owner-b", 10_000)
+    await store.release_lock("k", "owner-b")  # not the owner: no effect
+    assert not await store.acquire_lock("k", "owner-b", 10_000)
+    await store.release_lock("k", "owner-a")
+    assert await store.acquire_lock("k", "owner-b", 10_000)
+
+
+async def test_lock_expires(store: SharedStore) -> None:
+    assert await store.acquire_lock("short", "a", 50)
+    deadline = time.monotonic() + 5
+    while not await store.acquire_lock("short", "b", 50):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)  # poll interval
+    assert store.up
+
+
+async def test_indexed_store_with_ttl_and_purge(store: SharedStore) -> None:
+    assert await store.put_indexed("r1", b"sealed-1", ttl_ms=60_000, indexes=["s1"], sequence=0)
+    assert await store.put_indexed("r2", b"sealed-2", ttl_ms=60_000, indexes=["s2"], sequence=0)
+    assert await store.get("tok", "r1") == b"sealed-1"
+    ttl = await store._client.pttl(store.key("tok", "r1"))
+    assert 50_000 < ttl <= 60_000
+    assert await store.purge_indexed(["s1"]) == 1
+    assert await store.get("tok", "r1") is None
+    assert await store.get("tok", "r2") == b"sealed-2"
+    assert await store.purge_all() == 1
+    assert await store.get("tok", "r2") is None
+
+
+async def test_store_refused_after_a_revocation(store: SharedStore) -> None:
+    assert await store.add_revocation("all", b"entry") == 1
+    assert await store.sequence() == 1
+    assert await store.revocations() == {"all": b"entry"}
+    assert not await store.put_indexed("r", b"x", ttl_ms=1000, indexes=[], sequence=0)
+    assert await store.put_indexed("r", b"x", ttl_ms=1000, indexes=[], sequence=1)
+    await store.drop_revocations(["all"])
+    assert await store.revocations() == {}
+
+
+async def test_rate_limit_is_shared_between_replicas(store: SharedStore) -> None:
+    limiters = [
+        SharedRateLimiter(
+            store=store,
+            name=lambda *parts: "|".join(parts),
+            rate_per_second=0.01,
+            burst=3,
+            clock=time.time,
+            what="requests",
+        )
+        for _ in range(2)
+    ]
+    await limiters[0].acquire("iss", "alice")
+    await limiters[1].acquire("iss", "alice")
+    await limiters[0].acquire("iss", "alice")
+    with pytest.raises(RateLimitedError) as caught:
+        await limiters[1].acquire("iss", "alice")
+    assert 1 <= caught.value.retry_after_seconds <= 100
+    await limiters[1].acquire("iss", "bob")  # another user's bucket
+
+
+async def test_down_fails_fast_then_recovers(store: SharedStore, redis_server: RedisServer) -> None:
+    await store.ping()
+    assert store.up
+    redis_server.kill()
+    started = time.monotonic()
+    with pytest.raises(SharedStoreDown):
+        await store.get("tok", "x")
+    with pytest.raises(SharedStoreDown):
+        await store.get("tok", "x")  # inside the retry pause: not even tried
+    assert time.monotonic() - started < 1.0
+    assert not store.up
+    assert store.errors == 1
+    limiter = SharedRateLimiter(
+        store=store,
+        name=lambda *parts: "|".join(parts),
+        rate_per_second=0.01,
+        burst=1,
+        clock=time.time,
+        what="requests",
+    )
+    await limiter.acquire("iss", "carol")  # falls back to this process's bucket
+    with pytest.raises(RateLimitedError):
+        await limiter.acquire("iss", "carol")
+    redis_server.start()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await store.ping()
+            break
+        except SharedStoreDown:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)  # poll interval
+    assert store.up
+    assert await store.get("tok", "x") is None
