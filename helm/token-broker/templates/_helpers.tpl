@@ -129,6 +129,9 @@ what to set.
 {{- fail "auth: set at most one of jwksUrl and jwksFile" }}
 {{- end }}
 {{- end }}
+{{- if and .Values.redis.enabled (not (and .Values.redis.existingSecret .Values.redis.encryptionKey.existingSecret)) }}
+{{- fail "redis: enabled needs existingSecret (the Redis URL) and encryptionKey.existingSecret (the keyring)" }}
+{{- end }}
 {{- if and .Values.otel.enabled (not .Values.otel.endpoint) }}
 {{- fail "otel.endpoint: required when otel.enabled is true" }}
 {{- end }}
@@ -189,6 +192,18 @@ Environment of the broker and of the init container. The API key is only ever a 
 {{- end }}
 - name: BROKER_PRECHECK_EXEMPT_LIFECYCLE
   value: {{ .Values.precheck.exemptLifecycle | toString | quote }}
+{{- if .Values.redis.enabled }}
+- name: BROKER_CACHE_BACKEND
+  value: redis
+- name: BROKER_REDIS_URL_FILE
+  value: /etc/token-broker/redis/url
+- name: BROKER_CACHE_ENCRYPTION_KEY_FILE
+  value: /etc/token-broker/cache-key/keyring.yaml
+- name: BROKER_REDIS_REQUIRED_FOR_READINESS
+  value: {{ .Values.redis.requiredForReadiness | toString | quote }}
+- name: BROKER_REDIS_KEY_PREFIX
+  value: {{ .Values.redis.keyPrefix | quote }}
+{{- end }}
 {{- include "token-broker.otelEnv" . }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
@@ -246,6 +261,14 @@ Environment of the broker and of the init container. The API key is only ever a 
 {{- if .Values.auth.issuers }}
 - name: auth-config
   mountPath: /etc/token-broker/auth
+  readOnly: true
+{{- end }}
+{{- if .Values.redis.enabled }}
+- name: redis-url
+  mountPath: /etc/token-broker/redis
+  readOnly: true
+- name: cache-key
+  mountPath: /etc/token-broker/cache-key
   readOnly: true
 {{- end }}
 {{- with .Values.extraVolumeMounts }}

@@ -1,0 +1,136 @@
+"""The chart's Redis values (scale-out): the URL and the keyring come from existing Secrets as
+files, the broker gets the Redis settings, the NetworkPolicy lets it reach Redis, inconsistent
+values are refused, and the real ``broker check`` accepts the rendered configuration."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from tests.helm.chart import (
+    Helm,
+    HelmError,
+    Rendered,
+    ci_values,
+    env_of,
+    materialize,
+    run_broker_check,
+)
+
+pytestmark = pytest.mark.integration
+
+REDIS: Final = ci_values("redis")
+DEFAULT: Final = ci_values("default")
+REDIS_PASSWORD: Final = "redis-PASSWORD-helm-3e7"
+
+
+def _volume(rendered: Rendered, name: str) -> dict[str, Any]:
+    (volume,) = [v for v in rendered.pod_spec["volumes"] if v["name"] == name]
+    return dict(volume)
+
+
+def test_redis_settings_become_broker_variables(ci_rendered: dict[str, Rendered]) -> None:
+    rendered = ci_rendered["redis"]
+    for container in rendered.containers():  # the broker and its check init container
+        env = env_of(container)
+        assert env["BROKER_CACHE_BACKEND"] == "redis"
+        assert env["BROKER_REDIS_URL_FILE"] == "/etc/token-broker/redis/url"
+        assert env["BROKER_CACHE_ENCRYPTION_KEY_FILE"] == "/etc/token-broker/cache-key/keyring.yaml"
+        assert env["BROKER_REDIS_REQUIRED_FOR_READINESS"] == "true"
+        assert env["BROKER_REDIS_KEY_PREFIX"] == "tb-prod"
+        assert "BROKER_REDIS_URL" not in env
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["redis-url"] == {
+            "name": "redis-url",
+            "mountPath": "/etc/token-broker/redis",
+            "readOnly": True,
+        }
+        assert mounts["cache-key"]["readOnly"] is True
+    assert _volume(rendered, "redis-url")["secret"] == {
+        "secretName": "token-broker-redis",
+        "defaultMode": 0o440,
+        "items": [{"key": "redis-url", "path": "url"}],
+    }
+    assert _volume(rendered, "cache-key")["secret"] == {
+        "secretName": "token-broker-cache-keyring",
+        "defaultMode": 0o440,
+        "items": [{"key": "keyring.yaml", "path": "keyring.yaml"}],
+    }
+
+
+def test_default_release_has_no_redis(ci_rendered: dict[str, Rendered]) -> None:
+    rendered = ci_rendered["default"]
+    env = env_of(rendered.container())
+    assert not any(name.startswith("BROKER_REDIS_") for name in env)
+    assert "BROKER_CACHE_BACKEND" not in env
+    assert {v["name"] for v in rendered.pod_spec["volumes"]}.isdisjoint({"redis-url", "cache-key"})
+    egress = rendered.one("NetworkPolicy")["spec"]["egress"]
+    assert all(port["port"] != 6379 for rule in egress for port in rule.get("ports", []))
+
+
+def test_network_policy_allows_redis_only_to_its_peers(ci_rendered: dict[str, Rendered]) -> None:
+    egress = ci_rendered["redis"].one("NetworkPolicy")["spec"]["egress"]
+    (rule,) = [r for r in egress if {"protocol": "TCP", "port": 6379} in r["ports"]]
+    assert rule["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "redis"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis"}},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"redis.enabled": "true"},
+        {"redis.enabled": "true", "redis.existingSecret": "r"},
+        {"redis.enabled": "true", "redis.encryptionKey.existingSecret": "k"},
+    ],
+)
+def test_redis_without_its_secrets_is_refused(helm: Helm, settings: dict[str, str]) -> None:
+    with pytest.raises(HelmError, match="redis: enabled needs existingSecret"):
+        helm.template([DEFAULT], settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"redis.url": "redis://x"}, "additional properties 'url' not allowed"),
+        ({"redis.keyPrefix": "has space"}, "keyPrefix"),
+        ({"redis.enabled": "yes"}, "enabled"),
+        ({"networkPolicy.egress.redis.ports": []}, "ports"),
+    ],
+)
+def test_invalid_redis_values_rejected_by_the_schema(
+    helm: Helm, settings: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(HelmError, match=error):
+        helm.template([DEFAULT], settings)
+
+
+def test_broker_check_accepts_the_rendered_redis_configuration(
+    ci_rendered: dict[str, Rendered], tmp_path: Path
+) -> None:
+    """With the two Secrets the operator creates, the init container's ``broker check`` passes."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    keyring = f"active: k1\nkeys:\n  k1: {key}\nnaming_key: {key}\n"
+    url = f"rediss://:{REDIS_PASSWORD}@redis.redis.svc:6380/0"
+    existing = [
+        _secret("token-broker-redis", {"redis-url": url}),
+        _secret("token-broker-cache-keyring", {"keyring.yaml": keyring}),
+    ]
+    rendered = Rendered((*ci_rendered["redis"].objects, *existing))
+    env = materialize(rendered, "check", tmp_path / "pod")
+    result = run_broker_check(env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert REDIS_PASSWORD not in result.stdout + result.stderr
+    assert "warning" not in result.stderr
+
+
+def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
