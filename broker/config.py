@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 import msgspec
 import msgspec.yaml
@@ -424,10 +425,15 @@ def _redis_problems(settings: Settings) -> list[str]:
                 "BROKER_CACHE_BACKEND=redis (tokens are stored encrypted)"
             )
     # The URL itself is never echoed: it may carry a password.
-    if redis.url is not None and not redis.url.reveal().startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
-        problems.append("BROKER_REDIS_URL: must start with redis://, rediss:// or unix://")
+    if redis.url is not None:
+        url = redis.url.reveal()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            problems.append("BROKER_REDIS_URL: must start with redis://, rediss:// or unix://")
+        else:
+            try:
+                urlsplit(url).port  # noqa: B018 (parsing raises on a bad port)
+            except ValueError:
+                problems.append("BROKER_REDIS_URL: not a valid URL (check the host and port)")
     if redis.timeout_seconds <= 0 or redis.retry_seconds <= 0 or redis.sync_interval_seconds <= 0:
         problems.append("BROKER_REDIS_TIMEOUT/RETRY/SYNC_INTERVAL_SECONDS: must be greater than 0")
     if redis.lock_seconds <= 0 or redis.lock_wait_seconds <= 0:

@@ -108,12 +108,17 @@ def test_url_scheme_reported_without_the_url(
         ({"BROKER_REDIS_KEY_PREFIX": "a*"}, "BROKER_REDIS_KEY_PREFIX"),
         ({"BROKER_ADMIN_REVOCATION_SECONDS": "-5"}, "BROKER_ADMIN_REVOCATION_SECONDS"),
         ({"BROKER_REDIS_URL": "redis://a", "BROKER_REDIS_URL_FILE": "/x"}, "not both"),
+        (
+            {"BROKER_REDIS_URL": f"redis://:{PASSWORD}@h:port/0"},
+            "BROKER_REDIS_URL: not a valid URL",
+        ),
     ],
 )
 def test_invalid_redis_settings_denied(env_vars: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(env_vars)
     assert any(problem in p for p in caught.value.problems), caught.value.problems
+    assert not any(PASSWORD in p for p in caught.value.problems)
 
 
 def test_memory_backend_needs_no_redis() -> None:
