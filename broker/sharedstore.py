@@ -123,17 +123,22 @@ class SharedStore:
         self._retry_seconds = settings.retry_seconds
         self._clock = clock
         self._metrics = metrics or Metrics()
-        self._client: Any = client or redis.Redis.from_url(
-            url.reveal(),
-            socket_timeout=settings.timeout_seconds,
-            socket_connect_timeout=settings.timeout_seconds,
-            # One immediate retry, on a fresh connection, only for a connection that turned out
-            # to be dead (Redis restarted): a timeout is never retried, so a blackholed Redis
-            # costs one timeout, not several.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            max_connections=DEFAULT_MAX_CONNECTIONS,
-            single_connection_client=False,
-        )
+        if client is None:
+            # A bounded pool whose callers queue briefly for a connection under bursts (a plain
+            # pool would fail them at once, which would read as Redis being down).
+            pool = redis.BlockingConnectionPool.from_url(
+                url.reveal(),
+                max_connections=DEFAULT_MAX_CONNECTIONS,
+                timeout=settings.timeout_seconds,
+                socket_timeout=settings.timeout_seconds,
+                socket_connect_timeout=settings.timeout_seconds,
+                # One immediate retry, on a fresh connection, only for a connection that turned
+                # out to be dead (Redis restarted): a timeout is never retried, so a blackholed
+                # Redis costs one timeout, not several.
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            )
+            client = redis.Redis.from_pool(pool)  # closing the client closes the pool
+        self._client: Any = client
         self._up = False
         self._known = False
         self._retry_at = 0.0

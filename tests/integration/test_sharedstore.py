@@ -136,3 +136,12 @@ async def test_down_fails_fast_then_recovers(store: SharedStore, redis_server: R
             await asyncio.sleep(0.01)  # poll interval
     assert store.up
     assert await store.get("tok", "x") is None
+
+
+async def test_a_burst_larger_than_the_pool_queues_instead_of_failing(store: SharedStore) -> None:
+    results = await asyncio.gather(
+        *(store.take(f"burst-{i % 7}", 1000.0, 1000) for i in range(500))
+    )
+    assert results == [None] * 500
+    assert store.up
+    assert store.errors == 0
