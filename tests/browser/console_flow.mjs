@@ -168,7 +168,13 @@ async function main() {
     await page.getByRole("alert").filter({ hasText: "No connection 'alice-github'" }).waitFor();
     check(/HTTP 404/.test(await page.getByRole("alert").textContent()), "another user's connection is a 404");
     check(await page.locator("#lookup-output").isHidden(), "nothing of alice's connection is shown");
-    await shot("bob-cannot-see-alice", "bob signs in: alice's connections are invisible to him (404)");
+    await page.getByLabel("Connection for tools").fill("alice-github");
+    await page.getByRole("button", { name: "List tools" }).click();
+    await waitStatus("Listing the tools of alice-github was denied by policy.");
+    const ownRow = await denial.getByRole("row").filter({ hasText: "own-connections" }).textContent();
+    check(ownRow.includes("metadata"), `bob is denied alice's connection by its metadata: ${ownRow}`);
+    check((await tools.locator("li").count()) === 0, "no tools of alice's connection are shown to bob");
+    await shot("bob-cannot-see-alice", "bob signs in: alice's connections are invisible (404) and unusable (denied) to him");
 
     check(problems.length === 0, `the page reported problems: ${problems.join(" | ")}`);
     check(JSON.stringify(failures) === '["404 /v1/connections/my-app/alice-github"]', `failed requests: ${failures}`);

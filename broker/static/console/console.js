@@ -258,7 +258,12 @@ async function listTools() {
   try {
     result = await session.client.listTools(namespace(), connectionId);
   } catch (error) {
-    if (error instanceof BrokerDeniedError) showDenial(error);
+    if (error instanceof BrokerDeniedError) {
+      $("tools").replaceChildren();
+      showDenial(error);
+      announce(`Listing the tools of ${connectionId} was denied by policy.`);
+      return;
+    }
     throw error;
   }
   const list = $("tools");
