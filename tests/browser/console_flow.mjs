@@ -7,7 +7,8 @@
 // one JSON line {"steps": [...]} on success; exits 1 with the reason (and a failure screenshot)
 // otherwise. tests/integration/test_dev_console_browser.py starts the broker and runs this.
 
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -39,6 +40,19 @@ const CHROMIUM_ARGS = [
   "--disable-component-update",
   "--disable-sync",
 ];
+
+// axe-core, the accessibility rules engine, is put into the page through the DevTools protocol
+// (not a <script>, which the console's CSP would rightly refuse).
+const AXE_SOURCE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+const AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"];
+
+async function accessibilityViolations(page) {
+  if (!(await page.evaluate(() => "axe" in window))) await page.evaluate(AXE_SOURCE);
+  return page.evaluate(async (tags) => {
+    const results = await window.axe.run(document, { runOnly: { type: "tag", values: tags } });
+    return results.violations.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`);
+  }, AXE_TAGS);
+}
 
 const steps = [];
 const problems = []; // CSP violations and script errors seen on the page
@@ -77,10 +91,13 @@ async function main() {
 
   const status = page.getByRole("status");
   const waitStatus = (pattern) => status.filter({ hasText: pattern }).waitFor();
+  // Each step ends with a screenshot and an accessibility check of the page as it is then.
   const shot = async (name, what) => {
     const path = join(args.out, `${String(steps.length + 1).padStart(2, "0")}-${name}.png`);
     await page.screenshot({ path, fullPage: true });
-    steps.push({ step: name, what, screenshot: path });
+    const violations = await accessibilityViolations(page);
+    check(violations.length === 0, `accessibility (axe-core) at ${name}: ${violations.join(" | ")}`);
+    steps.push({ step: name, what, screenshot: path, accessibilityViolations: violations.length });
   };
 
   try {
@@ -120,7 +137,7 @@ async function main() {
     check((await connections.locator("li").count()) === 1, "the deleted connection is gone from the list");
 
     // 4. The tools on her GitHub connection, listed through the guarded proxy.
-    await page.getByRole("button", { name: "Use alice-github for tools" }).click();
+    await page.getByRole("button", { name: "Use for tools: alice-github" }).click();
     await page.getByRole("button", { name: "List tools" }).click();
     const tools = page.getByRole("list", { name: "Tools" });
     await tools.getByText("search_issues", { exact: true }).waitFor();

@@ -1,5 +1,6 @@
 """The dev console in a real browser: ``broker dev`` as a process, Debian's headless Chromium
-driven by Playwright (``tests/browser/console_flow.mjs``) clicking through the whole flow.
+driven by Playwright (``tests/browser/console_flow.mjs``) clicking through the whole flow, with
+axe-core's WCAG 2.x A/AA and best-practice rules checked on the page at every step.
 
 Screenshots of every step are kept in ``test-artifacts/browser/`` (gitignored) for people and CI
 to look at. The broker's audit log is read afterwards as an independent witness that the allowed
@@ -137,6 +138,7 @@ def test_console_flow_in_headless_chromium(dev_broker: DevBroker) -> None:
         shot = Path(step["screenshot"])
         assert shot.parent == ARTIFACTS
         assert shot.read_bytes()[:8] == PNG_MAGIC, f"{shot} is not a PNG"
+        assert step["accessibilityViolations"] == 0
     assert not (ARTIFACTS / "failure.png").exists()
 
     # What the broker itself recorded: the two calls went through the proxy, one allowed and one

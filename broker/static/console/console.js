@@ -190,7 +190,7 @@ async function listConnections() {
     item.append(element("p", `metadata ${JSON.stringify(connection.metadata ?? {})}`, "muted"));
     const use = element("button", "Use for tools");
     use.type = "button";
-    use.setAttribute("aria-label", `Use ${connection.connectionId} for tools`);
+    use.setAttribute("aria-label", `Use for tools: ${connection.connectionId}`);
     use.addEventListener("click", () => useConnection(connection.connectionId));
     const remove = element("button", "Delete");
     remove.type = "button";
