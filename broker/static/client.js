@@ -159,19 +159,18 @@ export function createBrokerClient(options) {
     }
   }
 
-  // Full jitter (a random delay up to the exponential bound), so many clients that failed
-  // together do not come back together.
+  // Equal jitter (a random delay between half and all of the exponential bound), so many
+  // clients that failed together do not come back together.
   function backoffMs(attempt) {
     const bound = Math.min(retryMaxDelayMs, retryBaseDelayMs * 2 ** attempt);
     return Math.round(bound * (0.5 + random() / 2));
   }
 
-  // The server's Retry-After when it gives one (never shortened); null: too long to wait.
+  // At least the server's Retry-After (a zero one still backs off); null: too long to wait.
   function retryDelayMs(response, attempt) {
     const after = parseRetryAfterMs(response.headers.get("retry-after"), now());
-    if (after === null) return backoffMs(attempt);
-    if (after > maxRetryAfterMs) return null;
-    return Math.max(after, 0);
+    if (after !== null && after > maxRetryAfterMs) return null;
+    return Math.max(after ?? 0, backoffMs(attempt));
   }
 
   async function fetchServiceToken() {

@@ -287,6 +287,12 @@ describe("retries", () => {
     assert.deepEqual(clock.sleeps, [2000]);
   });
 
+  test("Retry-After: 0 still backs off", async () => {
+    const { fetch } = fakeFetch((call, n) => (n === 1 ? problem(503, "upstream_unavailable", {}, { "retry-after": "0" }) : tokenResponse(clock)));
+    await client(clock, fetch, { retryBaseDelayMs: 200, random: () => 0 }).getToken();
+    assert.deepEqual(clock.sleeps, [100]);
+  });
+
   test("Retry-After as an HTTP-date is honoured", async () => {
     const { fetch } = fakeFetch((call, n) =>
       n === 1
