@@ -3,10 +3,14 @@ Litestar's (headers, body, errors), checked on the wire of the in-process app.""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
 import msgspec
 import pytest
 
-from broker.routes.responses import JsonBody, request_headers
+from broker.routes.responses import JsonBody, Relay, request_headers
 from tests.inprocess import harness
 
 
@@ -98,3 +102,92 @@ async def test_rules_narrow_the_token() -> None:
         )
         assert response.status_code == 200, response.text
         assert response.json()["rules"] == ["own-connections"]
+
+
+class Upstream:
+    """Chunks handed out one by one; after the last, waits (an event stream that stays open)."""
+
+    def __init__(self, chunks: list[bytes], then_wait: bool) -> None:
+        self.pending = list(chunks)
+        self.then_wait = then_wait
+        self.closed = 0
+        self.never = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for chunk in self.pending:
+            yield chunk
+        if self.then_wait:
+            self.waiting.set()
+            await self.never.wait()
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_relay_streams_every_chunk_then_ends_and_closes_upstream() -> None:
+    upstream = Upstream([b"event: message\n", b"", b"data: {}\n\n"], then_wait=False)
+    sent: list[dict[str, Any]] = []
+    client_gone = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await client_gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    relay = Relay(200, [(b"content-type", b"text/event-stream")], upstream.chunks(), upstream.close)
+    await relay({"type": "http"}, receive, send)  # type: ignore[arg-type]
+    assert sent[0] == {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"text/event-stream")],
+    }
+    assert [m["body"] for m in sent[1:]] == [b"event: message\n", b"data: {}\n\n", b""]
+    assert [m["more_body"] for m in sent[1:]] == [True, True, False]
+    assert upstream.closed == 1
+
+
+async def test_relay_stops_and_closes_upstream_when_the_client_leaves() -> None:
+    upstream = Upstream([b"data: first\n\n"], then_wait=True)
+    sent: list[dict[str, Any]] = []
+    first_sent = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await first_sent.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message.get("body"):
+            first_sent.set()
+
+    relay = Relay(200, [], upstream.chunks(), upstream.close)
+    # Without the disconnect watch this would wait forever on the open upstream stream.
+    await asyncio.wait_for(relay({"type": "http"}, receive, send), timeout=5)  # type: ignore[arg-type]
+    assert [m.get("body") for m in sent[1:]] == [b"data: first\n\n"]
+    assert upstream.closed == 1
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0  # the cancel was taken back
+
+
+async def test_relay_passes_on_a_cancellation_that_is_not_a_disconnect() -> None:
+    upstream = Upstream([], then_wait=True)
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    relay = Relay(200, [], upstream.chunks(), upstream.close)
+    task = asyncio.ensure_future(relay({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    await upstream.waiting.wait()  # the relay is inside the open upstream stream
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert upstream.closed == 1

@@ -244,3 +244,63 @@ async def test_failed_probe_reopens_breaker() -> None:
         await upstream.mint_token(POLICY)  # the probe fails
     assert upstream.caller.breaker.state == "open"
     assert flaky.calls == 3
+
+
+async def test_upstream_cookies_never_ride_along_on_later_requests() -> None:
+    """One client serves every user: a Set-Cookie from one answer must not reach the next call
+    (another user's MCP request, or a mint with the API key)."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        if request.url.path.endswith("/mcp"):
+            return httpx.Response(
+                200, json={"jsonrpc": "2.0", "id": 1, "result": {}}, headers={"set-cookie": "s=1"}
+            )
+        return httpx.Response(
+            200,
+            json={"token": "svc", "expiresAt": "2030-01-01T00:00:00.000Z"},
+            headers={"set-cookie": "session=alice; Path=/"},
+        )
+
+    upstream = client(handler)
+    await upstream.mint_token(POLICY)
+    for _ in range(2):
+        response = await upstream.open_mcp("ns", "c1", b"{}", {}, "svc-token")
+        await response.aread()
+        await response.aclose()
+    await upstream.mint_token(POLICY)
+    assert seen == [None, None, None, None]
+
+
+async def test_open_mcp_forwards_only_mcp_headers_and_the_service_token() -> None:
+    captured: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        captured.append(request)
+        return httpx.Response(200, content=b"data: {}\n\n")
+
+    upstream = client(handler)
+    response = await upstream.open_mcp(
+        "my app",
+        "c/1",
+        b'{"jsonrpc":"2.0"}',
+        {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18",
+            "Authorization": "Bearer user-jwt",
+            "Cookie": "app=1",
+            "X-Forwarded-For": "1.2.3.4",
+        },
+        "svc-token",
+    )
+    assert await response.aread() == b"data: {}\n\n"
+    [request] = captured
+    assert request.url == "https://smithery.test/connect/my%20app/c%2F1/mcp"
+    assert request.content == b'{"jsonrpc":"2.0"}'
+    assert request.headers["authorization"] == "Bearer svc-token"
+    assert request.headers["accept-encoding"] == "identity"
+    assert request.headers["mcp-protocol-version"] == "2025-06-18"
+    assert "cookie" not in request.headers
+    assert "x-forwarded-for" not in request.headers

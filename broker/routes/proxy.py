@@ -15,10 +15,11 @@ from typing import Any, Final
 
 import httpx
 import msgspec
-from litestar import Request, Response, post
+from litestar import Request, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath
-from litestar.response import Stream
+from litestar.types import ASGIApp
 
 from broker.errors import RequestDeniedError
 from broker.jsonrpc import check_message, is_notification
@@ -26,11 +27,12 @@ from broker.precheck import Target
 from broker.routes.body import read_strict_json
 from broker.routes.caller import limited_caller
 from broker.routes.names import check_name
+from broker.routes.responses import JsonBody, Relay
 from broker.state import BrokerState
 
 FORBIDDEN_CODE: Final = -32003
 FORBIDDEN_MESSAGE: Final = "Forbidden: request not permitted by policy"
-RETURNED_HEADERS: Final = ("content-type", "cache-control")
+RETURNED_HEADERS: Final = (b"content-type", b"cache-control")
 
 
 class JsonRpcError(msgspec.Struct, frozen=True):
@@ -50,13 +52,20 @@ class JsonRpcErrorResponse(msgspec.Struct, frozen=True):
     status_code=200,
     request_max_body_size=16 * 1024 * 1024,
     summary="Guarded MCP endpoint: precheck, then forward to Smithery",
+    responses={
+        200: ResponseSpec(
+            JsonRpcErrorResponse,
+            description="Smithery's answer streamed through (application/json or "
+            "text/event-stream), or a JSON-RPC error -32003 explaining a denial",
+        )
+    },
 )
 async def proxy_mcp(
     request: Request[Any, Any, Any],
     namespace: FromPath[str],
     connection_id: FromPath[str],
     broker: NamedDependency[BrokerState],
-) -> Response[Any]:
+) -> ASGIApp:
     principal = await limited_caller(request, broker)
     check_name("namespace", namespace)
     check_name("connectionId", connection_id)
@@ -80,13 +89,14 @@ async def proxy_mcp(
         reasons = [d.as_json() for d in decision.reasons]
         if is_notification(message):
             raise RequestDeniedError(reasons)
-        return Response(
-            JsonRpcErrorResponse(
-                jsonrpc="2.0",
-                id=message.get("id"),
-                error=JsonRpcError(FORBIDDEN_CODE, FORBIDDEN_MESSAGE, {"reasons": reasons}),
-            ),
-            status_code=200,
+        return JsonBody(
+            msgspec.json.encode(
+                JsonRpcErrorResponse(
+                    jsonrpc="2.0",
+                    id=message.get("id"),
+                    error=JsonRpcError(FORBIDDEN_CODE, FORBIDDEN_MESSAGE, {"reasons": reasons}),
+                )
+            )
         )
     issued = await broker.issuance.issue(principal)
     with broker.telemetry.span("broker.proxy.forward") as span:
@@ -95,23 +105,21 @@ async def proxy_mcp(
         )
         if span is not None:
             span.set_attribute("http.response.status_code", upstream.status_code)
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() in RETURNED_HEADERS}
-    return Stream(
-        _relay(upstream),
-        status_code=upstream.status_code,
-        headers=headers,
-        media_type=upstream.headers.get("content-type", "application/json"),
-    )
+    headers = [
+        (name.lower(), value)
+        for name, value in upstream.headers.raw
+        if name.lower() in RETURNED_HEADERS
+    ]
+    if not any(name == b"content-type" for name, _ in headers):
+        headers.append((b"content-type", b"application/json"))
+    return Relay(upstream.status_code, headers, _chunks(upstream), upstream.aclose)
 
 
-async def _relay(response: httpx.Response) -> AsyncIterator[bytes]:
-    """Pass Smithery's bytes through as they arrive; always release the upstream connection."""
+async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """Smithery's bytes as they arrive. A stream that breaks mid-answer just ends: the status
+    line is already sent, so ending the response early is the only honest signal left."""
     try:
         async for chunk in response.aiter_raw():
             yield chunk
     except httpx.HTTPError:
-        # The upstream stream broke mid-answer; the status line is already sent, so the only
-        # honest signal left is to end the response early.
         return
-    finally:
-        await response.aclose()
