@@ -18,25 +18,29 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import msgspec
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 from broker.config import SmitherySettings
 from broker.errors import (
     CallerError,
     ConnectionNotFoundError,
+    InvalidRequestError,
     UpstreamProtocolError,
     UpstreamRejectedError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from broker.http1 import Http1Error, Http1Pool
 from broker.resilience import ResilientCaller, RetryPolicy
 
 logger = logging.getLogger("broker.upstream")
@@ -60,8 +64,6 @@ class _TokenError(msgspec.Struct):
 
 MAX_CONNECTION_BYTES: Final = 256 * 1024
 MCP_FORWARDED_HEADERS: Final = ("content-type", "accept", "mcp-protocol-version")
-MCP_URLS_KEPT: Final = 4096
-"""Parsed upstream MCP URLs remembered (one per connection); the map is reset when full."""
 
 
 MAX_CONNECTION_LIST_BYTES: Final = 4 * 1024 * 1024
@@ -155,6 +157,23 @@ class SmitheryClient:
                 read=settings.mcp_timeout_seconds,
             ).as_dict()
         }
+        self._mcp_read_timeout = settings.mcp_timeout_seconds
+        self._mcp_host = urlsplit(settings.base_url).hostname or ""
+        self._mcp_pool = (
+            None
+            if transport is not None
+            else Http1Pool(
+                settings.base_url,
+                max_connections=settings.max_connections,
+                connect_timeout=settings.connect_timeout_seconds,
+                ssl_context=httpx.create_ssl_context(),
+            )
+        )
+        self._tracer = (
+            None
+            if tracer_provider is None
+            else trace.get_tracer(__name__, tracer_provider=tracer_provider)
+        )
         limits = httpx.Limits(
             max_connections=settings.max_connections,
             max_keepalive_connections=settings.max_connections,
@@ -162,7 +181,6 @@ class SmitheryClient:
         # Proxy variables and netrc must not redirect a request that carries the API key.
         self._transport = transport or httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
         self._base_url = settings.base_url.rstrip("/")
-        self._mcp_urls: dict[str, httpx.URL] = {}
         self._client = httpx.AsyncClient(
             base_url=self._base_url,
             timeout=httpx.Timeout(
@@ -191,6 +209,8 @@ class SmitheryClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._mcp_pool is not None:
+            await self._mcp_pool.aclose()
 
     async def mint_token(self, constraints: Sequence[dict[str, Any]]) -> MintedToken:
         """Mint a service token restricted to ``constraints`` (Smithery ORs them), with retries
@@ -385,28 +405,81 @@ class SmitheryClient:
         body: bytes,
         headers: Mapping[str, str],
         service_token: str,
-    ) -> httpx.Response:
+    ) -> McpAnswer:
         """Send ``body`` unchanged to ``/connect/{ns}/{id}/mcp`` with the user's service token.
 
-        Returns the response with its body NOT yet read: the caller streams it and must close
-        it. Only the MCP headers named in ``MCP_FORWARDED_HEADERS`` are passed on.
+        Returns the answer with its body NOT yet read: the caller streams ``chunks`` and must
+        ``aclose`` it. Only the MCP headers named in ``MCP_FORWARDED_HEADERS`` are passed on.
+        Over the network this goes through ``http1`` (R4 in ``bench/``); an injected transport
+        (in-process tests) is used as given.
         """
         path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}/mcp"
-        url = self._mcp_urls.get(path)
-        if url is None:
-            if len(self._mcp_urls) >= MCP_URLS_KEPT:
-                self._mcp_urls.clear()
-            url = self._mcp_urls[path] = httpx.URL(self._base_url + path)
         forwarded = [(k, v) for k, v in headers.items() if k.lower() in MCP_FORWARDED_HEADERS]
         forwarded.append(("Authorization", f"Bearer {service_token}"))
         # Pass bytes through untouched: no content-coding to undo on the way back.
         forwarded.append(("Accept-Encoding", "identity"))
-        # Straight to the transport (which tracing instruments): the client's layers add only
-        # what this hop must not have (cookies, redirects, auth flows) at a measured cost (R4).
-        request = httpx.Request(
-            "POST", url, content=body, headers=forwarded, extensions=self._mcp_extensions
-        )
         started = time.perf_counter()
+        try:
+            if self._mcp_pool is None:
+                return await self._open_mcp_transport(path, forwarded, body)
+            return await self._open_mcp_pool(path, forwarded, body)
+        finally:
+            self._timed("mcp", started)
+
+    async def _open_mcp_pool(
+        self, path: str, forwarded: list[tuple[str, str]], body: bytes
+    ) -> McpAnswer:
+        assert self._mcp_pool is not None
+        tracer = self._tracer
+        span = None
+        if tracer is not None:
+            span = tracer.start_span(
+                "POST",
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "http.request.method": "POST",
+                    "server.address": self._mcp_host,
+                    "url.path": path,
+                },
+            )
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier, context=set_span_in_context(span))
+            forwarded.extend(carrier.items())
+        try:
+            response = await self._mcp_pool.post(
+                path, forwarded, body, read_timeout=self._mcp_read_timeout
+            )
+        except Http1Error as exc:
+            if span is not None:
+                span.set_status(Status(StatusCode.ERROR, exc.reason))
+                span.end()
+            if exc.reason == "timeout":
+                raise UpstreamTimeoutError("Smithery did not answer in time.") from None
+            logger.warning("smithery mcp unreachable: %s", exc.reason)
+            raise UpstreamUnavailableError("Smithery is unreachable.") from None
+        except ValueError:
+            if span is not None:
+                span.end()
+            raise InvalidRequestError(
+                "A forwarded MCP header holds a forbidden character."
+            ) from None
+        if span is not None:
+            span.set_attribute("http.response.status_code", response.status_code)
+            span.end()
+        return McpAnswer(
+            response.status_code, response.headers, _quiet(response.chunks()), response.aclose
+        )
+
+    async def _open_mcp_transport(
+        self, path: str, forwarded: list[tuple[str, str]], body: bytes
+    ) -> McpAnswer:
+        request = httpx.Request(
+            "POST",
+            self._base_url + path,
+            content=body,
+            headers=forwarded,
+            extensions=self._mcp_extensions,
+        )
         try:
             response = await self._transport.handle_async_request(request)
         except httpx.TimeoutException:
@@ -414,10 +487,30 @@ class SmitheryClient:
         except httpx.TransportError as exc:
             logger.warning("smithery mcp unreachable: %s", type(exc).__name__)
             raise UpstreamUnavailableError("Smithery is unreachable.") from None
-        finally:
-            self._timed("mcp", started)
         response.request = request
-        return response
+        headers = [(name.lower(), value) for name, value in response.headers.raw]
+        return McpAnswer(
+            response.status_code, headers, _quiet(response.aiter_raw()), response.aclose
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class McpAnswer:
+    """Smithery's answer to an MCP message: status, headers (lower-case names) and the body as
+    it arrives. A stream that breaks mid-answer just ends (the status line is already out)."""
+
+    status_code: int
+    headers: list[tuple[bytes, bytes]]
+    chunks: AsyncIterator[bytes]
+    aclose: Callable[[], Awaitable[None]]
+
+
+async def _quiet(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except (httpx.HTTPError, Http1Error) as exc:
+        logger.warning("smithery mcp answer broke off: %s", type(exc).__name__)
 
 
 def _raise_for_status(response: httpx.Response, what: str) -> None:

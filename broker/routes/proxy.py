@@ -10,10 +10,8 @@ again. GET and DELETE are 405, like Smithery's stateless endpoint.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import httpx
 import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
@@ -105,21 +103,7 @@ async def proxy_mcp(
         )
         if span is not None:
             span.set_attribute("http.response.status_code", upstream.status_code)
-    headers = [
-        (name.lower(), value)
-        for name, value in upstream.headers.raw
-        if name.lower() in RETURNED_HEADERS
-    ]
+    headers = [(name, value) for name, value in upstream.headers if name in RETURNED_HEADERS]
     if not any(name == b"content-type" for name, _ in headers):
         headers.append((b"content-type", b"application/json"))
-    return Relay(upstream.status_code, headers, _chunks(upstream), upstream.aclose)
-
-
-async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """Smithery's bytes as they arrive. A stream that breaks mid-answer just ends: the status
-    line is already sent, so ending the response early is the only honest signal left."""
-    try:
-        async for chunk in response.aiter_raw():
-            yield chunk
-    except httpx.HTTPError:
-        return
+    return Relay(upstream.status_code, headers, upstream.chunks, upstream.aclose)

@@ -1,0 +1,346 @@
+"""A small HTTP/1.1 client for the guarded proxy's one hot call: POST to Smithery's MCP endpoint
+and stream the answer back.
+
+httpx carries every other call to Smithery. For this one, R4 in ``bench/`` measured the general
+client's layers (URL and header models, cookies, anyio cancel scopes around every read and write,
+the pool's poll of each idle connection, the pure-Python h11 parser) at most of the broker's CPU
+per proxied call. This client does only what the hop needs: keep-alive connections to one
+origin, one write per request, the response parsed by ``httptools`` (llhttp, the parser uvicorn
+uses), the body handed over chunk by chunk with backpressure, and bounded waits everywhere.
+
+Safety rules:
+- request header names and values are checked (no CR, LF or NUL) before anything is written;
+- the response's headers are capped in size; a malformed response is an error, never a guess;
+- a connection is reused only after a complete response that allows keep-alive, and never once
+  the peer has closed it; a failed or abandoned exchange closes its connection;
+- nothing here logs; errors carry no header values (they may hold tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Final, cast
+from urllib.parse import urlsplit
+
+import httptools
+
+MAX_RESPONSE_HEADER_BYTES: Final = 64 * 1024
+IDLE_SECONDS: Final = 4.0
+"""An idle connection older than this is not reused: servers commonly close keep-alive
+connections after 5 s, and a request written into one that is closing would be lost."""
+READ_HIGH_WATER: Final = 256 * 1024
+"""Buffered response bytes at which reading from the socket pauses until the relay catches up."""
+_FORBIDDEN_IN_HEADERS: Final = frozenset("\r\n\0")
+
+
+class Http1Error(Exception):
+    """The exchange failed; ``reason`` is one of ``connect``, ``timeout``, ``closed``,
+    ``protocol``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; carries at most one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._wakeup: asyncio.Event = asyncio.Event()
+        self.status = 0
+        self.keep_alive = False
+        self.headers_done = False
+        self.complete = False
+        self.error: Http1Error | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(Http1Error("protocol", "Smithery answered with a protocol upgrade."))
+        except httptools.HttpParserError:
+            self._fail(Http1Error("protocol", "Smithery's answer is not valid HTTP/1.1."))
+
+    def eof_received(self) -> bool:
+        self._peer_closed()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._peer_closed()
+
+    def pause_writing(self) -> None:  # requests are small and written at once
+        return None
+
+    def resume_writing(self) -> None:
+        return None
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_RESPONSE_HEADER_BYTES:
+            raise httptools.HttpParserError("headers too large")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        # llhttp answers this only while the message is current, not after it completes.
+        self.keep_alive = self._parser.should_keep_alive()
+        self.headers_done = True
+        self._wakeup.set()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered >= READ_HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wakeup.set()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._wakeup.set()
+
+    # the exchange
+    def start(self, request: bytes) -> None:
+        assert self.transport is not None
+        self._headers = []
+        self._header_bytes = 0
+        self.status = 0
+        self.headers_done = self.complete = self.keep_alive = False
+        self.transport.write(request)
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return self._headers
+
+    @property
+    def reusable(self) -> bool:
+        return (
+            self.complete
+            and not self.closed
+            and self.error is None
+            and not self._chunks
+            and self.keep_alive
+        )
+
+    async def headers_arrived(self) -> None:
+        while not self.headers_done:
+            if self.error is not None:
+                raise self.error
+            await self.wait()
+
+    async def wait(self) -> None:
+        """Until something new arrived (headers, a chunk, the end, or a failure)."""
+        self._wakeup.clear()
+        await self._wakeup.wait()
+
+    def take(self) -> bytes | None:
+        if not self._chunks:
+            return None
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered < READ_HIGH_WATER // 2 and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _peer_closed(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.headers_done and not self.complete and self._read_until_close():
+                self.complete = True  # no length given: the body ends with the connection
+            elif not self.complete and self.error is None:
+                self.error = Http1Error("closed", "Smithery closed the connection mid-answer.")
+        self._wakeup.set()
+
+    def _read_until_close(self) -> bool:
+        names = {name for name, _ in self._headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    def _fail(self, error: Http1Error) -> None:
+        self.error = error
+        self.abort()
+        self._wakeup.set()
+
+
+class Http1Response:
+    """Status and headers of an answer whose body is still arriving. Iterate ``chunks()`` and
+    always ``aclose()`` (which puts a cleanly finished connection back in the pool)."""
+
+    def __init__(self, pool: Http1Pool, connection: _Connection, read_timeout: float) -> None:
+        self._pool = pool
+        self._connection: _Connection | None = connection
+        self._read_timeout = read_timeout
+        self.status_code = connection.status
+        self.headers = list(connection.headers)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        while connection is not None:
+            chunk = connection.take()
+            if chunk is not None:
+                yield chunk
+                continue
+            if connection.error is not None:
+                raise connection.error
+            if connection.complete:
+                return
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    await connection.wait()
+            except TimeoutError:
+                raise Http1Error("timeout", "Smithery's answer stalled.") from None
+
+    async def aclose(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool.release(connection)
+
+
+class Http1Pool:
+    """Keep-alive connections to one origin (``http`` or ``https``), at most ``max_connections``
+    open at once; callers beyond that wait (within the connect timeout) for one to free up."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the base URL must be http(s)://host[:port][/path]")
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._prefix = parts.path.rstrip("/")
+        default_port = (parts.scheme == "https" and self._port == 443) or (
+            parts.scheme == "http" and self._port == 80
+        )
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._host_header = (host if default_port else f"{host}:{self._port}").encode("ascii")
+        self._ssl = (
+            (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+        )
+        self._connect_timeout = connect_timeout
+        self._idle: list[tuple[float, _Connection]] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self._closed = False
+
+    async def post(
+        self,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        read_timeout: float,
+    ) -> Http1Response:
+        """Send ``body`` to ``path`` (already percent-encoded, starting with ``/``) and wait for
+        the answer's status and headers. Raises ``Http1Error``; ``ValueError`` for a header that
+        could split the request."""
+        request = self._serialize(path, headers, body)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Http1Error("connect", "No connection to Smithery became free in time.") from None
+        try:
+            connection = await self._connection()
+            connection.start(request)
+            try:
+                async with asyncio.timeout(read_timeout):
+                    await connection.headers_arrived()
+            except TimeoutError:
+                connection.abort()
+                raise Http1Error("timeout", "Smithery did not answer in time.") from None
+            except BaseException:
+                connection.abort()
+                raise
+        except BaseException:
+            self._slots.release()
+            raise
+        return Http1Response(self, connection, read_timeout)
+
+    def release(self, connection: _Connection) -> None:
+        if connection.reusable and not self._closed:
+            self._idle.append((time.monotonic(), connection))
+        else:
+            connection.abort()
+        self._slots.release()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for _, connection in idle:
+            connection.abort()
+
+    async def _connection(self) -> _Connection:
+        fresh_after = time.monotonic() - IDLE_SECONDS
+        while self._idle:
+            idle_since, connection = self._idle.pop()
+            if not connection.closed and idle_since > fresh_after:
+                return connection
+            connection.abort()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, connection = await loop.create_connection(
+                    _Connection,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            raise Http1Error("timeout", "Connecting to Smithery timed out.") from None
+        except OSError as exc:
+            raise Http1Error(
+                "connect", f"Connecting to Smithery failed ({type(exc).__name__})."
+            ) from None
+        return connection
+
+    def _serialize(self, path: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+        if not path.startswith("/") or _has_forbidden(path) or " " in path:
+            raise ValueError("the request path must start with / and hold no spaces or controls")
+        lines = [
+            b"POST ",
+            (self._prefix + path).encode("ascii"),
+            b" HTTP/1.1\r\nHost: ",
+            self._host_header,
+            b"\r\nContent-Length: ",
+            str(len(body)).encode("ascii"),
+            b"\r\n",
+        ]
+        for name, value in headers:
+            if not name or _has_forbidden(name) or ":" in name or _has_forbidden(value):
+                raise ValueError("a request header name or value holds a forbidden character")
+            lines += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
+        lines += [b"\r\n", body]
+        return b"".join(lines)
+
+
+def _has_forbidden(text: str) -> bool:
+    return not _FORBIDDEN_IN_HEADERS.isdisjoint(text)

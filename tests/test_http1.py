@@ -1,0 +1,402 @@
+"""The proxy's HTTP/1.1 client against real loopback servers that answer in every way a server
+can: keep-alive, chunked, length-delimited and close-delimited bodies, stalls, garbage,
+oversized headers and connections dropped at every stage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from broker import http1
+from broker.config import Secret, SmitherySettings
+from broker.http1 import Http1Error, Http1Pool
+from broker.upstream import SmitheryClient
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Server:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.url = ""
+
+
+@asynccontextmanager
+async def serve(answer: Callable[[Server, int], Awaitable[bytes | None]]) -> AsyncIterator[Server]:
+    """A loopback server that reads whole requests and writes what ``answer`` returns for the
+    n-th request on a connection (None: close the connection instead)."""
+    server = Server()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.connections += 1
+        try:
+            for index in range(1000):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                server.requests.append(head + await reader.readexactly(length))
+                reply = await answer(server, index)
+                if reply is None:
+                    break
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection: the end of this handler
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    server.url = f"http://127.0.0.1:{port}"
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+def pool(server: Server, **options: float) -> Http1Pool:
+    return Http1Pool(
+        server.url,
+        max_connections=int(options.pop("max_connections", 4)),
+        connect_timeout=options.pop("connect_timeout", 5.0),
+    )
+
+
+async def body_of(response: http1.Http1Response) -> bytes:
+    try:
+        return b"".join([chunk async for chunk in response.chunks()])
+    finally:
+        await response.aclose()
+
+
+def fixed(body: bytes, status: str = "200 OK", extra: bytes = b"") -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+async def test_request_bytes_and_keep_alive_reuse() -> None:
+    async def answer(server: Server, index: int) -> bytes:
+        return fixed(b'{"n":%d}' % index)
+
+    async with serve(answer) as server:
+        client = pool(server)
+        for index in range(3):
+            response = await client.post(
+                "/connect/ns/c1/mcp",
+                [("Accept", "text/event-stream"), ("Authorization", "Bearer t")],
+                b'{"jsonrpc":"2.0"}',
+                read_timeout=5,
+            )
+            assert response.status_code == 200
+            assert (b"content-type", b"application/json") in response.headers
+            assert await body_of(response) == b'{"n":%d}' % index
+        await client.aclose()
+    assert server.connections == 1
+    host = server.url.removeprefix("http://").encode()
+    assert server.requests[0] == (
+        b"POST /connect/ns/c1/mcp HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 17\r\n"
+        b"Accept: text/event-stream\r\nAuthorization: Bearer t\r\n\r\n"
+        b'{"jsonrpc":"2.0"}'
+    )
+
+
+async def test_chunked_event_stream_arrives_in_pieces() -> None:
+    async def answer(server: Server, index: int) -> bytes:
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            b"f\r\nevent: message\n\r\n"
+            b"a\r\ndata: {}\n\n\r\n"
+            b"0\r\n\r\n"
+        )
+
+    async with serve(answer) as server:
+        client = pool(server)
+        response = await client.post("/x", [], b"", read_timeout=5)
+        assert await body_of(response) == b"event: message\ndata: {}\n\n"
+        again = await client.post("/x", [], b"", read_timeout=5)
+        assert await body_of(again) == b"event: message\ndata: {}\n\n"
+    assert server.connections == 1
+
+
+async def test_close_delimited_body_ends_with_the_connection_and_is_not_reused() -> None:
+    async def reply_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(reply_then_close, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = Http1Pool(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout=5)
+    for _ in range(2):
+        response = await client.post("/x", [], b"", read_timeout=5)
+        assert await body_of(response) == b"all of it"
+    listener.close()
+
+
+async def test_no_content_answer_for_a_notification() -> None:
+    async def answer(server: Server, index: int) -> bytes:
+        return b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+
+    async with serve(answer) as server:
+        response = await pool(server).post("/x", [], b"{}", read_timeout=5)
+        assert response.status_code == 202
+        assert await body_of(response) == b""
+
+
+async def test_idle_connection_closed_by_the_server_is_replaced() -> None:
+    async def answer(server: Server, index: int) -> bytes:
+        # "Connection: close" makes the server end the connection after each answer.
+        return fixed(b"{}", extra=b"Connection: close\r\n")
+
+    async with serve(answer) as server:
+        client = pool(server)
+        for _ in range(3):
+            assert await body_of(await client.post("/x", [], b"", read_timeout=5)) == b"{}"
+    assert server.connections == 3
+
+
+async def test_idle_connections_past_the_idle_limit_are_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http1, "IDLE_SECONDS", -1.0)
+
+    async def answer(server: Server, index: int) -> bytes:
+        return fixed(b"{}")
+
+    async with serve(answer) as server:
+        client = pool(server)
+        for _ in range(2):
+            assert await body_of(await client.post("/x", [], b"", read_timeout=5)) == b"{}"
+        await client.aclose()
+    assert server.connections == 2
+
+
+async def test_header_injection_is_refused_before_anything_is_sent() -> None:
+    async def answer(server: Server, index: int) -> bytes:
+        return fixed(b"{}")
+
+    async with serve(answer) as server:
+        client = pool(server)
+        for headers in (
+            [("Accept", "a\r\nX-Injected: 1")],
+            [("X-Bad\r\nName", "v")],
+            [("Name:", "v")],
+            [("Accept", "nul\0")],
+        ):
+            with pytest.raises(ValueError, match="forbidden character"):
+                await client.post("/x", headers, b"", read_timeout=5)
+        with pytest.raises(ValueError, match="request path"):
+            await client.post("/x HTTP/1.1\r\nHost: evil", [], b"", read_timeout=5)
+    assert server.requests == []
+
+
+async def test_oversized_response_headers_are_a_protocol_error() -> None:
+    huge = b"X-Filler: " + b"a" * (http1.MAX_RESPONSE_HEADER_BYTES + 1) + b"\r\n"
+
+    async def answer(server: Server, index: int) -> bytes:
+        return fixed(b"{}", extra=huge)
+
+    async with serve(answer) as server:
+        with pytest.raises(Http1Error) as caught:
+            await pool(server).post("/x", [], b"", read_timeout=5)
+    assert caught.value.reason == "protocol"
+
+
+async def test_garbage_is_a_protocol_error() -> None:
+    async def answer(server: Server, index: int) -> bytes:
+        return b"SMTP ready\r\n\r\n"
+
+    async with serve(answer) as server:
+        with pytest.raises(Http1Error) as caught:
+            await pool(server).post("/x", [], b"", read_timeout=5)
+    assert caught.value.reason == "protocol"
+
+
+async def test_closed_before_the_answer_is_an_error() -> None:
+    async def answer(server: Server, index: int) -> bytes | None:
+        return None
+
+    async with serve(answer) as server:
+        with pytest.raises(Http1Error) as caught:
+            await pool(server).post("/x", [], b"", read_timeout=5)
+    assert caught.value.reason == "closed"
+
+
+async def test_closed_mid_body_is_an_error() -> None:
+    async def partial_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(partial_then_close, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = Http1Pool(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout=5)
+    response = await client.post("/x", [], b"", read_timeout=5)
+    received: list[bytes] = []
+
+    async def drain() -> None:
+        async for chunk in response.chunks():
+            received.append(chunk)
+
+    with pytest.raises(Http1Error) as caught:
+        await drain()
+    await response.aclose()
+    listener.close()
+    assert caught.value.reason == "closed"
+    assert b"".join(received) == b"only part"
+
+
+async def test_a_stalled_answer_times_out() -> None:
+    stall = asyncio.Event()
+
+    async def answer(server: Server, index: int) -> bytes:
+        await stall.wait()
+        return b""
+
+    async with serve(answer) as server:
+        with pytest.raises(Http1Error) as caught:
+            await pool(server).post("/x", [], b"", read_timeout=0.05)
+        stall.set()
+    assert caught.value.reason == "timeout"
+
+
+async def test_a_body_that_stops_arriving_times_out() -> None:
+    async def answer(server: Server, index: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+
+    async with serve(answer) as server:
+        response = await pool(server).post("/x", [], b"", read_timeout=0.05)
+        with pytest.raises(Http1Error) as caught:
+            await body_of(response)
+    assert caught.value.reason == "timeout"
+
+
+async def test_connection_refused_is_a_connect_error() -> None:
+    listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    listener.close()
+    await listener.wait_closed()
+    client = Http1Pool(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout=5)
+    with pytest.raises(Http1Error) as caught:
+        await client.post("/x", [], b"", read_timeout=5)
+    assert caught.value.reason == "connect"
+
+
+async def test_a_large_body_passes_intact_with_backpressure() -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB, several times the read high-water mark
+
+    async def answer(server: Server, index: int) -> bytes:
+        return fixed(payload)
+
+    async with serve(answer) as server:
+        client = pool(server)
+        response = await client.post("/x", [], b"", read_timeout=5)
+        received = bytearray()
+        async for chunk in response.chunks():
+            received += chunk
+            await asyncio.sleep(0)  # a relay that yields between chunks
+        await response.aclose()
+        assert bytes(received) == payload
+        assert await body_of(await client.post("/x", [], b"", read_timeout=5)) == payload
+    assert server.connections == 1
+
+
+async def test_callers_beyond_max_connections_wait_for_a_free_one() -> None:
+    gate = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def answer(server: Server, index: int) -> bytes:
+        arrived.set()
+        await gate.wait()
+        return fixed(b"{}")
+
+    async with serve(answer) as server:
+        client = pool(server, max_connections=1)
+        first = asyncio.ensure_future(client.post("/x", [], b"", read_timeout=5))
+        second = asyncio.ensure_future(client.post("/x", [], b"", read_timeout=5))
+        await arrived.wait()
+        assert len(server.requests) == 1
+        assert not second.done()
+        gate.set()
+        assert await body_of(await first) == b"{}"
+        assert await body_of(await second) == b"{}"
+    assert server.connections == 1
+
+
+async def test_no_free_connection_within_the_connect_timeout() -> None:
+    gate = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def answer(server: Server, index: int) -> bytes:
+        arrived.set()
+        await gate.wait()
+        return fixed(b"{}")
+
+    async with serve(answer) as server:
+        client = pool(server, max_connections=1, connect_timeout=0.05)
+        first = asyncio.ensure_future(client.post("/x", [], b"", read_timeout=5))
+        await arrived.wait()
+        with pytest.raises(Http1Error) as caught:
+            await client.post("/x", [], b"", read_timeout=5)
+        gate.set()
+        await body_of(await first)
+    assert caught.value.reason == "connect"
+
+
+def test_base_url_must_be_http() -> None:
+    with pytest.raises(ValueError, match="http"):
+        Http1Pool("ftp://x", max_connections=1, connect_timeout=1)
+
+
+async def test_open_mcp_over_the_network_traces_and_propagates_context() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def answer(server: Server, index: int) -> bytes:
+        return fixed(b'{"jsonrpc":"2.0","id":1,"result":{}}')
+
+    async with serve(answer) as server:
+        upstream = SmitheryClient(
+            SmitherySettings(base_url=server.url, api_key=Secret("sk-k")),
+            tracer_provider=provider,
+        )
+        answer_ = await upstream.open_mcp(
+            "ns", "c1", b"{}", {"Accept": "application/json", "Cookie": "x=1"}, "svc-token"
+        )
+        assert answer_.status_code == 200
+        assert (
+            b"".join([c async for c in answer_.chunks]) == b'{"jsonrpc":"2.0","id":1,"result":{}}'
+        )
+        await answer_.aclose()
+        await upstream.aclose()
+    [request] = server.requests
+    head = request.decode().lower()
+    assert "authorization: bearer svc-token" in head
+    assert "cookie" not in head
+    [span] = exporter.get_finished_spans()
+    assert span.kind is SpanKind.CLIENT
+    assert span.attributes is not None
+    assert span.attributes["http.response.status_code"] == 200
+    assert f"traceparent: 00-{span.context.trace_id:032x}-{span.context.span_id:016x}-" in head
+    assert "svc-token" not in str(span.attributes)
