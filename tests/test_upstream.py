@@ -266,9 +266,9 @@ async def test_upstream_cookies_never_ride_along_on_later_requests() -> None:
     upstream = client(handler)
     await upstream.mint_token(POLICY)
     for _ in range(2):
-        response = await upstream.open_mcp("ns", "c1", b"{}", {}, "svc-token")
-        await response.aread()
-        await response.aclose()
+        answer = await upstream.open_mcp("ns", "c1", b"{}", {}, "svc-token")
+        assert b"".join([chunk async for chunk in answer.chunks]).startswith(b'{"jsonrpc"')
+        await answer.aclose()
     await upstream.mint_token(POLICY)
     assert seen == [None, None, None, None]
 
@@ -295,7 +295,8 @@ async def test_open_mcp_forwards_only_mcp_headers_and_the_service_token() -> Non
         },
         "svc-token",
     )
-    assert await response.aread() == b"data: {}\n\n"
+    assert b"".join([chunk async for chunk in response.chunks]) == b"data: {}\n\n"
+    await response.aclose()
     [request] = captured
     assert request.url == "https://smithery.test/connect/my%20app/c%2F1/mcp"
     assert request.content == b'{"jsonrpc":"2.0"}'
