@@ -161,6 +161,11 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
+    @property
+    def pending(self) -> bool:
+        """Body chunks received and not taken yet."""
+        return bool(self._chunks)
+
     def abort(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -212,6 +217,16 @@ class Http1Response:
                     await connection.wait()
             except TimeoutError:
                 raise Http1Error("timeout", "Smithery's answer stalled.") from None
+
+    def arrived(self) -> bool:
+        """The whole body is here (``chunks()`` will not wait), some of it perhaps not taken."""
+        connection = self._connection
+        return connection is not None and connection.complete and connection.error is None
+
+    def drained(self) -> bool:
+        """The whole body is here and every chunk was taken: nothing more will come."""
+        connection = self._connection
+        return self.arrived() and connection is not None and not connection.pending
 
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None

@@ -467,7 +467,12 @@ class SmitheryClient:
             span.set_attribute("http.response.status_code", response.status_code)
             span.end()
         return McpAnswer(
-            response.status_code, response.headers, _quiet(response.chunks()), response.aclose
+            response.status_code,
+            response.headers,
+            _quiet(response.chunks()),
+            response.aclose,
+            response.arrived,
+            response.drained,
         )
 
     async def _open_mcp_transport(
@@ -501,6 +506,10 @@ class McpAnswer:
     headers: list[tuple[bytes, bytes]]
     chunks: AsyncIterator[bytes]
     aclose: Callable[[], Awaitable[None]]
+    arrived: Callable[[], bool] = lambda: False
+    """The whole body is here: iterating ``chunks`` will not wait."""
+    drained: Callable[[], bool] = lambda: False
+    """The whole body is here and was taken: the chunk just taken was the last."""
 
 
 async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:

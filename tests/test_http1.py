@@ -400,3 +400,24 @@ async def test_open_mcp_over_the_network_traces_and_propagates_context() -> None
     assert span.attributes["http.response.status_code"] == 200
     assert f"traceparent: 00-{span.context.trace_id:032x}-{span.context.span_id:016x}-" in head
     assert "svc-token" not in str(span.attributes)
+
+
+async def test_arrived_and_drained_follow_the_body() -> None:
+    gate = asyncio.Event()
+
+    async def answer(server: Server, index: int) -> bytes:
+        if index == 0:
+            return fixed(b'{"whole":true}')  # one write: headers and body together
+        await gate.wait()
+        return b""
+
+    async with serve(answer) as server:
+        client = pool(server)
+        response = await client.post("/x", [], b"", read_timeout=5)
+        assert response.arrived()
+        assert not response.drained()
+        assert [chunk async for chunk in response.chunks()] == [b'{"whole":true}']
+        assert response.drained()
+        await response.aclose()
+        assert not response.arrived()  # closed: nothing to say any more
+        gate.set()

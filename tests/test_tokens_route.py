@@ -191,3 +191,60 @@ async def test_relay_passes_on_a_cancellation_that_is_not_a_disconnect() -> None
     with pytest.raises(asyncio.CancelledError):
         await task
     assert upstream.closed == 1
+
+
+async def test_relay_sends_an_answer_that_has_wholly_arrived_in_one_piece() -> None:
+    upstream = Upstream([b"event: message\n", b"data: {}\n\n"], then_wait=False)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("no disconnect watch for an answer already complete")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    relay = Relay(
+        200,
+        [(b"content-type", b"text/event-stream")],
+        upstream.chunks(),
+        upstream.close,
+        arrived=lambda: True,
+    )
+    await relay({"type": "http"}, receive, send)  # type: ignore[arg-type]
+    assert sent == [
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream"), (b"content-length", b"25")],
+        },
+        {"type": "http.response.body", "body": b"event: message\ndata: {}\n\n", "more_body": False},
+    ]
+    assert upstream.closed == 1
+
+
+async def test_relay_ends_the_response_with_the_chunk_that_drained_the_answer() -> None:
+    upstream = Upstream([b"event: message\n", b"data: {}\n\n"], then_wait=False)
+    sent: list[dict[str, Any]] = []
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    taken = [0]
+
+    async def counted() -> AsyncIterator[bytes]:
+        async for chunk in upstream.chunks():
+            taken[0] += 1
+            yield chunk
+
+    relay = Relay(200, [], counted(), upstream.close, drained=lambda: taken[0] == 2)
+    await relay({"type": "http"}, receive, send)  # type: ignore[arg-type]
+    assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [
+        (b"event: message\n", True),
+        (b"data: {}\n\n", False),
+    ]
+    assert upstream.closed == 1

@@ -106,4 +106,11 @@ async def proxy_mcp(
     headers = [(name, value) for name, value in upstream.headers if name in RETURNED_HEADERS]
     if not any(name == b"content-type" for name, _ in headers):
         headers.append((b"content-type", b"application/json"))
-    return Relay(upstream.status_code, headers, upstream.chunks, upstream.aclose)
+    return Relay(
+        upstream.status_code,
+        headers,
+        upstream.chunks,
+        upstream.aclose,
+        arrived=upstream.arrived,
+        drained=upstream.drained,
+    )
