@@ -14,9 +14,7 @@ from typing import Any, Final
 
 import msgspec
 from litestar import Request, post
-from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath
 from litestar.types import ASGIApp
 
 from broker.errors import RequestDeniedError
@@ -58,12 +56,12 @@ class JsonRpcErrorResponse(msgspec.Struct, frozen=True):
         )
     },
 )
-async def proxy_mcp(
-    request: Request[Any, Any, Any],
-    namespace: FromPath[str],
-    connection_id: FromPath[str],
-    broker: NamedDependency[BrokerState],
-) -> ASGIApp:
+async def proxy_mcp(request: Request[Any, Any, Any]) -> ASGIApp:
+    # The hottest MCP path: the state from the application and the path parameters as the
+    # router found them (no dependency injection or parameter models), like /v1/tokens.
+    broker: BrokerState = request.app.state.broker
+    namespace: str = request.path_params["namespace"]
+    connection_id: str = request.path_params["connection_id"]
     principal = await limited_caller(request, broker)
     check_name("namespace", namespace)
     check_name("connectionId", connection_id)
