@@ -55,6 +55,12 @@ def require_json(content_type: str | None) -> None:
         raise UnsupportedMediaTypeError("Send the body as application/json.")
 
 
+def declares_body(content_length: str | None, transfer_encoding: str | None) -> bool:
+    """Whether a request has a body (RFC 9112 §6.3): a non-zero ``Content-Length`` or any
+    ``Transfer-Encoding``."""
+    return content_length not in (None, "0") or transfer_encoding is not None
+
+
 async def read_body(request: Request[Any, Any, Any], timeout_seconds: float = 10.0) -> bytes:
     """The request body, without touching the receive channel when none was declared.
 
@@ -62,7 +68,7 @@ async def read_body(request: Request[Any, Any, Any], timeout_seconds: float = 10
     (RFC 9112 §6.3), which is how frontends usually call ``/v1/tokens``.
     """
     headers = request.headers
-    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+    if not declares_body(headers.get("content-length"), headers.get("transfer-encoding")):
         return b""
     return await read_body_within(request, timeout_seconds)
 

@@ -11,7 +11,7 @@ from litestar import Request, post
 from litestar.openapi import ResponseSpec
 from litestar.types import ASGIApp
 
-from broker.routes.body import decode_json_body, read_body_within
+from broker.routes.body import declares_body, decode_json_body, read_body_within
 from broker.routes.responses import NO_STORE, JsonBody, request_headers
 from broker.state import BrokerState
 
@@ -64,8 +64,8 @@ async def create_token(request: Request[Any, Any, Any]) -> ASGIApp:
     )
     principal = await broker.authenticator.authenticate(authorization)
     body = TokenRequest()
-    # A request that declares no body is not read (RFC 9112 §6.3): how frontends usually call.
-    if content_length not in (None, "0") or transfer_encoding is not None:
+    # A request that declares no body is not read: how frontends usually call.
+    if declares_body(content_length, transfer_encoding):
         raw = await read_body_within(request, broker.settings.server.body_timeout_seconds)
         body = decode_json_body(raw, content_type, TokenRequest, body)
     requested = tuple(dict.fromkeys(body.rules or ()))
