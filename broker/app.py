@@ -301,6 +301,7 @@ def create_app(
         tokens.create_token,
         precheck.precheck,
         proxy.proxy_mcp,
+        proxy.proxy_mcp_documented,
         connections.put_connection,
         connections.list_connections,
         connections.get_connection,

@@ -224,6 +224,8 @@ def run_server(
         log_level="warning",
         access_log=False,
         server_header=False,
+        # No X-Forwarded-For rewriting: nothing here uses the client address (one ASGI layer less).
+        proxy_headers=False,
         lifespan="on",
         timeout_keep_alive=limits.keep_alive_seconds,
         timeout_graceful_shutdown=limits.drain_timeout_seconds,
@@ -272,6 +274,8 @@ def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
                 log_level="warning",
                 access_log=False,
                 server_header=False,
+                # No X-Forwarded-For rewriting: nothing uses the client address.
+                proxy_headers=False,
                 lifespan="off",
             )
         )

@@ -403,7 +403,7 @@ class SmitheryClient:
         namespace: str,
         connection_id: str,
         body: bytes,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | Sequence[tuple[str, str]],
         service_token: str,
     ) -> McpAnswer:
         """Send ``body`` unchanged to ``/connect/{ns}/{id}/mcp`` with the user's service token.
@@ -414,7 +414,8 @@ class SmitheryClient:
         (in-process tests) is used as given.
         """
         path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}/mcp"
-        forwarded = [(k, v) for k, v in headers.items() if k.lower() in MCP_FORWARDED_HEADERS]
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        forwarded = [(k, v) for k, v in pairs if k.lower() in MCP_FORWARDED_HEADERS]
         forwarded.append(("Authorization", f"Bearer {service_token}"))
         # Pass bytes through untouched: no content-coding to undo on the way back.
         forwarded.append(("Accept-Encoding", "identity"))

@@ -16,7 +16,14 @@ import httpx
 from litestar.testing import AsyncTestClient
 
 from broker.app import create_app
-from broker.config import PoliciesSettings, PrecheckSettings, Secret, Settings, SmitherySettings
+from broker.config import (
+    CorsSettings,
+    PoliciesSettings,
+    PrecheckSettings,
+    Secret,
+    Settings,
+    SmitherySettings,
+)
 from broker.emulator import create_emulator_app
 from broker.identity import DevSigner
 from broker.telemetry import Telemetry
@@ -54,6 +61,7 @@ async def harness(
     *,
     upstream: Callable[[Any], httpx.AsyncBaseTransport] | None = None,
     telemetry: Telemetry | None = None,
+    cors_origins: tuple[str, ...] = (),
     **precheck: Any,
 ) -> AsyncIterator[Harness]:
     """``upstream`` wraps the emulator's ASGI app into the broker's upstream transport;
@@ -66,6 +74,7 @@ async def harness(
         policies=PoliciesSettings(dir=str(policies or ROOT / "policies")),
         smithery=SmitherySettings(base_url="http://emulator", api_key=Secret(API_KEY)),
         precheck=PrecheckSettings(**precheck),
+        cors=CorsSettings(origins=cors_origins),
     )
     app = create_app(
         settings,

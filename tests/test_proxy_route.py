@@ -216,3 +216,111 @@ async def test_upstream_down_is_503(proxy: Proxy) -> None:
     response = await proxy.post("support-github", CALL_GET_ISSUE)
     assert response.status_code == 503
     assert response.json()["code"] == "upstream_unavailable"
+
+
+# The route is a plain ASGI handler under a mount (see broker/routes/proxy.py): what Litestar's
+# route machinery gave for free must still hold.
+
+
+async def test_options_names_the_allowed_methods(proxy: Proxy) -> None:
+    response = await proxy.broker.client.options("/v1/mcp/my-app/support-github")
+    assert response.status_code == 204
+    assert response.headers["allow"] == "OPTIONS, POST"
+    assert "content-length" not in response.headers
+    assert response.content == b""
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/mcp", "/v1/mcp/", "/v1/mcp/my-app", "/v1/mcp/my-app/support-github/extra"]
+)
+async def test_other_path_shapes_are_404(proxy: Proxy, path: str) -> None:
+    response = await proxy.broker.client.post(
+        path, content=CALL_GET_ISSUE, headers=proxy.broker.auth("sam", **SUPPORT)
+    )
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+    assert proxy.mcp.seen == []
+
+
+async def test_trailing_slash_is_the_same_route(proxy: Proxy) -> None:
+    response = await proxy.broker.client.post(
+        "/v1/mcp/my-app/support-github/",
+        content=CALL_GET_ISSUE,
+        headers={**proxy.broker.auth("sam", **SUPPORT), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200
+    assert len(proxy.mcp.seen) == 1
+
+
+async def test_problem_names_the_whole_path_and_metrics_the_template(proxy: Proxy) -> None:
+    response = await proxy.broker.client.post(
+        "/v1/mcp/my-app/support-github", content=CALL_GET_ISSUE
+    )
+    assert response.status_code == 401
+    assert response.json()["instance"] == "/v1/mcp/my-app/support-github"
+    metrics = (await proxy.broker.client.get("/metrics")).text
+    assert (
+        'broker_http_requests_total{route="/v1/mcp/{namespace}/{connectionId}",method="POST",'
+        'status="401"} 1' in metrics
+    )
+    assert "support-github" not in metrics
+
+
+async def test_openapi_documents_the_proxy(proxy: Proxy) -> None:
+    document = (await proxy.broker.client.get("/schema/openapi.json")).json()
+    operation = document["paths"]["/v1/mcp/{namespace}/{connection_id}"]["post"]
+    assert operation["summary"].startswith("Guarded MCP endpoint")
+    assert {p["name"] for p in operation["parameters"]} == {"namespace", "connection_id"}
+
+
+@pytest.fixture
+async def small_proxy() -> AsyncIterator[Proxy]:
+    recorder: list[RecordingMcp] = []
+
+    def upstream(app: Any) -> httpx.AsyncBaseTransport:
+        recorder.append(RecordingMcp(httpx.ASGITransport(app=app)))
+        return recorder[0]
+
+    async with harness(
+        upstream=upstream, max_body_bytes=len(CALL_GET_ISSUE), cors_origins=(APP_ORIGIN,)
+    ) as h:
+        await h.create_connection(
+            "my-app", "support-github", metadata={"connectionId": "support-github"}
+        )
+        yield Proxy(h, recorder[0])
+
+
+APP_ORIGIN = "https://app.example"
+
+
+async def test_body_at_the_limit_is_forwarded(small_proxy: Proxy) -> None:
+    response = await small_proxy.post("support-github", CALL_GET_ISSUE)
+    assert response.status_code == 200
+    assert small_proxy.mcp.seen[0].content == CALL_GET_ISSUE
+
+
+async def test_declared_oversized_body_is_413(small_proxy: Proxy) -> None:
+    response = await small_proxy.post("support-github", CALL_GET_ISSUE + b" ")
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+    assert small_proxy.mcp.seen == []
+
+
+async def test_cross_origin_calls_get_cors_headers(small_proxy: Proxy) -> None:
+    preflight = await small_proxy.broker.client.options(
+        "/v1/mcp/my-app/support-github",
+        headers={
+            "Origin": APP_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, mcp-protocol-version",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == APP_ORIGIN
+    response = await small_proxy.post("support-github", CALL_GET_ISSUE, Origin=APP_ORIGIN)
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == APP_ORIGIN
+    foreign = await small_proxy.post(
+        "support-github", CALL_GET_ISSUE, Origin="https://evil.example"
+    )
+    assert "access-control-allow-origin" not in foreign.headers

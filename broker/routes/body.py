@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request
+from litestar.types import Receive, ReceiveMessage
 
 from broker.errors import (
     CallerError,
@@ -108,3 +109,59 @@ def convert_body(parsed: Any, type_: type[T]) -> T:
         return msgspec.convert(parsed, type_, strict=True)
     except msgspec.ValidationError as exc:
         raise InvalidRequestError(str(exc)) from None
+
+
+async def receive_body(
+    receive: Receive,
+    *,
+    content_length: str | None,
+    transfer_encoding: str | None,
+    max_bytes: int,
+    timeout_seconds: float,
+) -> bytes:
+    """The request body straight from the ASGI channel (routes that take raw ASGI).
+
+    Empty when none is declared (RFC 9112 §6.3). A declared ``Content-Length`` over
+    ``max_bytes`` is refused (413) before anything is read, and so is a body that grows past it
+    while arriving; a body slower than ``timeout_seconds`` is 408.
+    """
+    if not declares_body(content_length, transfer_encoding):
+        return b""
+    if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes:
+        raise PayloadTooLargeError(f"The body may be at most {max_bytes} bytes.")
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body: bytes = message.get("body", b"")  # the usual case: one message
+            else:
+                body = await _receive_rest(receive, message, max_bytes)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"The request body did not arrive within {timeout_seconds:g} s."
+        ) from None
+    if len(body) > max_bytes:
+        raise PayloadTooLargeError(f"The body may be at most {max_bytes} bytes.")
+    return body
+
+
+async def _receive_rest(receive: Receive, message: ReceiveMessage, max_bytes: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        if message["type"] != "http.request":
+            raise ClientDisconnectedError("The client went away while sending the body.")
+        part: bytes = message.get("body", b"")
+        size += len(part)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"The body may be at most {max_bytes} bytes.")
+        parts.append(part)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+        message = await receive()
+
+
+class ClientDisconnectedError(CallerError):
+    status = 400
+    code = "client_disconnected"
+    title = "Client disconnected"

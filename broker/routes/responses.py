@@ -22,7 +22,8 @@ NO_STORE: Final = ((b"cache-control", b"no-store"),)
 
 
 class JsonBody:
-    """An ASGI app that sends ``body`` (already encoded JSON) with ``headers`` and ``status``."""
+    """An ASGI app that sends ``body`` (already encoded JSON) with ``headers`` and ``status``
+    (204: no body, no content headers)."""
 
     __slots__ = ("body", "headers", "status")
 
@@ -32,14 +33,19 @@ class JsonBody:
         self.status = status
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start: HTTPResponseStartEvent = {
-            "type": "http.response.start",
-            "status": self.status,
-            "headers": [
+        headers = (
+            list(self.headers)  # RFC 9110: no Content-Length in a 204
+            if self.status == 204
+            else [
                 JSON_CONTENT_TYPE,
                 (b"content-length", str(len(self.body)).encode()),
                 *self.headers,
-            ],
+            ]
+        )
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": self.status,
+            "headers": headers,
         }
         await send(start)
         end: HTTPResponseBodyEvent = {
