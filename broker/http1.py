@@ -140,16 +140,28 @@ class _Connection(asyncio.Protocol):
             and self.keep_alive
         )
 
-    async def headers_arrived(self) -> None:
+    async def headers_arrived(self, stall_seconds: float) -> None:
         while not self.headers_done:
             if self.error is not None:
                 raise self.error
-            await self.wait()
+            await self.wait(stall_seconds, "Smithery did not answer in time.")
 
-    async def wait(self) -> None:
-        """Until something new arrived (headers, a chunk, the end, or a failure)."""
+    async def wait(self, stall_seconds: float, stalled: str) -> None:
+        """Until something new arrived (headers, a chunk, the end, or a failure); after
+        ``stall_seconds`` of nothing, the exchange fails with a ``timeout`` error (a timer
+        that wakes the waiter: cheaper than a cancelling ``asyncio.timeout``)."""
         self._wakeup.clear()
-        await self._wakeup.wait()
+        timer = asyncio.get_running_loop().call_later(stall_seconds, self._stalled, stalled)
+        try:
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
+        if self.error is not None:
+            raise self.error
+
+    def _stalled(self, detail: str) -> None:
+        if self.error is None:
+            self._fail(Http1Error("timeout", detail))
 
     def take(self) -> bytes | None:
         if not self._chunks:
@@ -212,11 +224,7 @@ class Http1Response:
                 raise connection.error
             if connection.complete:
                 return
-            try:
-                async with asyncio.timeout(self._read_timeout):
-                    await connection.wait()
-            except TimeoutError:
-                raise Http1Error("timeout", "Smithery's answer stalled.") from None
+            await connection.wait(self._read_timeout, "Smithery's answer stalled.")
 
     def arrived(self) -> bool:
         """The whole body is here (``chunks()`` will not wait), some of it perhaps not taken."""
@@ -277,20 +285,21 @@ class Http1Pool:
         the answer's status and headers. Raises ``Http1Error``; ``ValueError`` for a header that
         could split the request."""
         request = self._serialize(path, headers, body)
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise Http1Error("connect", "No connection to Smithery became free in time.") from None
+        if self._slots.locked():  # only then can acquiring wait; the timeout has a cost
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise Http1Error(
+                    "connect", "No connection to Smithery became free in time."
+                ) from None
+        else:
+            await self._slots.acquire()
         try:
             connection = await self._connection()
             connection.start(request)
             try:
-                async with asyncio.timeout(read_timeout):
-                    await connection.headers_arrived()
-            except TimeoutError:
-                connection.abort()
-                raise Http1Error("timeout", "Smithery did not answer in time.") from None
+                await connection.headers_arrived(read_timeout)
             except BaseException:
                 connection.abort()
                 raise
