@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -17,6 +18,8 @@ WRK_SCRIPT: Final = Path(__file__).with_name("post.lua")
 MARKER: Final = "BENCH-JSON "
 REQUEST_TIMEOUT: Final = "5s"
 GRACE_SECONDS: Final = 30
+THINK_CAP: Final = 10
+"""``post.lua`` caps each think time at this many times the mean (kept in step by hand)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +77,19 @@ def run_wrk(
     headers: Mapping[str, str] | None = None,
     pool_file: Path | None = None,
     pool_offset: int = 0,
+    think_ms: float | None = None,
 ) -> WrkRun:
     """One bounded wrk run against ``url`` (loopback only); raises if wrk produced no numbers.
 
     ``headers``: sent on every request besides Authorization and Content-Type. ``pool_file``: a
     file of Authorization values, one per line; request i of the run takes value
-    ``(pool_offset + i) % size`` (see ``post.lua``).
+    ``(pool_offset + i) % size`` (see ``post.lua``). ``think_ms``: the mean think time each
+    connection waits before each of its requests (exponentially distributed, capped at 10x the
+    mean; see ``post.lua``); None or 0 for none, the closed loop at full speed. The latencies
+    never include it; the req/s then is the rate the connections offer, no longer the capacity.
     """
+    if think_ms is not None and not (math.isfinite(think_ms) and think_ms >= 0):
+        raise HarnessError(f"think time must be a finite number of ms >= 0, not {think_ms!r}")
     for name, value in (headers or {}).items():
         if "\n" in name + value or ":" in name:
             raise HarnessError(f"header {name!r} cannot be passed to wrk")
@@ -103,6 +112,7 @@ def run_wrk(
         "BENCH_POOL_FILE": "" if pool_file is None else str(pool_file),
         "BENCH_POOL_OFFSET": str(pool_offset),
         "BENCH_THREADS": str(threads),
+        "BENCH_THINK_MS": f"{think_ms:.3f}" if think_ms else "",
     }
     try:
         done = subprocess.run(

@@ -27,19 +27,30 @@ class Plan:
     """The broker's verified-JWT cache size (``BROKER_AUTH_VERIFIED_CACHE_ENTRIES``); smaller
     than ``jwt_pool``, so R2's rotation never finds a JWT in it (see bench/README.md)."""
     proxy_concurrencies: tuple[int, ...]
-    """R4's concurrencies (its added latency is reported at each; c=1, when present, shows the
-    latency added to one request on an idle chain and is not judged against the target)."""
+    """R4's closed-loop concurrencies. c=1, when present, is one request at a time on an idle
+    chain: its added p50 is judged. Above 1 the chain is saturated: the throughput ratio is
+    judged there, the added p50 only reported (see bench/README.md, R4)."""
+    proxy_paced_connections: int
+    """R4's paced load, measured after the concurrencies: this many connections, each waiting
+    a think time between its requests, so that the chain is busy but not saturated."""
+    proxy_paced_utilisation: float
+    """The share of the direct path's capacity (its req/s at the largest concurrency above)
+    the paced load's think time is chosen to offer; the same think time is used for the broker."""
     micro_repeats: int
     """MICRO: timeit repeats (the median is reported), each of about ``MICRO_REPEAT_SECONDS``."""
 
     def describe(self) -> str:
         cs = ", ".join(f"c={c}" for c in self.concurrencies)
         proxy = ", ".join(f"c={c}" for c in self.proxy_concurrencies)
+        paced = (
+            f"then paced: {self.proxy_paced_connections} connections with a think time for "
+            f"{self.proxy_paced_utilisation * 100:.0f} % of the direct path's capacity"
+        )
         return (
             f"{self.name}: {self.runs} run(s) x {self.duration_s} s per app at {cs} "
-            f"(R4 at {proxy}; wrk -t{self.threads}), warm-up {self.warmup_s} s; R2 pool of "
-            f"{self.jwt_pool} JWTs (verified-JWT cache {self.verified_cache_entries}); R5 "
-            f"{self.bursts} burst(s) of {self.burst_size}; R6 {self.memory_entries} tokens; "
+            f"(R4 at {proxy}, {paced}; wrk -t{self.threads}), warm-up {self.warmup_s} s; "
+            f"R2 pool of {self.jwt_pool} JWTs (verified-JWT cache {self.verified_cache_entries}); "
+            f"R5 {self.bursts} burst(s) of {self.burst_size}; R6 {self.memory_entries} tokens; "
             f"MICRO {self.micro_repeats} repeats"
         )
 
@@ -57,6 +68,8 @@ FULL = Plan(
     jwt_pool=20_000,
     verified_cache_entries=10_000,
     proxy_concurrencies=(1, 8, 32),
+    proxy_paced_connections=8,
+    proxy_paced_utilisation=0.5,
     micro_repeats=7,
 )
 
@@ -73,5 +86,7 @@ SMOKE = Plan(
     jwt_pool=400,
     verified_cache_entries=200,
     proxy_concurrencies=(8,),
+    proxy_paced_connections=4,
+    proxy_paced_utilisation=0.5,
     micro_repeats=3,
 )

@@ -9,6 +9,15 @@
 --                        next one (R2's JWT pool); BENCH_AUTHORIZATION is then ignored
 --   BENCH_POOL_OFFSET    0-based pool index of the first request (runs continue the rotation)
 --   BENCH_THREADS        wrk's -t: thread i sends indices offset+i, offset+i+threads, ...
+--   BENCH_THINK_MS       mean think time in ms (empty or 0: none). Each connection then waits,
+--                        before each of its requests, a time drawn from an exponential
+--                        distribution of that mean, capped at 10x the mean (THINK_CAP in
+--                        bench/loadgen.py) (R4's paced load).
+--                        wrk waits whole milliseconds, so each draw is rounded to the nearest
+--                        one (the mean moves by less than 0.5 % from a 3 ms mean on). wrk
+--                        starts a request's latency clock after the wait: think time is never
+--                        part of the latencies. When it is empty or 0, no delay() function is
+--                        defined at all, so wrk asks for none and runs exactly as before.
 -- Without a pool the request is static (no request() function), so wrk formats it once: the
 -- cheapest client. With a pool every request is formatted in init() (one string per pool entry),
 -- so request() is a table lookup.
@@ -39,6 +48,12 @@ end
 local pool_file = os.getenv("BENCH_POOL_FILE")
 local use_pool = pool_file ~= nil and pool_file ~= ""
 
+local think_ms = tonumber(os.getenv("BENCH_THINK_MS") or "") or 0
+if think_ms < 0 or think_ms ~= think_ms then
+  error("BENCH_THINK_MS must be a number of milliseconds >= 0, not " .. os.getenv("BENCH_THINK_MS"))
+end
+local paced = think_ms > 0
+
 -- Main state: the threads, so done() can read how many requests each one formatted.
 threads = {}
 function setup(thread)
@@ -54,6 +69,12 @@ local position = 1
 local stride = 1
 
 function init(args)
+  if paced then
+    -- Every wrk thread has its own Lua state, hence its own generator (shared by the thread's
+    -- connections): seed each thread differently, and each run differently, so no two
+    -- threads or runs draw the same sequence of think times.
+    math.randomseed(os.time() * 1000 + (thread_index or 0))
+  end
   if not use_pool then
     return
   end
@@ -78,6 +99,21 @@ if use_pool then
     position = (position - 1 + stride) % count + 1
     sent = sent + 1
     return formatted
+  end
+end
+
+if paced then
+  local think_cap = 10 * think_ms
+  -- wrk calls delay() before each request of a connection (its first one included) and waits
+  -- that many whole milliseconds on that connection only. Exponential think times have no
+  -- memory, so connections that think independently send like independent Poisson sources, not
+  -- in lock-step; the cap bounds how long one connection can stay idle.
+  function delay()
+    local pause = -think_ms * math.log(1 - math.random())
+    if pause > think_cap then
+      pause = think_cap
+    end
+    return math.floor(pause + 0.5)
   end
 end
 

@@ -88,6 +88,10 @@ def markdown(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
             lines.append(
                 f"| {result.id} {result.title} | {summary} | {result.target} | {_met(result)} |"
             )
+    noted = [r for r in results if r.note and r.status == "measured"]
+    if noted:
+        lines += ["", "How the targets are judged:", ""]
+        lines += [f"- {r.id}: {r.note}" for r in noted]
     pending = [r for r in results if r.status == "not yet measured"]
     if pending:
         lines += ["", "Not yet measured:", ""]
@@ -101,6 +105,12 @@ def markdown(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short(label: str) -> str:
+    """A comparison's label short enough for an axis tick: up to its first comma (R4's paced
+    load, "paced 8 conn, think 49 ms (...)", becomes "paced 8 conn"; "c=32" stays)."""
+    return label.split(",", 1)[0]
+
+
 def chart(results: list[ScenarioResult], path: Path, title: str) -> None:
     """Throughput and p99 latency per comparison, broker next to baseline (matplotlib Agg)."""
     import matplotlib
@@ -108,7 +118,7 @@ def chart(results: list[ScenarioResult], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(f"{r.id} {c.label}", c) for r in results for c in r.comparisons]
+    groups = [(f"{r.id} {_short(c.label)}", c) for r in results for c in r.comparisons]
     memory = next((r for r in results if r.id == "R6" and r.status == "measured"), None)
     panels = 3 if memory is not None else 2
     figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.5), squeeze=False)

@@ -65,7 +65,8 @@ class AppSummary:
 
 @dataclass(slots=True)
 class Comparison:
-    """Broker next to baseline for one load shape (e.g. ``c=32``), from alternated runs."""
+    """Broker next to baseline for one load shape (e.g. ``c=32``, or R4's paced load), from
+    alternated runs."""
 
     label: str
     load: str
@@ -112,6 +113,9 @@ class ScenarioResult:
     runs: list[Run] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
+    note: str = ""
+    """A paragraph for the report when the summary cannot say enough: how the target is judged
+    and why (R4)."""
 
     @property
     def broken(self) -> bool:

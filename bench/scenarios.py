@@ -20,17 +20,25 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypedDict
+from typing import Any, Final, TypeAlias, TypedDict
 
 from bench import profiling
 from bench.burst import BurstResult, run_burst
 from bench.errors import HarnessError
 from bench.identity import Identity
 from bench.jwtpool import JwtPool, create_pool, send_each
-from bench.loadgen import WrkRun, run_wrk
-from bench.plan import Plan
+from bench.loadgen import THINK_CAP, WrkRun, run_wrk
+from bench.plan import FULL, Plan
 from bench.processes import Server
-from bench.results import App, Check, Comparison, Run, ScenarioResult, percentile
+from bench.results import (
+    App,
+    AppSummary,
+    Check,
+    Comparison,
+    Run,
+    ScenarioResult,
+    percentile,
+)
 from bench.stack import (
     API_KEY,
     ROOT,
@@ -61,6 +69,21 @@ R3_TARGET_RATIO: Final = 0.75
 R4_TARGET_RATIO: Final = 0.70
 R4_TARGET_ADDED_MS: Final = 1.0
 R4_UNLOADED_CONCURRENCY: Final = 1
+R4_MIN_THINK_MS: Final = 1.0
+"""The paced load's shortest mean think time: wrk waits whole milliseconds."""
+R4_JUDGING: Final = (
+    f"The added p50 (<= {R4_TARGET_ADDED_MS:.0f} ms) is judged at c=1 (when measured) and on "
+    "the paced load, "
+    f"the throughput ratio (>= {R4_TARGET_RATIO:.2f}) at the saturated concurrencies above "
+    "c=1, where the added p50 is reported, not judged. Why: wrk's closed loop keeps a saturated "
+    "chain full, and Little's law (requests in flight = throughput x time in the system) then "
+    "makes its median latency about c / throughput. The broker-minus-direct p50 there is thus "
+    "about c x the proxy's extra CPU per call / the cores: a second reading of the throughput "
+    "ratio, not the time the proxy adds to a call. With one call at a time, or with think time "
+    "keeping the direct path at a set share of its capacity (the paced load), a call seldom "
+    "waits for another, and the gap in p50 is the proxy's own latency."
+)
+"""How R4's targets are judged and why, for the report (``ScenarioResult.note``)."""
 R6_TARGET_BYTES: Final = 1024
 MICRO_TARGET_US: Final = 10.0
 MEMORY_TIMEOUT_SECONDS: Final = 600
@@ -131,6 +154,10 @@ class Scenario:
 # --- helpers shared by scenarios ----------------------------------------------------------------
 
 
+Targets: TypeAlias = tuple[tuple[App, LoadTarget], ...]
+"""The two apps of an A/B load, in the order their runs alternate (baseline first)."""
+
+
 def ab_load(
     ctx: Context,
     scenario_id: str,
@@ -140,69 +167,95 @@ def ab_load(
 ) -> tuple[list[Run], int]:
     """Alternated wrk runs (baseline, broker, baseline, ...) at every concurrency of the plan.
 
-    One untimed warm-up run per app and concurrency comes first. Returns the measured runs and
-    the number of tokens the emulator minted during the broker's measured runs. Each run's
-    ``extra`` holds wrk's numbers and the changes of the emulator's counters during it. A JWT
-    pool rotation continues from run to run (each app has its own position). When the scenario
-    is in ``ctx.profile``, one more run per app follows under py-spy (see ``profile_load``).
+    Each concurrency is one ``alternate`` load labelled ``c=N``. Returns the measured runs and
+    the number of tokens the emulator minted during the broker's measured runs. A JWT pool
+    rotation continues from run to run (each app has its own position). When the scenario is in
+    ``ctx.profile``, one more run per app follows under py-spy (see ``profile_load``).
+    """
+    targets: Targets = (("baseline", baseline), ("broker", broker))
+    positions: dict[App, int] = {"baseline": 0, "broker": 0}
+    concurrencies = tuple(concurrencies or ctx.plan.concurrencies)
+    runs: list[Run] = []
+    mints = 0
+    for concurrency in concurrencies:
+        measured, minted = alternate(ctx, targets, concurrency, f"c={concurrency}", positions)
+        runs += measured
+        mints += minted
+    if scenario_id in ctx.profile:
+        profile_load(ctx, scenario_id, targets, max(concurrencies), positions)
+    return runs, mints
+
+
+def alternate(
+    ctx: Context,
+    targets: Targets,
+    connections: int,
+    label: str,
+    positions: dict[App, int],
+    think_ms: float | None = None,
+) -> tuple[list[Run], int]:
+    """One load shape: an untimed warm-up run per app, then the plan's measured runs alternated.
+
+    Every run uses ``connections`` wrk connections and, when ``think_ms`` is given, that mean
+    think time between a connection's requests (the same for both apps: the same offered
+    pattern). Returns the runs, labelled ``label``, and the tokens the emulator minted during
+    the broker's measured runs. Each run's ``extra`` holds wrk's numbers, the changes of the
+    emulator's counters during it and the CPU per request of every server it counts.
+    ``positions`` (each app's place in its JWT pool) is advanced by every run.
     """
     plan, stack, mints = ctx.plan, ctx.stack, 0
     runs: list[Run] = []
-    targets: tuple[tuple[App, LoadTarget], ...] = (("baseline", baseline), ("broker", broker))
-    positions: dict[App, int] = {"baseline": 0, "broker": 0}
-    concurrencies = tuple(concurrencies or plan.concurrencies)
-    for concurrency in concurrencies:
-        label = f"c={concurrency}"
+    for app, target in targets:
+        warm = _wrk(ctx, app, target, connections, plan.warmup_s, positions[app], think_ms)
+        positions[app] += warm.sent
+    for index in range(plan.runs):
         for app, target in targets:
-            warm = _wrk(ctx, app, target, concurrency, plan.warmup_s, positions[app])
-            positions[app] += warm.sent
-        for index in range(plan.runs):
-            for app, target in targets:
-                stats_before = stack.emulator_stats()
-                cpu_before = target.cpu_seconds()
-                run = _wrk(ctx, app, target, concurrency, plan.duration_s, positions[app])
-                cpu_after = target.cpu_seconds()
-                cpu_by_server = {
-                    name: (cpu_after[name] - cpu_before[name]) / run.requests * 1e6
-                    for name in cpu_after
+            stats_before = stack.emulator_stats()
+            cpu_before = target.cpu_seconds()
+            run = _wrk(ctx, app, target, connections, plan.duration_s, positions[app], think_ms)
+            cpu_after = target.cpu_seconds()
+            cpu_by_server = {
+                name: (cpu_after[name] - cpu_before[name]) / run.requests * 1e6
+                for name in cpu_after
+            }
+            cpu_us = sum(cpu_by_server.values())
+            stats_after = stack.emulator_stats()
+            emulator = {k: v - stats_before.get(k, 0) for k, v in stats_after.items()}
+            minted = emulator.get("tokens_minted", 0) if app == "broker" else 0
+            mints += minted
+            extra = asdict(run) | {
+                "mints": minted,
+                "emulator": emulator,
+                "cpu_us_by_server": cpu_by_server,
+            }
+            if think_ms is not None:
+                extra["connections"] = connections
+                extra["think_ms"] = think_ms
+            if target.pool is not None:
+                extra["pool"] = {
+                    "size": target.pool.size,
+                    "first_index": positions[app] % target.pool.size,
+                    "distinct_jwts": min(run.sent, target.pool.size),
                 }
-                cpu_us = sum(cpu_by_server.values())
-                stats_after = stack.emulator_stats()
-                emulator = {k: v - stats_before.get(k, 0) for k, v in stats_after.items()}
-                minted = emulator.get("tokens_minted", 0) if app == "broker" else 0
-                mints += minted
-                extra = asdict(run) | {
-                    "mints": minted,
-                    "emulator": emulator,
-                    "cpu_us_by_server": cpu_by_server,
-                }
-                if target.pool is not None:
-                    extra["pool"] = {
-                        "size": target.pool.size,
-                        "first_index": positions[app] % target.pool.size,
-                        "distinct_jwts": min(run.sent, target.pool.size),
-                    }
-                    positions[app] += run.sent
-                runs.append(Run(app, label, index, run.rps, run.p50_ms, run.p99_ms, cpu_us, extra))
-                split = (
-                    " (" + ", ".join(f"{k} {v:,.0f}" for k, v in cpu_by_server.items()) + ")"
-                    if len(cpu_by_server) > 1
-                    else ""
-                )
-                ctx.log(
-                    f"  {label} run {index + 1}/{plan.runs} {app:8s} {run.rps:9,.0f} req/s  "
-                    f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  "
-                    f"CPU {cpu_us:5.0f} us/req{split}"
-                )
-    if scenario_id in ctx.profile:
-        profile_load(ctx, scenario_id, targets, max(concurrencies), positions)
+                positions[app] += run.sent
+            runs.append(Run(app, label, index, run.rps, run.p50_ms, run.p99_ms, cpu_us, extra))
+            split = (
+                " (" + ", ".join(f"{k} {v:,.0f}" for k, v in cpu_by_server.items()) + ")"
+                if len(cpu_by_server) > 1
+                else ""
+            )
+            ctx.log(
+                f"  {label} run {index + 1}/{plan.runs} {app:8s} {run.rps:9,.0f} req/s  "
+                f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  "
+                f"CPU {cpu_us:5.0f} us/req{split}"
+            )
     return runs, mints
 
 
 def profile_load(
     ctx: Context,
     scenario_id: str,
-    targets: Sequence[tuple[App, LoadTarget]],
+    targets: Targets,
     concurrency: int,
     positions: dict[App, int],
 ) -> None:
@@ -223,7 +276,13 @@ def profile_load(
 
 
 def _wrk(
-    ctx: Context, app: App, target: LoadTarget, connections: int, seconds: int, position: int
+    ctx: Context,
+    app: App,
+    target: LoadTarget,
+    connections: int,
+    seconds: int,
+    position: int,
+    think_ms: float | None = None,
 ) -> WrkRun:
     ctx.stack.ensure_running()
     for server in target.cpu_servers:
@@ -238,6 +297,7 @@ def _wrk(
         headers=target.headers,
         pool_file=None if target.pool is None else target.pool.path,
         pool_offset=position % target.pool.size if target.pool is not None else 0,
+        think_ms=think_ms,
     )
     failed = run.errors["status"] + run.errors["connect"]
     if run.requests == 0 or failed:
@@ -483,6 +543,77 @@ def _mcp_call(target: LoadTarget, what: str) -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How R4's paced load was chosen; kept in the result's details.
+
+    ``connections`` each wait a think time (mean ``think_ms``) between a response and their next
+    request, so they offer about ``connections / (think + response time)`` requests per second.
+    The think time is chosen so that this is ``utilisation`` of the direct path's capacity: the
+    chain is then busy, but a request seldom waits for another, and its latency is what one call
+    costs rather than queueing.
+    """
+
+    connections: int
+    utilisation: float
+    capacity_rps: float
+    """The direct path's median req/s at ``capacity_concurrency``, the largest measured."""
+    capacity_concurrency: int
+    response_ms: float
+    """The direct path's median p50 at ``response_concurrency``: c=1 (one request on an idle
+    chain) when measured, else the lowest concurrency measured."""
+    response_concurrency: int
+    think_ms: float
+    floored: bool
+    """The formula gave less than ``R4_MIN_THINK_MS`` and the think time was raised to it. That
+    happens when the response time is a saturated p50 (no c=1 in the plan): it already holds the
+    queueing a pacing is meant to avoid, so the rate achieved is not the one aimed at."""
+
+    @property
+    def label(self) -> str:
+        aim = f"direct at {self.utilisation * 100:.0f} % of capacity"
+        return f"paced {self.connections} conn, think {self.think_ms:.0f} ms " + (
+            f"(floor; aimed: {aim})" if self.floored else f"({aim})"
+        )
+
+    @property
+    def offered_rps(self) -> float:
+        """The direct path's expected rate: connections / (think time + response time)."""
+        return self.connections / ((self.think_ms + self.response_ms) / 1000.0)
+
+
+def r4_pacing(plan: Plan, direct: Mapping[int, AppSummary]) -> Pacing:
+    """The paced load's think time from the direct path's closed-loop runs, by concurrency.
+
+    Think time = connections / (utilisation x capacity) - response time: each connection's cycle
+    (think, then one request) then lasts connections / (utilisation x capacity), which is the
+    rate aimed at. Floored at ``R4_MIN_THINK_MS``.
+    """
+    saturated = max(direct)
+    if saturated <= R4_UNLOADED_CONCURRENCY:
+        raise HarnessError(
+            "R4's paced load needs a saturated run (a concurrency above 1) to measure the direct "
+            f"path's capacity; the plan has only {sorted(direct)}"
+        )
+    capacity = direct[saturated].rps
+    if not capacity > 0:
+        raise HarnessError(f"R4: the direct path's req/s at c={saturated} is {capacity}")
+    unloaded = R4_UNLOADED_CONCURRENCY if R4_UNLOADED_CONCURRENCY in direct else min(direct)
+    response_ms = direct[unloaded].p50_ms
+    connections, utilisation = plan.proxy_paced_connections, plan.proxy_paced_utilisation
+    think_ms = connections * 1000.0 / (utilisation * capacity) - response_ms
+    return Pacing(
+        connections=connections,
+        utilisation=utilisation,
+        capacity_rps=capacity,
+        capacity_concurrency=saturated,
+        response_ms=response_ms,
+        response_concurrency=unloaded,
+        think_ms=max(think_ms, R4_MIN_THINK_MS),
+        floored=think_ms < R4_MIN_THINK_MS,
+    )
+
+
 def r4_proxy(ctx: Context) -> ScenarioResult:
     from broker.demo import MCP_PATH, SeedError, seed_dev_connections
 
@@ -521,17 +652,48 @@ def r4_proxy(ctx: Context) -> ScenarioResult:
         runs, mints = ab_load(
             ctx, "R4", baseline=direct, broker=proxied, concurrencies=plan.proxy_concurrencies
         )
-    comparisons = _comparisons(ctx, runs, plan.proxy_concurrencies)
+        closed = dict(
+            zip(
+                plan.proxy_concurrencies,
+                _comparisons(ctx, runs, plan.proxy_concurrencies),
+                strict=True,
+            )
+        )
+        # The paced load comes last: its think time needs the direct path's capacity, measured
+        # above in the same harness run (absolute numbers drift between runs).
+        pacing = r4_pacing(plan, {n: c.baseline for n, c in closed.items()})
+        ctx.log(
+            f"  {pacing.label}: think time {pacing.think_ms:.1f} ms on average (exponential, "
+            f"capped at {THINK_CAP}x) = {pacing.connections} / "
+            f"({pacing.utilisation * 100:.0f} % of {pacing.capacity_rps:,.0f} req/s direct at "
+            f"c={pacing.capacity_concurrency}) - "
+            f"{pacing.response_ms:.2f} ms direct p50 at c={pacing.response_concurrency}"
+            + (f", floored at {R4_MIN_THINK_MS:.0f} ms" if pacing.floored else "")
+        )
+        paced_runs, paced_mints = alternate(
+            ctx,
+            (("baseline", direct), ("broker", proxied)),
+            pacing.connections,
+            pacing.label,
+            {"baseline": 0, "broker": 0},
+            think_ms=pacing.think_ms,
+        )
+    runs += paced_runs
+    mints += paced_mints
+    paced = Comparison.of(
+        pacing.label, f"{pacing.label}, {plan.runs}x{plan.duration_s} s", paced_runs
+    )
+    comparisons = [*closed.values(), paced]
     for comparison in comparisons:
         comparison.load += " (CPU: whole chain)"
     added = {c.label: c.broker.p50_ms - c.baseline.p50_ms for c in comparisons}
-    # The target is judged under load; one request at a time (c=1) is shown for what it says
-    # about the broker's own added latency when nothing queues.
-    judged = [
-        c
-        for c, n in zip(comparisons, plan.proxy_concurrencies, strict=True)
-        if n > R4_UNLOADED_CONCURRENCY
-    ] or comparisons
+    # The added p50 is judged where requests seldom wait for one another: one at a time (c=1)
+    # and the paced load. Above c=1 the closed loop saturates the chain: the throughput ratio is
+    # judged there, and the added p50, which is then a throughput figure, only reported.
+    unloaded = closed.get(R4_UNLOADED_CONCURRENCY)
+    latency_judged = [c for c in (unloaded, paced) if c is not None]
+    ratio_judged = [c for n, c in closed.items() if n > R4_UNLOADED_CONCURRENCY]
+    latency_labels = {c.label for c in latency_judged}
     checks = [
         Check(
             f"{run.label} run {run.index + 1} {run.app}: every request forwarded, none denied",
@@ -543,22 +705,54 @@ def r4_proxy(ctx: Context) -> ScenarioResult:
         )
         for run in runs
     ]
-    met = all(c.ratio >= R4_TARGET_RATIO and added[c.label] <= R4_TARGET_ADDED_MS for c in judged)
+    met = all(added[c.label] <= R4_TARGET_ADDED_MS for c in latency_judged) and all(
+        c.ratio >= R4_TARGET_RATIO for c in ratio_judged
+    )
+    direct_utilisation = paced.baseline.rps / pacing.capacity_rps
+
+    def line(c: Comparison) -> str:
+        gap = (
+            f"added p50 {added[c.label]:+.2f} ms"
+            + ("" if c.label in latency_labels else " (saturated: reported, not judged)")
+            + f" = broker {c.broker.p50_ms:.2f} - direct {c.baseline.p50_ms:.2f} ms"
+        )
+        if c is paced:
+            return (
+                f"{c.label}: {gap}; direct {c.baseline.rps:,.0f} req/s "
+                f"({direct_utilisation * 100:.0f} % of capacity"
+                + (f", think time floored at {R4_MIN_THINK_MS:.0f} ms" if pacing.floored else "")
+                + f"), broker {c.broker.rps:,.0f} req/s (ratio {c.ratio:.2f}, not judged)"
+            )
+        if c is unloaded:
+            return f"{c.label}: {gap}; ratio {c.ratio:.2f} (one call at a time: not judged)"
+        return f"{c.label}: ratio {c.ratio:.2f}; {gap}"
+
     return ScenarioResult(
         **_meta("R4"),
         status="measured",
         target_met=met,
-        summary="; ".join(
-            f"{c.label}{'' if c in judged else ' (not judged)'}: ratio {c.ratio:.2f}, added p50 "
-            f"{added[c.label]:+.2f} ms (broker {c.broker.p50_ms:.2f} ms, direct "
-            f"{c.baseline.p50_ms:.2f} ms)"
-            for c in comparisons
-        )
-        + f"; {mints} mint(s) while measuring",
+        summary="; ".join(line(c) for c in comparisons) + f"; {mints} mint(s) while measuring",
         comparisons=comparisons,
         runs=runs,
-        details={"added_p50_ms": added, "mints_during_measured_runs": mints, "event_loops": loops},
+        details={
+            "added_p50_ms": added,
+            "judged": {
+                "added_p50": [c.label for c in latency_judged],
+                "throughput_ratio": [c.label for c in ratio_judged],
+            },
+            "paced": asdict(pacing)
+            | {
+                "label": pacing.label,
+                "think_cap_ms": THINK_CAP * pacing.think_ms,
+                "offered_rps_direct": pacing.offered_rps,
+                "achieved_rps": {"baseline": paced.baseline.rps, "broker": paced.broker.rps},
+                "achieved_direct_utilisation": direct_utilisation,
+            },
+            "mints_during_measured_runs": mints,
+            "event_loops": loops,
+        },
         checks=checks,
+        note=R4_JUDGING,
     )
 
 
@@ -736,8 +930,11 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "proxied tools/call (baseline: direct to the emulator)",
         "an MCP tools/call through the broker's proxy (broker -> emulator -> demo MCP server) vs "
         "the same call sent directly to the emulator with the same service token",
-        f"added p50 <= {R4_TARGET_ADDED_MS:.0f} ms and throughput ratio >= {R4_TARGET_RATIO:.2f} "
-        "(under load: c=8, c=32)",
+        f"added p50 <= {R4_TARGET_ADDED_MS:.0f} ms at c=1 and on the paced load (think time: "
+        f"direct path at {FULL.proxy_paced_utilisation * 100:.0f} % of its capacity); throughput "
+        f"ratio >= {R4_TARGET_RATIO:.2f} at the saturated concurrencies (c=8, c=32), whose added "
+        "p50 is reported, not judged (saturated closed loop: p50 ~ c / throughput, a throughput "
+        "figure)",
         run=r4_proxy,
     ),
     Scenario(
