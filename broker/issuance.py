@@ -102,7 +102,15 @@ class Issuance:
             raise NoMatchingRuleError("No policy rule grants access to this user.")
         return plan_mint(applied)
 
-    async def issue(self, principal: Principal, requested: Sequence[str] = ()) -> IssuedToken:
+    async def issue(
+        self, principal: Principal, requested: Sequence[str] = (), *, for_proxy: bool = False
+    ) -> IssuedToken:
+        """The user's service token (cached, or minted now), narrowed to ``requested`` rules.
+
+        ``for_proxy``: the guarded proxy uses the token itself and hands it to no one, and its
+        own ``proxy.decision`` record covers the call; ``token.issued`` is then written only
+        when a token was minted for it.
+        """
         policy_set = self.policy()
         telemetry = self.telemetry
         plan_key = (policy_set.revision, principal.token_digest, tuple(requested))
@@ -153,7 +161,7 @@ class Issuance:
                 span.set_attribute("broker.cache.hit", hit)
                 span.set_attribute("broker.token.fingerprint", telemetry.fingerprint(entry.token))
         self.metrics.inc("broker_token_decisions_total", (("result", "allow"), ("reason", "")))
-        if audit_log.enabled:  # skip building the record when nobody reads it
+        if audit_log.enabled and not (for_proxy and hit):  # nobody reads it, or nothing new
             audit(
                 "token.issued",
                 subject=telemetry.enduser(principal.subject),

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from broker.telemetry import capture_audit
 from tests.inprocess import Harness, harness
 
 SUPPORT = {"groups": ["support"]}
@@ -324,3 +325,18 @@ async def test_cross_origin_calls_get_cors_headers(small_proxy: Proxy) -> None:
         "support-github", CALL_GET_ISSUE, Origin="https://evil.example"
     )
     assert "access-control-allow-origin" not in foreign.headers
+
+
+async def test_audit_records_each_call_and_only_the_mint_of_its_token(proxy: Proxy) -> None:
+    with capture_audit() as lines:
+        for _ in range(3):
+            assert (await proxy.post("support-github", CALL_GET_ISSUE)).status_code == 200
+    records = [json.loads(line) for line in b"".join(lines).splitlines()]
+    assert [r["event"] for r in records] == [
+        "proxy.decision",
+        "token.issued",
+        "proxy.decision",
+        "proxy.decision",
+    ]
+    assert records[1]["cache_hit"] is False
+    assert {r["result"] for r in records if r["event"] == "proxy.decision"} == {"allow"}

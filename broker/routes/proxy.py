@@ -151,7 +151,7 @@ async def _serve(
         )
         await JsonBody(msgspec.json.encode(denial))(scope, receive, send)
         return
-    issued = await broker.issuance.issue(principal)
+    issued = await broker.issuance.issue(principal, for_proxy=True)
     forwarded = [("content-type", content_type or "application/json")]
     if accept is not None:
         forwarded.append(("accept", accept))
