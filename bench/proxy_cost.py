@@ -1,0 +1,205 @@
+"""The broker's own CPU per proxied MCP call, A/B between two source trees.
+
+R4 measures the proxy inside the whole chain (emulator, its node helper, the demo MCP server),
+which costs ten times the broker and shares the two cores with it: good for the end-to-end
+targets, too noisy to tell whether a change to the proxy path helped. This probe puts each
+broker in front of a stand-in Smithery that answers from memory (a token, a connection document,
+and R4's event-stream answer), alternates wrk runs between the brokers and reports each one's
+CPU time per call (median of the runs).
+
+    python -m bench.proxy_cost --trees /path/to/checkout-a /path/to/checkout-b [-c 8] [--runs 6]
+
+A tree is a checkout of this project (``git worktree add /tmp/a <commit>``); its ``broker``
+package is imported from there with this interpreter's installed dependencies. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+import httpx
+
+from bench.identity import ALGORITHM, AUDIENCE, ISSUER, create_identity
+from bench.loadgen import WrkRun, run_wrk
+from bench.processes import listening_socket
+from bench.stack import API_KEY
+from bench.workload import MCP_HEADERS, PROXY_PATH, SUPPORT_CLAIMS, TOOLS_CALL
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+EVENT: Final = (
+    b'event: message\r\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text",'
+    b'"text":"{\\"number\\":1,\\"title\\":\\"Crash when saving an empty widget\\"}"}],'
+    b'"isError":false}}\r\n\r\n'
+)
+# As the emulator sends it: the head, one chunk, then the end of the chunked body, each a write.
+MCP_ANSWER: Final = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n\r\n",
+    b"%x\r\n%s\r\n" % (len(EVENT), EVENT),
+    b"0\r\n\r\n",
+)
+
+
+def _json(body: object) -> bytes:
+    data = json.dumps(body).encode()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    return head % len(data) + data
+
+
+class StandIn(asyncio.Protocol):
+    """Smithery from memory: ``POST /tokens``, ``GET /connect/{ns}/{id}``, and ``.../mcp``."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            lines = self.buffer[:end].decode("latin-1").split("\r\n")
+            length = 0
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length :]
+            path = lines[0].split(" ")[1]
+            if path == "/tokens":
+                expires = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() + 3600))
+                self.transport.write(_json({"token": "stand-in-token", "expiresAt": expires}))
+            elif path.endswith("/mcp"):
+                for part in MCP_ANSWER:
+                    self.transport.write(part)
+            else:
+                name = path.rsplit("/", 1)[-1]
+                document = {"connectionId": name, "name": name, "mcpUrl": "http://mcp.invalid/"}
+                self.transport.write(_json({**document, "metadata": {"connectionId": name}}))
+
+
+async def serve_stand_in(fd: int) -> None:
+    import socket
+
+    sock = socket.socket(fileno=fd)
+    server = await asyncio.get_running_loop().create_server(StandIn, sock=sock)
+    await server.serve_forever()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trees", nargs="+", required=True, help="project checkouts to compare")
+    parser.add_argument("-c", "--connections", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=6, help="measured runs per tree")
+    parser.add_argument("--seconds", type=int, default=3, help="length of each run")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="proxy-cost-"))
+    identity = create_identity(work)
+    jwt = identity.jwt("sam", claims=SUPPORT_CLAIMS)
+    with contextlib.ExitStack() as exits:
+        upstream_socket = listening_socket()
+        stand_in = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys, uvloop; from bench.proxy_cost import "
+                "serve_stand_in; uvloop.run(serve_stand_in(int(sys.argv[1])))",
+                str(upstream_socket.fileno()),
+            ],
+            pass_fds=(upstream_socket.fileno(),),
+            cwd=ROOT,
+        )
+        exits.callback(stand_in.kill)
+        upstream = f"http://127.0.0.1:{upstream_socket.getsockname()[1]}"
+        brokers: list[tuple[str, str, subprocess.Popen[bytes]]] = []
+        for tree in args.trees:
+            sock = listening_socket()
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(Path(tree).resolve()),
+                "BROKER_POLICIES_DIR": str(ROOT / "policies"),
+                "BROKER_SMITHERY_BASE_URL": upstream,
+                "BROKER_SMITHERY_API_KEY": API_KEY,
+                "BROKER_AUTH_ISSUER": ISSUER,
+                "BROKER_AUTH_AUDIENCE": AUDIENCE,
+                "BROKER_AUTH_JWKS_FILE": str(identity.jwks_path),
+                "BROKER_AUTH_ALGORITHMS": ALGORITHM,
+                "BROKER_LIMITS_REQUEST_RATE_PER_SECOND": "1000000",
+                "BROKER_LIMITS_REQUEST_BURST": "1000000",
+            }
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from broker.cli import main; sys.exit(main())",
+                    "serve",
+                    "--fd",
+                    str(sock.fileno()),
+                ],
+                env=env,
+                cwd=tree,
+                pass_fds=(sock.fileno(),),
+                stdout=subprocess.DEVNULL,
+            )
+            exits.callback(process.kill)
+            brokers.append((tree, f"http://127.0.0.1:{sock.getsockname()[1]}", process))
+        headers = {"authorization": f"Bearer {jwt}", "content-type": "application/json"}
+        for tree, url, _ in brokers:
+            reply = httpx.post(
+                url + PROXY_PATH, content=TOOLS_CALL, headers={**headers, **MCP_HEADERS}, timeout=30
+            )
+            if reply.status_code != 200 or b"Crash" not in reply.content:
+                print(f"{tree}: the proxy answered {reply.status_code}: {reply.text[:200]}")
+                return 1
+
+        def load(url: str, seconds: int) -> WrkRun:
+            return run_wrk(
+                url + PROXY_PATH,
+                connections=args.connections,
+                threads=1,
+                duration_s=seconds,
+                authorization=f"Bearer {jwt}",
+                body=TOOLS_CALL,
+                headers=dict(MCP_HEADERS),
+            )
+
+        for _, url, _ in brokers:
+            load(url, 2)  # warm-up
+        cpu: dict[str, list[float]] = {tree: [] for tree in args.trees}
+        p50: dict[str, list[float]] = {tree: [] for tree in args.trees}
+        for index in range(args.runs):
+            for tree, url, process in brokers if index % 2 == 0 else brokers[::-1]:
+                before = cpu_seconds(process.pid)
+                run = load(url, args.seconds)
+                if sum(run.errors.values()):
+                    print(f"{tree}: errors {run.errors}")
+                    return 1
+                cpu[tree].append((cpu_seconds(process.pid) - before) / run.requests * 1e6)
+                p50[tree].append(run.p50_ms)
+        for tree in args.trees:
+            print(
+                f"{tree}: c={args.connections} broker CPU {statistics.median(cpu[tree]):.0f} µs "
+                f"per proxied call (runs: {', '.join(f'{v:.0f}' for v in cpu[tree])}), "
+                f"p50 {statistics.median(p50[tree]):.2f} ms"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
