@@ -34,11 +34,7 @@ def decode_json_body(body: bytes, content_type: str | None, type_: type[T], defa
     """
     if not body.strip():
         return default
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        raise UnsupportedMediaTypeError("Send the body as application/json.")
+    require_json(content_type)
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
