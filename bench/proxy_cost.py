@@ -20,11 +20,13 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -102,16 +104,124 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def broker_env(tree: str, upstream: str, jwks_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(Path(tree).resolve()),
+        "PYTHONHASHSEED": "0",  # the same work in every process (instruction counts repeat)
+        "BROKER_POLICIES_DIR": str(ROOT / "policies"),
+        "BROKER_SMITHERY_BASE_URL": upstream,
+        "BROKER_SMITHERY_API_KEY": API_KEY,
+        "BROKER_AUTH_ISSUER": ISSUER,
+        "BROKER_AUTH_AUDIENCE": AUDIENCE,
+        "BROKER_AUTH_JWKS_FILE": str(jwks_path),
+        "BROKER_AUTH_ALGORITHMS": ALGORITHM,
+        "BROKER_LIMITS_REQUEST_RATE_PER_SECOND": "1000000",
+        "BROKER_LIMITS_REQUEST_BURST": "1000000",
+    }
+
+
+def start_broker(
+    exits: contextlib.ExitStack, tree: str, env: dict[str, str], wrapper: Sequence[str] = ()
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """``broker serve`` from ``tree`` on a fresh loopback socket (under ``wrapper``, if any)."""
+    sock = listening_socket()
+    exits.callback(sock.close)
+    process = subprocess.Popen(
+        [
+            *wrapper,
+            sys.executable,
+            "-c",
+            "import sys; from broker.cli import main; sys.exit(main())",
+            "serve",
+            "--fd",
+            str(sock.fileno()),
+        ],
+        env=env,
+        cwd=tree,
+        pass_fds=(sock.fileno(),),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if wrapper else None,
+    )
+    exits.callback(process.kill)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", process
+
+
+def check_proxy(client: httpx.Client, url: str, headers: dict[str, str]) -> str | None:
+    """None when the proxy relays the stand-in's answer; otherwise what it answered."""
+    reply = client.post(url + PROXY_PATH, content=TOOLS_CALL, headers=headers)
+    if reply.status_code != 200 or b"Crash" not in reply.content:
+        return f"the proxy answered {reply.status_code}: {reply.text[:200]}"
+    return None
+
+
+def count_instructions(
+    tree: str, env: dict[str, str], headers: dict[str, str], calls: int, out: Path
+) -> float:
+    """User-space instructions per proxied call, counted by callgrind (repeatable to ~0.2 %).
+
+    The broker runs under ``valgrind --tool=callgrind`` with counting off; after a warm-up,
+    ``callgrind_control`` turns counting on and zeroes it, ``calls`` sequential calls run, and a
+    dump gives the total. A control command takes effect when the process next runs, so each is
+    followed by calls until it returns: the count's edges are within one call.
+    """
+    with contextlib.ExitStack() as exits:
+        url, process = start_broker(
+            exits,
+            tree,
+            env,
+            ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"),
+        )
+        with httpx.Client(timeout=300) as client:
+            problem = check_proxy(client, url, headers)  # waits out the slow start
+            if problem is not None:
+                raise SystemExit(f"{tree}: {problem}")
+            for _ in range(30):
+                check_proxy(client, url, headers)
+
+            def control(option: str) -> None:
+                command = subprocess.Popen(
+                    ["callgrind_control", option, str(process.pid)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                while command.poll() is None:
+                    check_proxy(client, url, headers)
+                if command.returncode != 0:
+                    raise SystemExit(f"callgrind_control {option} failed")
+
+            control("--instr=on")
+            control("--zero")
+            for _ in range(calls):
+                problem = check_proxy(client, url, headers)
+                if problem is not None:
+                    raise SystemExit(f"{tree}: {problem}")
+            control("--dump")
+    dumps = sorted(out.parent.glob(out.name + ".*"))
+    for line in dumps[-1].read_text().splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1]) / calls
+    raise SystemExit(f"no summary in {dumps[-1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trees", nargs="+", required=True, help="project checkouts to compare")
     parser.add_argument("-c", "--connections", type=int, default=8)
     parser.add_argument("--runs", type=int, default=6, help="measured runs per tree")
     parser.add_argument("--seconds", type=int, default=3, help="length of each run")
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        metavar="CALLS",
+        help="instead of CPU time under load: count each broker's instructions per call over "
+        "CALLS sequential calls with callgrind (valgrind), which the machine's noise does not move",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="proxy-cost-"))
     identity = create_identity(work)
     jwt = identity.jwt("sam", claims=SUPPORT_CLAIMS)
+    headers = {"authorization": f"Bearer {jwt}", "content-type": "application/json", **MCP_HEADERS}
     with contextlib.ExitStack() as exits:
         upstream_socket = listening_socket()
         stand_in = subprocess.Popen(
@@ -127,46 +237,27 @@ def main(argv: list[str] | None = None) -> int:
         )
         exits.callback(stand_in.kill)
         upstream = f"http://127.0.0.1:{upstream_socket.getsockname()[1]}"
+        if args.instructions:
+            if shutil.which("valgrind") is None:
+                print("--instructions needs valgrind (Debian package valgrind)")
+                return 1
+            for index, tree in enumerate(args.trees):
+                env = broker_env(tree, upstream, identity.jwks_path)
+                out = work / f"callgrind-{index}.out"
+                count = count_instructions(tree, env, headers, args.instructions, out)
+                calls = args.instructions
+                print(f"{tree}: {count:,.0f} instructions per proxied call ({calls} calls)")
+            return 0
         brokers: list[tuple[str, str, subprocess.Popen[bytes]]] = []
         for tree in args.trees:
-            sock = listening_socket()
-            env = {
-                **os.environ,
-                "PYTHONPATH": str(Path(tree).resolve()),
-                "BROKER_POLICIES_DIR": str(ROOT / "policies"),
-                "BROKER_SMITHERY_BASE_URL": upstream,
-                "BROKER_SMITHERY_API_KEY": API_KEY,
-                "BROKER_AUTH_ISSUER": ISSUER,
-                "BROKER_AUTH_AUDIENCE": AUDIENCE,
-                "BROKER_AUTH_JWKS_FILE": str(identity.jwks_path),
-                "BROKER_AUTH_ALGORITHMS": ALGORITHM,
-                "BROKER_LIMITS_REQUEST_RATE_PER_SECOND": "1000000",
-                "BROKER_LIMITS_REQUEST_BURST": "1000000",
-            }
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "import sys; from broker.cli import main; sys.exit(main())",
-                    "serve",
-                    "--fd",
-                    str(sock.fileno()),
-                ],
-                env=env,
-                cwd=tree,
-                pass_fds=(sock.fileno(),),
-                stdout=subprocess.DEVNULL,
-            )
-            exits.callback(process.kill)
-            brokers.append((tree, f"http://127.0.0.1:{sock.getsockname()[1]}", process))
-        headers = {"authorization": f"Bearer {jwt}", "content-type": "application/json"}
-        for tree, url, _ in brokers:
-            reply = httpx.post(
-                url + PROXY_PATH, content=TOOLS_CALL, headers={**headers, **MCP_HEADERS}, timeout=30
-            )
-            if reply.status_code != 200 or b"Crash" not in reply.content:
-                print(f"{tree}: the proxy answered {reply.status_code}: {reply.text[:200]}")
-                return 1
+            url, process = start_broker(exits, tree, broker_env(tree, upstream, identity.jwks_path))
+            brokers.append((tree, url, process))
+        with httpx.Client(timeout=30) as client:
+            for tree, url, _ in brokers:
+                problem = check_proxy(client, url, headers)
+                if problem is not None:
+                    print(f"{tree}: {problem}")
+                    return 1
 
         def load(url: str, seconds: int) -> WrkRun:
             return run_wrk(
