@@ -59,8 +59,18 @@ def _json(body: object) -> bytes:
     return head % len(data) + data
 
 
+FRAGMENT_GAP_SECONDS: Final = 0.001
+
+
 class StandIn(asyncio.Protocol):
-    """Smithery from memory: ``POST /tokens``, ``GET /connect/{ns}/{id}``, and ``.../mcp``."""
+    """Smithery from memory: ``POST /tokens``, ``GET /connect/{ns}/{id}``, and ``.../mcp``.
+
+    ``gap``: seconds between the MCP answer's three writes. 0 writes them back to back, so they
+    usually arrive as one; in R4's chain the emulator relays the demo server's stream as it comes,
+    and the head, the event and the end reach the broker one by one (``--fragmented``).
+    """
+
+    gap = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -83,16 +93,26 @@ class StandIn(asyncio.Protocol):
                 expires = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() + 3600))
                 self.transport.write(_json({"token": "stand-in-token", "expiresAt": expires}))
             elif path.endswith("/mcp"):
-                for part in MCP_ANSWER:
-                    self.transport.write(part)
+                self._answer(MCP_ANSWER)
             else:
                 name = path.rsplit("/", 1)[-1]
                 document = {"connectionId": name, "name": name, "mcpUrl": "http://mcp.invalid/"}
                 self.transport.write(_json({**document, "metadata": {"connectionId": name}}))
 
+    def _answer(self, parts: tuple[bytes, ...]) -> None:
+        if not self.gap:
+            for part in parts:
+                self.transport.write(part)
+            return
+        self.transport.write(parts[0])
+        if len(parts) > 1:
+            asyncio.get_running_loop().call_later(self.gap, self._answer, parts[1:])
 
-async def serve_stand_in(fd: int) -> None:
+
+async def serve_stand_in(fd: int, gap: float = 0.0) -> None:
     import socket
+
+    StandIn.gap = gap
 
     sock = socket.socket(fileno=fd)
     server = await asyncio.get_running_loop().create_server(StandIn, sock=sock)
@@ -217,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of CPU time under load: count each broker's instructions per call over "
         "CALLS sequential calls with callgrind (valgrind), which the machine's noise does not move",
     )
+    parser.add_argument(
+        "--fragmented",
+        action="store_true",
+        help=f"the stand-in writes the MCP answer's head, event and end "
+        f"{FRAGMENT_GAP_SECONDS * 1000:g} ms apart, as they reach the broker in R4",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="proxy-cost-"))
     identity = create_identity(work)
@@ -228,9 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sys.executable,
                 "-c",
-                "import sys, uvloop; from bench.proxy_cost import "
-                "serve_stand_in; uvloop.run(serve_stand_in(int(sys.argv[1])))",
+                "import sys, uvloop; from bench.proxy_cost import serve_stand_in; "
+                "uvloop.run(serve_stand_in(int(sys.argv[1]), float(sys.argv[2])))",
                 str(upstream_socket.fileno()),
+                str(FRAGMENT_GAP_SECONDS if args.fragmented else 0.0),
             ],
             pass_fds=(upstream_socket.fileno(),),
             cwd=ROOT,

@@ -173,6 +173,45 @@ async def test_relay_stops_and_closes_upstream_when_the_client_leaves() -> None:
     assert current.cancelling() == 0  # the cancel was taken back
 
 
+async def test_relay_watches_for_the_client_leaving_only_once_a_stream_runs_long() -> None:
+    upstream = Upstream([b"event: message\n", b"data: {}\n\n"], then_wait=False)
+    sent: list[dict[str, Any]] = []
+    receives = [0]
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        receives[0] += 1
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    relay = Relay(200, [], upstream.chunks(), upstream.close, watch_after=3600)
+    await relay({"type": "http"}, receive, send)  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # a watch task, had one started, would have called receive by now
+    assert receives[0] == 0  # a stream over before watch_after needs no disconnect watch
+    assert [m.get("body") for m in sent[1:]] == [b"event: message\n", b"data: {}\n\n", b""]
+    assert upstream.closed == 1
+
+
+async def test_relay_notices_a_client_that_left_before_the_watch_started() -> None:
+    upstream = Upstream([b"data: first\n\n"], then_wait=True)
+    receives = [0]
+
+    async def receive() -> dict[str, Any]:
+        receives[0] += 1
+        return {"type": "http.disconnect"}  # gone already when first asked
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    relay = Relay(200, [], upstream.chunks(), upstream.close, watch_after=0)
+    await asyncio.wait_for(relay({"type": "http"}, receive, send), timeout=5)  # type: ignore[arg-type]
+    assert receives[0] == 1
+    assert upstream.closed == 1
+
+
 async def test_relay_passes_on_a_cancellation_that_is_not_a_disconnect() -> None:
     upstream = Upstream([], then_wait=True)
     never = asyncio.Event()

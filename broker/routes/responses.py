@@ -68,6 +68,10 @@ def request_headers(scope: Scope, *names: bytes) -> list[str | None]:
     return found
 
 
+WATCH_AFTER_SECONDS: Final = 0.05
+"""How long a relayed stream runs before a task starts watching for the client leaving."""
+
+
 def _never() -> bool:
     return False
 
@@ -81,13 +85,15 @@ class Relay:
     starts goes out in one piece with a ``Content-Length``; in a stream, a chunk after which
     the answer is ``drained`` carries the end of the response with it.
 
-    While streaming, one plain task waits for the client's ``http.disconnect``; if that comes
-    first it cancels the relay, which then closes the upstream answer, so an abandoned event
-    stream does not hold an upstream connection. (Litestar's ``Stream`` runs every response in
-    an anyio task group with a listener task, a measured cost too.) ``close`` always runs.
+    A stream still open after ``watch_after`` seconds gets one plain task that waits for the
+    client's ``http.disconnect``; if that comes first it cancels the relay, which then closes
+    the upstream answer, so an abandoned event stream does not hold an upstream connection. A
+    typical MCP answer (head, one event, end) is over long before that, and pays a timer instead
+    of a task. (Litestar's ``Stream`` runs every response in an anyio task group with a listener
+    task, a measured cost too.) ``close`` always runs.
     """
 
-    __slots__ = ("arrived", "chunks", "close", "drained", "headers", "status")
+    __slots__ = ("arrived", "chunks", "close", "drained", "headers", "status", "watch_after")
 
     def __init__(
         self,
@@ -98,6 +104,7 @@ class Relay:
         *,
         arrived: Callable[[], bool] = _never,
         drained: Callable[[], bool] = _never,
+        watch_after: float = WATCH_AFTER_SECONDS,
     ) -> None:
         self.status = status
         self.headers = headers
@@ -105,6 +112,7 @@ class Relay:
         self.close = close
         self.arrived = arrived
         self.drained = drained
+        self.watch_after = watch_after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -132,14 +140,19 @@ class Relay:
 
     async def _stream(self, receive: Receive, send: Send) -> None:
         relay = asyncio.current_task()
-        gone = asyncio.ensure_future(receive())
-        sending = [True]  # no cancelling once the answer is complete
+        sending = True  # no cancelling once the answer is complete
+        gone: asyncio.Future[Any] | None = None
 
-        def on_message(_: asyncio.Future[Any]) -> None:
-            if sending[0] and relay is not None and not gone.cancelled() and _is_disconnect(gone):
+        def on_message(message: asyncio.Future[Any]) -> None:
+            if sending and relay is not None and _is_disconnect(message):
                 relay.cancel()
 
-        gone.add_done_callback(on_message)
+        def watch() -> None:
+            nonlocal gone
+            gone = asyncio.ensure_future(receive())
+            gone.add_done_callback(on_message)
+
+        watcher = asyncio.get_running_loop().call_later(self.watch_after, watch)
         try:
             start: HTTPResponseStartEvent = {
                 "type": "http.response.start",
@@ -164,16 +177,24 @@ class Relay:
                     "more_body": False,
                 }
                 await send(end)
-            sending[0] = False
+            sending = False
         except asyncio.CancelledError:
-            if relay is None or not gone.done() or gone.cancelled() or not _is_disconnect(gone):
+            if relay is None or gone is None or not _is_disconnect(gone):
                 raise  # not the client leaving: shutdown or a timeout above us
             relay.uncancel()  # the client left; nothing more to send anywhere
         finally:
-            sending[0] = False
-            gone.remove_done_callback(on_message)
-            gone.cancel()
+            sending = False
+            watcher.cancel()
+            if gone is not None:
+                gone.remove_done_callback(on_message)
+                gone.cancel()
 
 
 def _is_disconnect(message: asyncio.Future[Any]) -> bool:
-    return message.exception() is None and message.result().get("type") == "http.disconnect"
+    """The watcher's ``receive()`` has finished with ``http.disconnect``."""
+    return (
+        message.done()
+        and not message.cancelled()
+        and message.exception() is None
+        and message.result().get("type") == "http.disconnect"
+    )
