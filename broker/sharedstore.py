@@ -7,6 +7,11 @@ After a failure the store is considered down and not even tried for ``retry_seco
 successful call marks it up again (the connection pool reconnects by itself). Each transition is
 logged once, never each failed request; the URL (which may carry a password) is never logged.
 
+At most ``max_connections`` operations run at once; callers beyond that queue for a slot, within
+the same timeout. A caller that gets none does without Redis for that one call (counted in
+``broker_redis_busy_total``, logged at most once per ``retry_seconds``): a burst larger than the
+pool is this replica's load, not Redis failing, so the store stays up and its connections stay.
+
 Stored values are opaque bytes sealed by ``sealing``; names are HMACs. This module knows the key
 layout and the Lua scripts, nothing about tokens, users or HTTP.
 """
@@ -116,6 +121,7 @@ class SharedStore:
         clock: Callable[[], float],
         metrics: Metrics | None = None,
         client: Any = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         """``clock`` is monotonic (the retry pause); ``client`` replaces the Redis client."""
         self._prefix = settings.key_prefix
@@ -128,7 +134,7 @@ class SharedStore:
             # pool would fail them at once, which would read as Redis being down).
             pool = redis.BlockingConnectionPool.from_url(
                 url.reveal(),
-                max_connections=DEFAULT_MAX_CONNECTIONS,
+                max_connections=max_connections,
                 timeout=settings.timeout_seconds,
                 socket_timeout=settings.timeout_seconds,
                 socket_connect_timeout=settings.timeout_seconds,
@@ -142,6 +148,9 @@ class SharedStore:
         self._up = False
         self._known = False
         self._retry_at = 0.0
+        self._slots = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
+        self._busy_logged_at: float | None = None
         self._store = self._client.register_script(_STORE)
         self._release = self._client.register_script(_RELEASE)
         self._take = self._client.register_script(_TAKE)
@@ -176,6 +185,23 @@ class SharedStore:
     ) -> T:
         if not self._up and self._known and self._clock() < self._retry_at:
             raise SharedStoreDown
+        if self._slots.locked():  # only then can acquiring wait; the timeout has a cost
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                self._busy(operation)
+                raise SharedStoreDown from None
+        else:
+            await self._slots.acquire()
+        try:
+            return await self._call(operation, call, timeout_seconds)
+        finally:
+            self._slots.release()
+
+    async def _call(
+        self, operation: str, call: Callable[[], Awaitable[T]], timeout_seconds: float | None
+    ) -> T:
         try:
             # The socket timeouts bound each reply; this bounds the whole call (connect + pool).
             async with asyncio.timeout(timeout_seconds or self._timeout * 2):
@@ -208,6 +234,19 @@ class SharedStore:
             )
         self._up = False
         self._known = True
+
+    def _busy(self, operation: str) -> None:
+        self._metrics.inc("broker_redis_busy_total", (("operation", operation),))
+        now = self._clock()
+        if self._busy_logged_at is None or now - self._busy_logged_at >= self._retry_seconds:
+            self._busy_logged_at = now
+            logger.warning(
+                "redis: all %d connections busy for %gs (during %s); that call went without "
+                "Redis (this replica's load, not a Redis failure)",
+                self._max_connections,
+                self._timeout,
+                operation,
+            )
 
     async def ping(self) -> None:
         await self._run("ping", lambda: self._client.ping())

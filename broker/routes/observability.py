@@ -25,6 +25,8 @@ METRIC_HELP: Final = {
     "broker_policy_reloads_total": "Policy reloads by result.",
     "broker_redis_up": "Whether Redis answers (1) or this replica works alone (0).",
     "broker_redis_errors_total": "Failed Redis operations (errors, timeouts) by operation.",
+    "broker_redis_busy_total": "Redis operations skipped because every pooled connection stayed "
+    "busy for the Redis timeout (this replica's load), by operation.",
     "broker_shared_cache_events_total": "Shared (Redis) token tier hits, misses, lock waits.",
     "broker_shared_cache_rejected_total": "Redis records that could not be opened, by reason.",
     "broker_revocations_total": "Revocations made on this replica, by scope.",
