@@ -199,11 +199,14 @@ async def test_header_injection_is_refused_before_anything_is_sent() -> None:
             [("X-Bad\r\nName", "v")],
             [("Name:", "v")],
             [("Accept", "nul\0")],
+            [("Accept", "lone\nfeed")],
+            [("Accept", "lone\rreturn")],
         ):
             with pytest.raises(ValueError, match="forbidden character"):
                 await client.post("/x", headers, b"", read_timeout=5)
-        with pytest.raises(ValueError, match="request path"):
-            await client.post("/x HTTP/1.1\r\nHost: evil", [], b"", read_timeout=5)
+        for path in ("/x HTTP/1.1\r\nHost: evil", "/x\nHost: evil", "/x\0"):
+            with pytest.raises(ValueError, match="request path"):
+                await client.post(path, [], b"", read_timeout=5)
     assert server.requests == []
 
 
