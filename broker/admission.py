@@ -45,7 +45,7 @@ class Admission:
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)
     revocations: Revocations | None = None
-    """Asked before every decision: a revoked subject (or rule) is refused, not decided."""
+    """Asked by ``admit``: a revoked subject (or rule) is refused, not decided."""
     _compiled: BoundedCache[tuple[str, str, str], CompiledConstraints] | None = None
     _connections: TimedCache[tuple[str, str], Mapping[str, Any]] | None = None
     _by_token: BoundedCache[tuple[str, bytes], CompiledConstraints] | None = None
@@ -96,22 +96,30 @@ class Admission:
         self._connections.put(key, metadata)
         return metadata
 
+    def admit(self, principal: Principal) -> CompiledConstraints:
+        """The user's constraints, once the user (or a rule they would be served under) is
+        known not to be revoked (``AccessRevokedError``). Routes call this before reading
+        anything from Smithery for the request, so a revoked user causes no upstream call."""
+        constraints = self.constraints_for(principal)
+        if self.revocations is not None:
+            self.revocations.check(principal, (c.rule for c in constraints))
+        return constraints
+
     def decide(
         self,
         principal: Principal,
+        constraints: CompiledConstraints,
         target: Target,
         message: Mapping[str, Any],
         *,
         event: str,
         connection_id: str | None,
     ) -> Decision:
+        """Decide ``message`` under ``constraints`` (from ``admit``), trace and audit it."""
         method = message.get("method")
         params = message.get("params")
         tool = params.get("name") if isinstance(params, dict) and method == "tools/call" else None
         tool = tool if isinstance(tool, str) else None
-        constraints = self.constraints_for(principal)
-        if self.revocations is not None:
-            self.revocations.check(principal, (c.rule for c in constraints))
         with self.telemetry.span("broker.precheck") as span:
             decision = decide(
                 constraints,

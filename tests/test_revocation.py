@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -75,6 +76,48 @@ async def test_revoked_subject_refused_on_tokens_precheck_and_proxy(
         # Everyone else is served.
         assert (await token(h, "alice")).status_code == 200
         assert (await precheck(h, "alice")).json()["allowed"] is True
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """The emulator's ASGI transport, recording each request's method and path."""
+
+    def __init__(self, app: Any) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.requests: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(f"{request.method} {request.url.path}")
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_revoked_user_causes_no_call_to_smithery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    transports: list[CountingTransport] = []
+
+    def counting(app: Any) -> CountingTransport:
+        transports.append(CountingTransport(app))
+        return transports[0]
+
+    async with harness(upstream=counting) as h:
+        with_admin(h, monkeypatch)
+        await h.create_connection("my-app", "mallory-github", metadata={"userId": "mallory"})
+        assert (await revoke(h, {"subject": "mallory"})).status_code == 200
+        upstream = transports[0]
+        upstream.requests.clear()
+        assert_revoked(await proxy(h, "mallory", "mallory-github"))
+        assert_revoked(
+            await h.client.post(
+                "/v1/precheck",
+                json={"namespace": "my-app", "connectionId": "mallory-github", "request": MESSAGE},
+                headers=h.auth("mallory", email_verified=True),
+            )
+        )
+        assert upstream.requests == []  # neither the connection's metadata nor a token
+        # The same requests from someone else do reach Smithery (the check is not vacuous).
+        await h.create_connection("my-app", "alice-github", metadata={"userId": "alice"})
+        assert (await proxy(h, "alice", "alice-github")).status_code != 403
+        assert "GET /connect/my-app/alice-github" in upstream.requests
 
 
 async def test_refusal_ends_after_the_period_and_the_old_token_is_gone(

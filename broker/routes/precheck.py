@@ -59,6 +59,7 @@ async def precheck(request: Request[Any, Any, Any]) -> ASGIApp:
     # answer (no Litestar response rendering), as for /v1/tokens (R3 in bench/).
     broker: BrokerState = request.app.state.broker
     principal = await limited_caller(request, broker)
+    constraints = broker.admission.admit(principal)
     limits = broker.settings.precheck
     _, parsed = await read_strict_json(
         request,
@@ -77,6 +78,7 @@ async def precheck(request: Request[Any, Any, Any]) -> ASGIApp:
         )
     decision = broker.admission.decide(
         principal,
+        constraints,
         Target(envelope.namespace, metadata),
         message,
         event="precheck.decision",

@@ -120,6 +120,7 @@ async def _serve(
     principal = await broker.authenticator.authenticate(authorization)
     if broker.request_limit is not None:
         await broker.request_limit.acquire(principal.issuer, principal.subject)
+    constraints = broker.admission.admit(principal)
     check_name("namespace", namespace)
     check_name("connectionId", connection_id)
     limits = broker.settings.precheck
@@ -135,6 +136,7 @@ async def _serve(
     metadata = await broker.admission.connection_metadata(namespace, connection_id)
     decision = broker.admission.decide(
         principal,
+        constraints,
         Target(namespace, metadata),
         message,
         event="proxy.decision",
