@@ -23,9 +23,15 @@ BROWSER_MODULES := tests/browser/node_modules/.package-lock.json
 $(BROWSER_MODULES): tests/browser/package.json tests/browser/package-lock.json
 	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 
+CLIENT_MODULES := tests/client/node_modules/.package-lock.json
+
+# TypeScript, to check the browser client's declarations (broker/static/client.d.ts).
+$(CLIENT_MODULES): tests/client/package.json tests/client/package-lock.json
+	npm ci --prefix tests/client --no-audit --no-fund --loglevel=error
+
 install: $(BIN)/broker
 
-test-deps: install $(IDP_MODULES) $(BROWSER_MODULES)
+test-deps: install $(IDP_MODULES) $(BROWSER_MODULES) $(CLIENT_MODULES)
 
 ## Run the broker, a Smithery emulator and a dev identity on loopback.
 dev: install
