@@ -54,6 +54,10 @@ def _no_constants(name: str) -> Any:
     raise InvalidJSONError(f"{name} is not valid JSON.")
 
 
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+"""Built once: ``json.loads`` with hooks builds a decoder (and its scanner) on every call."""
+
+
 def decode_strict(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Parse one JSON document, refusing duplicate keys, NaN/Infinity and deep nesting."""
     try:
@@ -61,29 +65,31 @@ def decode_strict(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     except UnicodeDecodeError:
         raise InvalidJSONError("The body is not UTF-8.") from None
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise TooDeepError(f"JSON may nest at most {max_depth} levels.") from None
     except json.JSONDecodeError as exc:
         raise InvalidJSONError(f"The body is not valid JSON ({exc.msg} at {exc.pos}).") from None
-    if _depth_exceeds(value, max_depth):
+    if _too_deep(value, max_depth):
         raise TooDeepError(f"JSON may nest at most {max_depth} levels.")
     return value
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > limit:
+def _too_deep(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``levels`` deep (the outermost one
+    is level 1; scalars add none). Recursion is bounded by ``levels``: it stops descending
+    there, and the parser already refused what Python could not nest."""
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if levels < 1:
+        return True
+    for child in children:
+        if isinstance(child, (dict, list)) and _too_deep(child, levels - 1):
             return True
-        stack.extend((child, depth + 1) for child in children)
     return False
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -38,6 +39,45 @@ def test_depth_limit_boundary() -> None:
     assert decode_strict(b"[" * 64 + b"]" * 64) is not None
     with pytest.raises(CallerError):
         decode_strict(b"[" * 65 + b"]" * 65)
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth by definition: a container is one level more than its deepest child."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if not isinstance(value, list):
+        return 0
+    return 1 + max((_depth(child) for child in value), default=0)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "1",
+        "[]",
+        "{}",
+        '{"a": [1, {"b": []}], "c": 2}',
+        '[[[]], [], [[[{"x": [0]}]]], 3]',
+        '{"params": {"arguments": {"deep": [[{"k": [[]]}]]}}, "id": 1}',
+        '[1, "two", null, [true, [false]]]',
+    ],
+)
+def test_depth_limit_counts_the_deepest_branch(document: str) -> None:
+    value = json.loads(document)
+    depth = _depth(value)
+    for limit in range(depth + 2):
+        if depth > limit:
+            with pytest.raises(CallerError) as caught:
+                decode_strict(document.encode(), max_depth=limit)
+            assert caught.value.code == "too_deep"
+        else:
+            assert decode_strict(document.encode(), max_depth=limit) == value
+
+
+def test_a_document_deeper_than_python_can_parse_is_too_deep_not_a_crash() -> None:
+    with pytest.raises(CallerError) as caught:
+        decode_strict(b"[" * 100_000 + b"]" * 100_000, max_depth=64)
+    assert caught.value.code == "too_deep"
 
 
 @pytest.mark.parametrize(
