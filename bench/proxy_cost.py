@@ -104,6 +104,8 @@ class StandIn(asyncio.Protocol):
             for part in parts:
                 self.transport.write(part)
             return
+        if self.transport.is_closing():  # the broker went away (the end of a run)
+            return
         self.transport.write(parts[0])
         if len(parts) > 1:
             asyncio.get_running_loop().call_later(self.gap, self._answer, parts[1:])
