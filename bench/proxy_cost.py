@@ -1,4 +1,5 @@
-"""The broker's own CPU per proxied MCP call, A/B between two source trees.
+"""The broker's own CPU per proxied MCP call (or per precheck or token call, ``--route``), A/B
+between two source trees.
 
 R4 measures the proxy inside the whole chain (emulator, its node helper, the demo MCP server),
 which costs ten times the broker and shares the two cores with it: good for the end-to-end
@@ -26,7 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -36,7 +38,14 @@ from bench.identity import ALGORITHM, AUDIENCE, ISSUER, create_identity
 from bench.loadgen import WrkRun, run_wrk
 from bench.processes import listening_socket
 from bench.stack import API_KEY
-from bench.workload import MCP_HEADERS, PROXY_PATH, SUPPORT_CLAIMS, TOOLS_CALL
+from bench.workload import (
+    MCP_HEADERS,
+    PRECHECK_BODY,
+    PRECHECK_PATH,
+    PROXY_PATH,
+    SUPPORT_CLAIMS,
+    TOOLS_CALL,
+)
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 EVENT: Final = (
@@ -169,18 +178,38 @@ def start_broker(
     return f"http://127.0.0.1:{sock.getsockname()[1]}", process
 
 
-def check_proxy(client: httpx.Client, url: str, headers: dict[str, str]) -> str | None:
-    """None when the proxy relays the stand-in's answer; otherwise what it answered."""
-    reply = client.post(url + PROXY_PATH, content=TOOLS_CALL, headers=headers)
-    if reply.status_code != 200 or b"Crash" not in reply.content:
-        return f"the proxy answered {reply.status_code}: {reply.text[:200]}"
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One kind of call: where it goes, what it sends, and a byte string its answer must hold."""
+
+    path: str
+    body: str
+    headers: Mapping[str, str]
+    expect: bytes
+
+
+ROUTES: Final = {
+    "proxy": Route(PROXY_PATH, TOOLS_CALL, MCP_HEADERS, b"Crash"),  # relayed from the stand-in
+    "precheck": Route(PRECHECK_PATH, PRECHECK_BODY, {}, b'"allowed":true'),  # R3's call
+    "tokens": Route("/v1/tokens", "", {}, b'"token":"stand-in-token"'),  # a cached token
+}
+
+
+def check_call(client: httpx.Client, url: str, route: Route, jwt: str) -> str | None:
+    """None when the broker answered the call as expected; otherwise what it answered."""
+    headers = {"authorization": f"Bearer {jwt}", **route.headers}
+    if route.body:
+        headers["content-type"] = "application/json"
+    reply = client.post(url + route.path, content=route.body, headers=headers)
+    if reply.status_code != 200 or route.expect not in reply.content:
+        return f"{route.path} answered {reply.status_code}: {reply.text[:200]}"
     return None
 
 
 def count_instructions(
-    tree: str, env: dict[str, str], headers: dict[str, str], calls: int, out: Path
+    tree: str, env: dict[str, str], route: Route, jwt: str, calls: int, out: Path
 ) -> float:
-    """User-space instructions per proxied call, counted by callgrind (repeatable to ~0.2 %).
+    """User-space instructions per call, counted by callgrind (repeatable to ~0.2 %).
 
     The broker runs under ``valgrind --tool=callgrind`` with counting off; after a warm-up,
     ``callgrind_control`` turns counting on and zeroes it, ``calls`` sequential calls run, and a
@@ -195,11 +224,11 @@ def count_instructions(
             ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"),
         )
         with httpx.Client(timeout=300) as client:
-            problem = check_proxy(client, url, headers)  # waits out the slow start
+            problem = check_call(client, url, route, jwt)  # waits out the slow start
             if problem is not None:
                 raise SystemExit(f"{tree}: {problem}")
             for _ in range(30):
-                check_proxy(client, url, headers)
+                check_call(client, url, route, jwt)
 
             def control(option: str) -> None:
                 command = subprocess.Popen(
@@ -208,14 +237,14 @@ def count_instructions(
                     stderr=subprocess.DEVNULL,
                 )
                 while command.poll() is None:
-                    check_proxy(client, url, headers)
+                    check_call(client, url, route, jwt)
                 if command.returncode != 0:
                     raise SystemExit(f"callgrind_control {option} failed")
 
             control("--instr=on")
             control("--zero")
             for _ in range(calls):
-                problem = check_proxy(client, url, headers)
+                problem = check_call(client, url, route, jwt)
                 if problem is not None:
                     raise SystemExit(f"{tree}: {problem}")
             control("--dump")
@@ -245,11 +274,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the stand-in writes the MCP answer's head, event and end "
         f"{FRAGMENT_GAP_SECONDS * 1000:g} ms apart, as they reach the broker in R4",
     )
+    parser.add_argument(
+        "--route",
+        choices=sorted(ROUTES),
+        default="proxy",
+        help="the call measured: the guarded proxy (default), R3's precheck, or a cached token",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="proxy-cost-"))
     identity = create_identity(work)
     jwt = identity.jwt("sam", claims=SUPPORT_CLAIMS)
-    headers = {"authorization": f"Bearer {jwt}", "content-type": "application/json", **MCP_HEADERS}
+    route = ROUTES[args.route]
     with contextlib.ExitStack() as exits:
         upstream_socket = listening_socket()
         stand_in = subprocess.Popen(
@@ -273,9 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             for index, tree in enumerate(args.trees):
                 env = broker_env(tree, upstream, identity.jwks_path)
                 out = work / f"callgrind-{index}.out"
-                count = count_instructions(tree, env, headers, args.instructions, out)
+                count = count_instructions(tree, env, route, jwt, args.instructions, out)
                 calls = args.instructions
-                print(f"{tree}: {count:,.0f} instructions per proxied call ({calls} calls)")
+                print(f"{tree}: {count:,.0f} instructions per {args.route} call ({calls} calls)")
             return 0
         brokers: list[tuple[str, str, subprocess.Popen[bytes]]] = []
         for tree in args.trees:
@@ -283,20 +318,20 @@ def main(argv: list[str] | None = None) -> int:
             brokers.append((tree, url, process))
         with httpx.Client(timeout=30) as client:
             for tree, url, _ in brokers:
-                problem = check_proxy(client, url, headers)
+                problem = check_call(client, url, route, jwt)
                 if problem is not None:
                     print(f"{tree}: {problem}")
                     return 1
 
         def load(url: str, seconds: int) -> WrkRun:
             return run_wrk(
-                url + PROXY_PATH,
+                url + route.path,
                 connections=args.connections,
                 threads=1,
                 duration_s=seconds,
                 authorization=f"Bearer {jwt}",
-                body=TOOLS_CALL,
-                headers=dict(MCP_HEADERS),
+                body=route.body,
+                headers=dict(route.headers),
             )
 
         for _, url, _ in brokers:
@@ -315,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         for tree in args.trees:
             print(
                 f"{tree}: c={args.connections} broker CPU {statistics.median(cpu[tree]):.0f} µs "
-                f"per proxied call (runs: {', '.join(f'{v:.0f}' for v in cpu[tree])}), "
+                f"per {args.route} call (runs: {', '.join(f'{v:.0f}' for v in cpu[tree])}), "
                 f"p50 {statistics.median(p50[tree]):.2f} ms"
             )
     return 0
