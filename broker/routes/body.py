@@ -16,6 +16,7 @@ from broker.errors import (
     PayloadTooLargeError,
 )
 from broker.jsonrpc import decode_strict
+from broker.routes.responses import request_headers
 
 T = TypeVar("T")
 
@@ -91,11 +92,19 @@ async def read_strict_json(
     request: Request[Any, Any, Any], *, timeout_seconds: float, max_bytes: int, max_depth: int
 ) -> tuple[bytes, Any]:
     """The raw body and its strict parse (``jsonrpc.decode_strict``): size limit (413), JSON
-    content type (415), then duplicate keys, NaN and depth refused (400)."""
-    body = await read_body(request, timeout_seconds)
-    if len(body) > max_bytes:
-        raise PayloadTooLargeError(f"The body may be at most {max_bytes} bytes.")
-    require_json(request.headers.get("content-type"))
+    content type (415), then duplicate keys, NaN and depth refused (400). Reads the raw headers
+    and the ASGI channel itself (``receive_body``), not Litestar's header and body models."""
+    content_type, length, encoding = request_headers(
+        request.scope, b"content-type", b"content-length", b"transfer-encoding"
+    )
+    body = await receive_body(
+        request.receive,
+        content_length=length,
+        transfer_encoding=encoding,
+        max_bytes=max_bytes,
+        timeout_seconds=timeout_seconds,
+    )
+    require_json(content_type)
     return body, decode_strict(body, max_depth=max_depth)
 
 
