@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_TESTS = sorted((ROOT / "tests" / "client").glob("*.test.mjs"))
 NODE_TIMEOUT_SECONDS = 120
-MIN_NODE_TESTS = 39
+MIN_NODE_TESTS = 41
 """The node suite's size when written: fewer means tests were lost, not that they passed."""
 
 

@@ -144,18 +144,35 @@ export function createBrokerClient(options) {
             cause: error,
           });
         }
-        await sleep(backoffMs(attempt));
+        await pause(backoffMs(attempt), signal);
         continue;
       }
       if (retry && RETRYABLE_STATUSES.has(response.status) && attempt < maxRetries) {
         const waitMs = retryDelayMs(response, attempt);
         if (waitMs !== null) {
           await discard(response);
-          await sleep(waitMs);
+          await pause(waitMs, signal);
           continue;
         }
       }
       return response;
+    }
+  }
+
+  // A backoff wait that an aborted `signal` ends at once, rejecting with the signal's reason
+  // (as fetch does), so an abandoned call neither waits out its backoff nor sends again.
+  async function pause(ms, signal) {
+    if (!signal) return sleep(ms);
+    signal.throwIfAborted();
+    let onAbort;
+    const aborted = new Promise((_, reject) => {
+      onAbort = () => reject(signal.reason);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+    try {
+      await Promise.race([sleep(ms), aborted]);
+    } finally {
+      signal.removeEventListener("abort", onAbort);
     }
   }
 

@@ -496,6 +496,39 @@ describe("callTool", () => {
     assert.equal(calls[1].body.method, "tools/list");
   });
 
+  test("aborting during a retry backoff ends the call at once, with no further attempt", async () => {
+    const { fetch, calls } = fakeFetch(() => problem(503, "upstream_unavailable", {}, { "retry-after": "20" }));
+    const waits = [];
+    let waiting;
+    const entered = new Promise((resolve) => (waiting = resolve));
+    const sleep = (ms) => {
+      waits.push(ms);
+      waiting();
+      return new Promise(() => {}); // a backoff that would never end by itself
+    };
+    const controller = new AbortController();
+    const listing = client(clock, fetch, { sleep }).listTools("my-app", "alice-github", { signal: controller.signal });
+    await entered;
+    controller.abort();
+    await assert.rejects(listing, (error) => error.name === "AbortError");
+    assert.deepEqual(waits, [20000]);
+    assert.equal(calls.length, 1);
+  });
+
+  test("an already aborted signal is not retried after a failed attempt", async () => {
+    const controller = new AbortController();
+    const { fetch, calls } = fakeFetch(() => {
+      controller.abort(); // gone while the first attempt was in flight
+      return problem(503, "upstream_unavailable");
+    });
+    await assert.rejects(
+      client(clock, fetch).listTools("my-app", "alice-github", { signal: controller.signal }),
+      (error) => error.name === "AbortError",
+    );
+    assert.equal(calls.length, 1);
+    assert.deepEqual(clock.sleeps, []);
+  });
+
   test("an SSE stream that ends without the response is an error", async () => {
     const { fetch } = fakeFetch(() => sseResponse([`data: {"jsonrpc":"2.0","method":"ping"}\n\n`]));
     await assert.rejects(client(clock, fetch).callTool("ns", "c", "t"), (error) => error instanceof BrokerError && error.code === "no_rpc_response");
