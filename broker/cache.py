@@ -31,6 +31,8 @@ V = TypeVar("V")
 DEFAULT_MAX_ENTRIES: Final = 10_000
 DEFAULT_MARGIN_SECONDS: Final = 60.0
 DEFAULT_MARGIN_RATIO: Final = 0.2
+MAX_RULE_SETS: Final = 4096
+"""Distinct rule-id sets shared between cache entries; beyond that, entries keep their own."""
 
 
 class CacheKey(NamedTuple):
@@ -50,14 +52,19 @@ class Minted(Protocol):
 
 
 class CachedToken:
-    """One service token with the facts needed to decide whether it may still be served."""
+    """One service token with the facts needed to decide whether it may still be served, and
+    the ids of the rules it carries (so a rule revocation can purge just those; empty: not
+    known, and such a token is purged by every rule revocation)."""
 
-    __slots__ = ("expires_at", "minted_at", "token")
+    __slots__ = ("expires_at", "minted_at", "rules", "token")
 
-    def __init__(self, token: str, expires_at: float, minted_at: float) -> None:
+    def __init__(
+        self, token: str, expires_at: float, minted_at: float, rules: tuple[str, ...] = ()
+    ) -> None:
         self.token = token
         self.expires_at = expires_at
         self.minted_at = minted_at
+        self.rules = rules
 
     def __repr__(self) -> str:  # the token itself must never reach a log
         return f"CachedToken(expires_at={self.expires_at!r}, minted_at={self.minted_at!r})"
@@ -113,8 +120,9 @@ class LRU(Generic[K, V]):
     def clear(self) -> None:
         self._data.clear()
 
-    def key_list(self) -> list[K]:
-        return list(self._data)
+    def items(self) -> list[tuple[K, V]]:
+        """A snapshot of the entries, oldest first."""
+        return list(self._data.items())
 
 
 class TokenCache:
@@ -138,6 +146,8 @@ class TokenCache:
         self._inflight: dict[CacheKey, asyncio.Task[CachedToken]] = {}
         self._generation = 0
         """Moved by ``purge``: a mint that started before a purge does not refill the cache."""
+        self._rule_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        """One shared tuple per distinct set of rule ids, so an entry pays a pointer for them."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -166,7 +176,7 @@ class TokenCache:
         """The entry for ``key`` whatever its state (no LRU update, nothing dropped)."""
         return self._entries.get(key)
 
-    def purge(self, match: Callable[[CacheKey], bool] | None = None) -> int:
+    def purge(self, match: Callable[[CacheKey, CachedToken], bool] | None = None) -> int:
         """Drop the entries ``match`` selects (all without one); the number dropped. Mints
         already in flight still answer their waiters but are not cached (they may predate the
         reason for the purge, e.g. a revocation)."""
@@ -175,7 +185,7 @@ class TokenCache:
             count = len(self._entries)
             self._entries.clear()
             return count
-        doomed = [key for key in self._entries.key_list() if match(key)]
+        doomed = [key for key, entry in self._entries.items() if match(key, entry)]
         for key in doomed:
             self._entries.pop(key)
         return len(doomed)
@@ -185,12 +195,15 @@ class TokenCache:
         key: CacheKey,
         mint: Callable[[], Awaitable[Minted]],
         before_mint: Callable[[], None] | None = None,
+        *,
+        rules: tuple[str, ...] = (),
     ) -> tuple[CachedToken, bool]:
         """The cached token for ``key`` or a freshly minted one; the flag says it was a hit.
 
         The mint runs in its own task, so a caller that goes away does not cancel it for the
         others waiting on the same key. ``before_mint`` runs only when this call starts a mint
-        (not on hits, joins or refresh-ahead).
+        (not on hits, joins or refresh-ahead). ``rules``: the ids of the rules a token for
+        ``key`` carries (the same for every token of a key: the key holds their digest).
         """
         now = self._clock()
         entry = self._entries.get(key)
@@ -203,14 +216,14 @@ class TokenCache:
                 # Mint the next token now, in the background, so it is ready before this one
                 # reaches its margin; this request is served the current one.
                 self.stats.refreshes_ahead += 1
-                self._start(key, mint)
+                self._start(key, mint, rules)
             return entry, True
         self.stats.misses += 1
         task = self._inflight.get(key)
         if task is None:
             if before_mint is not None:
                 before_mint()  # e.g. a per-user mint limit; raising stops the mint
-            task = self._start(key, mint)
+            task = self._start(key, mint, rules)
         else:
             self.stats.waits += 1
         try:
@@ -230,14 +243,18 @@ class TokenCache:
         return entry.expires_at - now < 2 * margin
 
     def _start(
-        self, key: CacheKey, mint: Callable[[], Awaitable[Minted]]
+        self, key: CacheKey, mint: Callable[[], Awaitable[Minted]], rules: tuple[str, ...]
     ) -> asyncio.Task[CachedToken]:
-        task = asyncio.ensure_future(self._mint(key, mint))
+        if len(self._rule_sets) < MAX_RULE_SETS:
+            rules = self._rule_sets.setdefault(rules, rules)
+        task = asyncio.ensure_future(self._mint(key, mint, rules))
         self._inflight[key] = task
         task.add_done_callback(lambda done: self._finish(key, done))
         return task
 
-    async def _mint(self, key: CacheKey, mint: Callable[[], Awaitable[Minted]]) -> CachedToken:
+    async def _mint(
+        self, key: CacheKey, mint: Callable[[], Awaitable[Minted]], rules: tuple[str, ...]
+    ) -> CachedToken:
         minted_at = self._clock()
         generation = self._generation
         try:
@@ -249,7 +266,10 @@ class TokenCache:
         # A token another replica minted (read from a shared tier) says when it was minted, so
         # its margins are computed on its real lifetime.
         entry = CachedToken(
-            minted.token, minted.expires_at, getattr(minted, "minted_at", None) or minted_at
+            minted.token,
+            minted.expires_at,
+            getattr(minted, "minted_at", None) or minted_at,
+            rules,
         )
         if generation == self._generation and self.servable(entry, minted_at):
             self._entries[key] = entry

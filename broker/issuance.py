@@ -144,6 +144,7 @@ class Issuance:
                     None
                     if limit is None
                     else lambda: limit.check(principal.issuer, principal.subject),
+                    rules=plan.rule_ids,
                 )
             else:
                 entry, hit = await self.cache.get_or_mint(
@@ -156,6 +157,7 @@ class Issuance:
                         if limit is None
                         else lambda: limit.acquire(principal.issuer, principal.subject),
                     ),
+                    rules=plan.rule_ids,
                 )
             if span is not None:
                 span.set_attribute("broker.cache.hit", hit)

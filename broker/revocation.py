@@ -27,7 +27,7 @@ from typing import Final
 
 import msgspec
 
-from broker.cache import CacheKey, TokenCache
+from broker.cache import CachedToken, CacheKey, TokenCache
 from broker.errors import BrokerError, ForbiddenError
 from broker.identity import Principal
 from broker.metrics import Metrics
@@ -224,14 +224,16 @@ class Revocations:
             self._refusing[field] = max(entry.until, self._refusing.get(field, 0.0))
         return self._cache.purge(self._matcher(field))
 
-    def _matcher(self, field: str) -> Callable[[CacheKey], bool] | None:
-        """Which cached tokens a revocation concerns (None: all of them; the memory cache does
-        not know which rules a token carries, so a rule revocation purges it whole)."""
-        kind = field.partition(":")[0]
+    def _matcher(self, field: str) -> Callable[[CacheKey, CachedToken], bool] | None:
+        """Which cached tokens a revocation concerns (None: all of them). A rule revocation
+        takes the tokens carrying that rule, and any whose rules were not recorded."""
+        kind, _, name = field.partition(":")
         if kind == "subject":
-            return lambda key: self._subject_field(key.issuer, key.subject) == field
+            return lambda key, _: self._subject_field(key.issuer, key.subject) == field
         if kind == "subject-any":
-            return lambda key: self._subject_field(None, key.subject) == field
+            return lambda key, _: self._subject_field(None, key.subject) == field
+        if kind == "rule":
+            return lambda _, entry: not entry.rules or name in entry.rules
         return None
 
     # --- other replicas' revocations -------------------------------------------------------

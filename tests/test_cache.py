@@ -224,3 +224,17 @@ async def test_stale_token_served_even_when_smithery_refuses_a_new_mint() -> Non
     mint.error = UpstreamRejectedError(401, "unauthorized")
     entry, _ = await cache.get_or_mint(key(), mint)  # still valid: served (Smithery refused)
     assert entry.token == "tok-1"
+
+
+async def test_entries_remember_their_rules_and_a_purge_can_select_by_them() -> None:
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    mint = Minter(clock)
+    alice, _ = await cache.get_or_mint(key("alice"), mint, rules=("own", "support"))
+    bob, _ = await cache.get_or_mint(key("bob"), mint, rules=("own", "support"))
+    await cache.get_or_mint(key("carol"), mint, rules=("own",))
+    assert alice.rules == ("own", "support")
+    assert alice.rules is bob.rules  # one shared tuple per distinct rule set
+    assert cache.purge(lambda _, entry: "support" in entry.rules) == 2
+    assert len(cache) == 1
+    assert cache.peek(key("carol")) is not None

@@ -160,6 +160,24 @@ async def test_rule_revocation_refuses_whoever_it_would_serve(
         assert (await token(h, "alice")).status_code == 200  # not under that rule
 
 
+async def test_rule_revocation_purges_only_the_tokens_that_carry_the_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with harness() as h:
+        with_admin(h, monkeypatch)
+        alice = (await token(h, "alice")).json()
+        sam = (await token(h, "sam", groups=["support"])).json()
+        assert "support-github-readonly" in sam["rules"]
+        assert "support-github-readonly" not in alice["rules"]
+        assert len(h.state.cache) == 2
+        response = await revoke(h, {"rule": "support-github-readonly"})
+        assert response.json()["purged"] == 1
+        assert len(h.state.cache) == 1
+        again = (await token(h, "alice")).json()
+        assert again["token"] == alice["token"]  # still cached: served without a new mint
+        assert_revoked(await token(h, "sam", groups=["support"]))
+
+
 async def test_revoke_all_refuses_everyone_and_zero_seconds_only_purges(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
