@@ -289,6 +289,7 @@ def create_app(
             upstream=upstream,
             telemetry=telemetry,
             metrics=metrics,
+            exclusive=cluster.exclusive,
         ),
         dev_signer=dev_signer,
         telemetry=telemetry,

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from broker.cache import TokenCache
 from broker.config import Settings
-from broker.errors import ConfigError
+from broker.errors import BrokerError, ConfigError
 from broker.metrics import Labels, Metrics
 from broker.ratelimit import RateLimiter, SharedRateLimiter
 from broker.revocation import Revocations
@@ -23,6 +25,18 @@ from broker.sealing import Keyring, load_keyring
 from broker.sharedcache import SharedCache
 from broker.sharedstore import SharedStore, SharedStoreDown
 from broker.telemetry import Telemetry
+
+FIRST_POLL_SECONDS: Final = 0.01
+MAX_POLL_SECONDS: Final = 0.2
+
+
+class ClusterBusyError(BrokerError):
+    """Another replica held a cluster-wide lock for longer than the wait allows."""
+
+    status = 503
+    code = "busy"
+    title = "Busy"
+    retry_after_seconds = 1
 
 
 @dataclass(slots=True)
@@ -32,6 +46,10 @@ class Cluster:
     keyring: Keyring | None = None
     sync_interval_seconds: float = 0.25
     required_for_readiness: bool = False
+    lock_seconds: float = 15.0
+    lock_wait_seconds: float = 5.0
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -58,6 +76,41 @@ class Cluster:
             clock=clock,
             what=what,
         )
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, kind: str, *parts: str) -> AsyncIterator[None]:
+        """Run the block while holding a lock every replica respects, named by a keyed hash of
+        ``kind`` and ``parts`` (``SET NX PX`` in Redis, ``lock_seconds`` at most, released by
+        its owner only). Another replica's hold is waited out for ``lock_wait_seconds``, then
+        ``ClusterBusyError`` (503). With the memory backend, or while Redis is unavailable, the
+        block runs without it: callers keep their own lock for this process."""
+        store, keyring = self.store, self.keyring
+        if store is None or keyring is None:
+            yield
+            return
+        name = keyring.name("lock", kind, *parts)
+        owner = secrets.token_hex(16)
+        ttl_ms = max(1, int(self.lock_seconds * 1000))
+        held = False
+        try:
+            deadline = self.monotonic() + self.lock_wait_seconds
+            delay = FIRST_POLL_SECONDS
+            while not (held := await store.acquire_lock(name, owner, ttl_ms)):
+                remaining = deadline - self.monotonic()
+                if remaining <= 0:
+                    raise ClusterBusyError(
+                        "Another replica is doing the same for this user; retry shortly."
+                    )
+                await self.sleep(min(delay, remaining))
+                delay = min(delay * 2, MAX_POLL_SECONDS)
+        except SharedStoreDown:
+            held = False  # Redis unavailable: this replica alone, as for rate limits
+        try:
+            yield
+        finally:
+            if held:
+                with contextlib.suppress(SharedStoreDown):
+                    await store.release_lock(name, owner)
 
     async def start(self) -> None:
         if self.shared is not None:
@@ -150,4 +203,7 @@ def setup_cluster(
         keyring=keyring,
         sync_interval_seconds=redis.sync_interval_seconds,
         required_for_readiness=redis.required_for_readiness,
+        lock_seconds=redis.lock_seconds,
+        lock_wait_seconds=redis.lock_wait_seconds,
+        monotonic=monotonic,
     )

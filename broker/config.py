@@ -212,9 +212,11 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     required_for_readiness: bool = False
     """``/readyz`` answers 503 while Redis is unavailable (default: ready on the local cache)."""
     lock_seconds: float = 15.0
-    """Lifetime of the cross-replica mint lock (longer than a mint may take)."""
+    """Lifetime of the cross-replica locks: a mint, a user's connection create (longer than
+    either may take)."""
     lock_wait_seconds: float = 5.0
-    """How long a replica waits for another replica's mint before minting itself."""
+    """How long a replica waits for another replica's mint (then mints itself) or connection
+    create (then 503 `busy`)."""
     sync_interval_seconds: float = 0.25
     """How often each replica checks Redis for new revocations."""
 

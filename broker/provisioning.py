@@ -16,7 +16,9 @@ through ``upstream``. The selection and target checks are pure; the clock is not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
@@ -255,6 +257,11 @@ class Provisioning:
     upstream: SmitheryClient
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)
+    exclusive: Callable[..., AbstractAsyncContextManager[None]] = field(
+        default=lambda *_: contextlib.nullcontext()
+    )
+    """``Cluster.exclusive``: a lock all replicas respect, taken around a create that counts
+    against ``maxConnections`` (with the memory backend, nothing)."""
     _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
 
     async def put(
@@ -281,12 +288,18 @@ class Provisioning:
                 check_mcp_url(request.mcpUrl)
                 if not entitlement.allows_target(request.mcpUrl):
                     raise TargetNotAllowedError("The policy does not allow this mcpUrl.")
-            # One create at a time per user and namespace in this process, so the limit check
-            # and the create cannot interleave (other replicas may still race: best effort).
+            # One create at a time per user and namespace, so the limit check and the create
+            # cannot interleave: in this process, and across replicas when they share Redis
+            # and a limit applies.
             lock_key = (principal.issuer, principal.subject, namespace)
             lock = self._locks.setdefault(lock_key, asyncio.Lock())
+            across = (
+                self.exclusive("provision", *lock_key)
+                if entitlement.max_connections is not None
+                else contextlib.nullcontext()
+            )
             try:
-                async with lock:
+                async with lock, across:
                     document, created = await self._put_locked(
                         entitlement, namespace, connection_id, request, client_metadata
                     )

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -330,3 +331,35 @@ async def test_redis_required_for_readiness(
     await eventually(await ready(503), "not ready without Redis")
     body = (await http.get(f"{broker.url}/readyz")).json()
     assert body["checks"]["redis"] is False
+
+
+async def test_max_connections_holds_across_replicas(
+    http: httpx.AsyncClient, replicas: list[Process], fresh_emulator: Process, keys: Keys
+) -> None:
+    # The shipped own-connections rule allows 5 connections per user. Twelve concurrent creates
+    # over three replicas, with Smithery's connection calls slowed to 50 ms: a replica alone
+    # counts only the creates already finished, so without a shared lock more than 5 get in.
+    sub = "carol" + uuid.uuid4().hex[:8]  # no '-': it separates the policy's id prefix
+    auth = {"Authorization": f"Bearer {keys.jwt(sub, email_verified=True)}"}
+    slow = {"route": "connections", "mode": "latency", "seconds": 0.05}
+    assert (await http.post(f"{fresh_emulator.url}/_emulator/faults", json=slow)).is_success
+
+    async def create(index: int) -> httpx.Response:
+        return await http.put(
+            f"{replicas[index % 3].url}/v1/connections/my-app/{sub}-{index}",
+            json={"mcpUrl": "https://tools.example.com/mcp"},
+            headers=auth,
+        )
+
+    responses = await asyncio.gather(*(create(index) for index in range(12)))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(201) == 5, [(r.status_code, r.text[:80]) for r in responses]
+    assert all(
+        r.json()["code"] == "connection_limit_reached" for r in responses if r.status_code != 201
+    ), [r.text[:120] for r in responses if r.status_code != 201]
+    listed = await http.get(
+        f"{fresh_emulator.url}/connect/my-app",
+        params={"metadata.userId": sub},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert len(listed.json()["connections"]) == 5

@@ -1,0 +1,112 @@
+"""``Cluster.exclusive``: a lock every replica respects (a scripted store and clock here; the
+real Redis case is ``tests/integration/test_scaleout.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from broker.cache import TokenCache
+from broker.cluster import Cluster, ClusterBusyError
+from broker.revocation import Revocations
+from broker.sharedstore import SharedStoreDown
+
+
+@dataclass
+class Store:
+    """``acquire_lock``/``release_lock`` as Redis does them (SET NX; delete by owner only)."""
+
+    locks: dict[str, str] = field(default_factory=dict)
+    down: bool = False
+    attempts: int = 0
+
+    async def acquire_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
+        self.attempts += 1
+        if self.down:
+            raise SharedStoreDown
+        if name in self.locks:
+            return False
+        self.locks[name] = owner
+        return True
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        if self.locks.get(name) == owner:
+            del self.locks[name]
+
+
+class Shared:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+
+class Keyring:
+    def name(self, *parts: str) -> str:
+        return "|".join(parts)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def cluster(store: Store | None, clock: Clock) -> Cluster:
+    revocations = Revocations(cache=TokenCache(clock=clock), clock=clock, default_seconds=60)
+    shared: Any = None if store is None else Shared(store)
+    keyring: Any = None if store is None else Keyring()
+    return Cluster(
+        revocations=revocations,
+        shared=shared,
+        keyring=keyring,
+        lock_wait_seconds=2.0,
+        monotonic=clock,
+        sleep=clock.sleep,
+    )
+
+
+async def test_the_block_holds_the_lock_and_releases_it() -> None:
+    store, clock = Store(), Clock()
+    replica = cluster(store, clock)
+    async with replica.exclusive("provision", "iss", "alice", "my-app"):
+        assert list(store.locks) == ["lock|provision|iss|alice|my-app"]
+    assert store.locks == {}
+
+
+async def test_another_holder_is_waited_for_then_busy() -> None:
+    store, clock = Store(), Clock()
+    store.locks["lock|provision|iss|alice|my-app"] = "other-replica"
+    replica = cluster(store, clock)
+    ran = False
+    with pytest.raises(ClusterBusyError) as caught:
+        async with replica.exclusive("provision", "iss", "alice", "my-app"):
+            ran = True
+    assert not ran
+    assert caught.value.status == 503
+    assert caught.value.code == "busy"
+    assert clock.now == pytest.approx(102.0)  # waited lock_wait_seconds, polling
+    assert store.attempts > 3
+    assert store.locks == {"lock|provision|iss|alice|my-app": "other-replica"}  # not taken over
+
+
+async def test_without_redis_the_block_runs_alone() -> None:
+    clock = Clock()
+    async with cluster(None, clock).exclusive("provision", "iss", "alice", "my-app"):
+        pass
+    down = Store(down=True)
+    async with cluster(down, clock).exclusive("provision", "iss", "alice", "my-app"):
+        assert down.locks == {}
+
+
+async def test_a_failing_block_still_releases_the_lock() -> None:
+    store, clock = Store(), Clock()
+    with pytest.raises(RuntimeError):
+        async with cluster(store, clock).exclusive("provision", "iss", "bob", "ns"):
+            raise RuntimeError("create failed")
+    assert store.locks == {}
