@@ -66,11 +66,12 @@ def decode_strict(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
         raise InvalidJSONError("The body is not UTF-8.") from None
     try:
         value = _DECODER.decode(text)
-    except RecursionError:
-        raise TooDeepError(f"JSON may nest at most {max_depth} levels.") from None
+        too_deep = _too_deep(value, max_depth)
+    except RecursionError:  # deeper than this interpreter nests: too deep whatever the limit
+        too_deep = True
     except json.JSONDecodeError as exc:
         raise InvalidJSONError(f"The body is not valid JSON ({exc.msg} at {exc.pos}).") from None
-    if _too_deep(value, max_depth):
+    if too_deep:
         raise TooDeepError(f"JSON may nest at most {max_depth} levels.")
     return value
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -108,3 +110,19 @@ def test_valid_messages_pass() -> None:
     assert is_lifecycle("initialize")
     assert is_lifecycle("notifications/cancelled")
     assert not is_lifecycle("tools/list")
+
+
+@pytest.mark.parametrize("depth", [100, 110, 120, 130, 140])
+def test_running_out_of_interpreter_stack_is_too_deep_not_a_crash(depth: int) -> None:
+    # A low recursion limit makes the parser or the depth check run out of stack near the
+    # limit, whichever comes first: both are too_deep, never a RecursionError (a 500).
+    body = b"[" * depth + b"]" * depth
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 120)
+    try:
+        outcome = decode_strict(body, max_depth=512)
+    except CallerError as exc:
+        outcome = exc.code
+    finally:
+        sys.setrecursionlimit(previous)
+    assert outcome == "too_deep" or _depth(outcome) == depth
