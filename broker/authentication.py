@@ -8,7 +8,6 @@ issuer's key set, so removing a key at the identity provider takes effect at the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Callable
 
@@ -61,14 +60,11 @@ class Authenticator:
                 return hit.principal
             self._verified.discard(digest)
         try:
-            verified = self.verifier.verify(token, now=self._clock())
+            verified = self.verifier.verify(token, now=self._clock(), token_digest=digest)
         except UnknownKeyError as exc:
             if self.keys is None or not await self.keys.refetch_unknown_kid(exc.issuer):
                 raise
-            verified = self.verifier.verify(token, now=self._clock())
-        verified = dataclasses.replace(
-            verified, principal=dataclasses.replace(verified.principal, token_digest=digest)
-        )
+            verified = self.verifier.verify(token, now=self._clock(), token_digest=digest)
         self._verified.put(digest, verified, expires_at=verified.valid_until)
         return verified.principal
 

@@ -148,8 +148,9 @@ class Verifier:
         """Whether the key that verified an earlier result is still in the issuer's key set."""
         return thumbprint in self._thumbprints.get(issuer, frozenset())
 
-    def verify(self, token: str, *, now: float) -> Verified:
-        """Verify ``token`` completely or raise ``AuthenticationError``.
+    def verify(self, token: str, *, now: float, token_digest: bytes = b"") -> Verified:
+        """Verify ``token`` completely or raise ``AuthenticationError``. ``token_digest`` is
+        passed through to the principal (``Principal.token_digest``).
 
         Checks, in order: size, structure, issuer known, header ``alg`` in the issuer's
         allowlist, no ``crit``, ``typ`` when required, key by ``kid``, signature, ``iss`` exact,
@@ -197,7 +198,7 @@ class Verifier:
             raise AuthenticationError("wrong_issuer") from None
         except jwt.PyJWTError:
             raise AuthenticationError("invalid") from None
-        principal = _check_claims(claims, rules, now)
+        principal = _check_claims(claims, rules, now, token_digest)
         valid_until = principal.expires_at
         if rules.max_token_age_seconds is not None:
             issued_at = float(claims["iat"])
@@ -256,7 +257,9 @@ def _typ_matches(actual: Any, required: str) -> bool:
     return normal(actual) == normal(required)
 
 
-def _check_claims(claims: dict[str, Any], rules: IssuerRules, now: float) -> Principal:
+def _check_claims(
+    claims: dict[str, Any], rules: IssuerRules, now: float, token_digest: bytes
+) -> Principal:
     leeway = rules.leeway_seconds
     exp = _number(claims.get("exp"))
     if exp is None:
@@ -283,7 +286,13 @@ def _check_claims(claims: dict[str, Any], rules: IssuerRules, now: float) -> Pri
     subject = claims.get(rules.subject_claim)
     if not isinstance(subject, str) or not subject:
         raise AuthenticationError(f"missing_{rules.subject_claim}")
-    return Principal(issuer=rules.issuer, subject=subject, claims=claims, expires_at=exp)
+    return Principal(
+        issuer=rules.issuer,
+        subject=subject,
+        claims=claims,
+        expires_at=exp,
+        token_digest=token_digest,
+    )
 
 
 def _number(value: Any) -> float | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from broker.authentication import Authenticator
@@ -15,9 +17,9 @@ class CountingVerifier(Verifier):
         super().__init__()
         self.calls = 0
 
-    def verify(self, token: str, *, now: float) -> Verified:
+    def verify(self, token: str, *, now: float, token_digest: bytes = b"") -> Verified:
         self.calls += 1
-        return super().verify(token, now=now)
+        return super().verify(token, now=now, token_digest=token_digest)
 
 
 def setup(entries: int = 100) -> tuple[FakeIdP, Clock, CountingVerifier, Authenticator]:
@@ -31,9 +33,12 @@ def setup(entries: int = 100) -> tuple[FakeIdP, Clock, CountingVerifier, Authent
 
 async def test_repeated_token_is_verified_once() -> None:
     idp, clock, verifier, auth = setup()
-    header = f"Bearer {idp.token('k1', clock.now)}"
+    token = idp.token("k1", clock.now)
     for _ in range(5):
-        assert (await auth.authenticate(header)).subject == "alice"
+        principal = await auth.authenticate(f"Bearer {token}")
+        assert principal.subject == "alice"
+        # Per-token work is keyed by this digest, never by the JWT itself.
+        assert principal.token_digest == hashlib.sha256(token.encode()).digest()
     assert verifier.calls == 1
 
 
