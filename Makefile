@@ -68,9 +68,12 @@ $(VENV)/.bench-installed: $(BIN)/broker pyproject.toml
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-## A few seconds: check that the benchmark harness works (never fails on a performance ratio).
+## A few seconds: check that the benchmark harness works (never fails on a performance ratio),
+## and that the A/B probe of bench/proxy_cost.py still runs each of its calls.
 bench-smoke: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run --smoke
+	$(BIN)/python -m bench.proxy_cost --trees . --runs 1 --seconds 1 --fragmented
+	$(BIN)/python -m bench.proxy_cost --trees . --runs 1 --seconds 1 --route precheck
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
