@@ -23,8 +23,6 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.types import (
     ASGIApp,
-    HTTPResponseBodyEvent,
-    HTTPResponseStartEvent,
     Message,
     Receive,
     Scope,
@@ -57,6 +55,7 @@ from broker.routes import (
     tokens,
 )
 from broker.routes.observability import METRIC_HELP, collect_state_metrics
+from broker.routes.responses import JsonBody
 from broker.state import BrokerState
 from broker.telemetry import Telemetry, route_template, setup_telemetry
 from broker.upstream import SmitheryClient
@@ -137,21 +136,8 @@ class HeaderLimit:
                         detail=f"Request headers may total at most {self.max_bytes} bytes.",
                     )
                 )
-                start: HTTPResponseStartEvent = {
-                    "type": "http.response.start",
-                    "status": 431,
-                    "headers": [
-                        (b"content-type", PROBLEM_JSON.encode()),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-                await send(start)
-                end: HTTPResponseBodyEvent = {
-                    "type": "http.response.body",
-                    "body": body,
-                    "more_body": False,
-                }
-                await send(end)
+                answer = JsonBody(body, status=431, media_type=PROBLEM_JSON.encode())
+                await answer(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -324,16 +324,24 @@ async def test_a_large_body_passes_intact_with_backpressure() -> None:
     assert server.connections == 1
 
 
-async def test_callers_beyond_max_connections_wait_for_a_free_one() -> None:
-    gate = asyncio.Event()
-    arrived = asyncio.Event()
+class Held:
+    """An answer that says when a request ``arrived``, then waits for ``gate`` to open."""
 
-    async def answer(server: Server, index: int) -> bytes:
-        arrived.set()
-        await gate.wait()
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.arrived = asyncio.Event()
+
+    async def answer(self, server: Server, index: int) -> bytes:
+        self.arrived.set()
+        await self.gate.wait()
         return fixed(b"{}")
 
-    async with serve(answer) as server:
+
+async def test_callers_beyond_max_connections_wait_for_a_free_one() -> None:
+    held = Held()
+    gate, arrived = held.gate, held.arrived
+
+    async with serve(held.answer) as server:
         client = pool(server, max_connections=1)
         first = asyncio.ensure_future(client.post("/x", [], b"", read_timeout=5))
         second = asyncio.ensure_future(client.post("/x", [], b"", read_timeout=5))
@@ -347,15 +355,10 @@ async def test_callers_beyond_max_connections_wait_for_a_free_one() -> None:
 
 
 async def test_no_free_connection_within_the_connect_timeout() -> None:
-    gate = asyncio.Event()
-    arrived = asyncio.Event()
+    held = Held()
+    gate, arrived = held.gate, held.arrived
 
-    async def answer(server: Server, index: int) -> bytes:
-        arrived.set()
-        await gate.wait()
-        return fixed(b"{}")
-
-    async with serve(answer) as server:
+    async with serve(held.answer) as server:
         client = pool(server, max_connections=1, connect_timeout=0.05)
         first = asyncio.ensure_future(client.post("/x", [], b"", read_timeout=5))
         await arrived.wait()

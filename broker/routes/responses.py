@@ -17,27 +17,34 @@ from typing import Any, Final
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 RawHeaders = tuple[tuple[bytes, bytes], ...]
-JSON_CONTENT_TYPE: Final = (b"content-type", b"application/json")
 NO_STORE: Final = ((b"cache-control", b"no-store"),)
 
 
 class JsonBody:
-    """An ASGI app that sends ``body`` (already encoded JSON) with ``headers`` and ``status``
-    (204: no body, no content headers)."""
+    """An ASGI app that sends ``body`` (already encoded JSON, of ``media_type``) with
+    ``headers`` and ``status`` (204: no body, no content headers)."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "content_type", "headers", "status")
 
-    def __init__(self, body: bytes, headers: RawHeaders = (), status: int = 200) -> None:
+    def __init__(
+        self,
+        body: bytes,
+        headers: RawHeaders = (),
+        status: int = 200,
+        *,
+        media_type: bytes = b"application/json",
+    ) -> None:
         self.body = body
         self.headers = headers
         self.status = status
+        self.content_type = (b"content-type", media_type)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = (
             list(self.headers)  # RFC 9110: no Content-Length in a 204
             if self.status == 204
             else [
-                JSON_CONTENT_TYPE,
+                self.content_type,
                 (b"content-length", str(len(self.body)).encode()),
                 *self.headers,
             ]
