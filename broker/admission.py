@@ -3,13 +3,16 @@
 Renders the user's constraints exactly as the token endpoint does (same rules, same digest),
 reads the connection's metadata from Smithery when needed (briefly cached), and asks the pure
 ``precheck.decide``. Every decision is written to the audit log with its reasons, never with
-tool arguments or credentials.
+tool arguments or credentials. The record is made right after the request's current step (see
+``Admission.decide``): off the path between the decision and the upstream write or the answer.
 
 No HTTP here (``routes/``); Smithery is reached only through ``upstream``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -96,6 +99,31 @@ class Admission:
         self._connections.put(key, metadata)
         return metadata
 
+    def _audit(
+        self,
+        decision: Decision,
+        event: str,
+        when: float,
+        principal: Principal,
+        namespace: str,
+        connection_id: str | None,
+        method: object,
+        tool: str | None,
+    ) -> None:
+        audit(
+            event,
+            time=when,
+            subject=self.telemetry.enduser(principal.subject),
+            issuer=principal.issuer,
+            namespace=namespace,
+            connection=connection_id,
+            method=method,
+            tool=tool,
+            result="allow" if decision.allowed else "deny",
+            rule=decision.rule,
+            reasons=[d.reason for d in decision.reasons],
+        )
+
     def admit(self, principal: Principal) -> CompiledConstraints:
         """The user's constraints, once the user (or a rule they would be served under) is
         known not to be revoked (``AccessRevokedError``). Routes call this before reading
@@ -156,16 +184,13 @@ class Admission:
                 ("reason", reason),
             ),
         )
-        audit(
-            event,
-            subject=self.telemetry.enduser(principal.subject),
-            issuer=principal.issuer,
-            namespace=target.namespace,
-            connection=connection_id,
-            method=method,
-            tool=tool,
-            result="allow" if decision.allowed else "deny",
-            rule=decision.rule,
-            reasons=[d.reason for d in decision.reasons],
-        )
+        # The audit record is built and written once the request's current step ends: after
+        # the proxy has written the message upstream, or precheck its answer. ``call_soon``
+        # runs it in a copy of this context, so it carries this request's trace id; its time is
+        # the decision's.
+        record = (event, time.time(), principal, target.namespace, connection_id, method, tool)
+        try:
+            asyncio.get_running_loop().call_soon(self._audit, decision, *record)
+        except RuntimeError:  # no event loop (tools): at once
+            self._audit(decision, *record)
         return decision

@@ -57,7 +57,14 @@ class _Connection(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
-        self._wakeup: asyncio.Event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._news_at = 0.0
+        """Loop time of the last news (a wakeup, or the start of a wait), for the stall timer.
+        Bytes that complete nothing (a head trickling in) are no news."""
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stall_seconds = 0.0
+        self._stalled_detail = ""
         self.status = 0
         self.keep_alive = False
         self.headers_done = False
@@ -102,7 +109,7 @@ class _Connection(asyncio.Protocol):
         # llhttp answers this only while the message is current, not after it completes.
         self.keep_alive = self._parser.should_keep_alive()
         self.headers_done = True
-        self._wakeup.set()
+        self._wake()
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
@@ -110,11 +117,11 @@ class _Connection(asyncio.Protocol):
         if self._buffered >= READ_HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        self._wakeup.set()
+        self._wake()
 
     def on_message_complete(self) -> None:
         self.complete = True
-        self._wakeup.set()
+        self._wake()
 
     # the exchange
     def start(self, request: bytes) -> None:
@@ -147,20 +154,48 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self, stall_seconds: float, stalled: str) -> None:
         """Until something new arrived (headers, a chunk, the end, or a failure); after
-        ``stall_seconds`` of nothing, the exchange fails with a ``timeout`` error (a timer
-        that wakes the waiter: cheaper than a cancelling ``asyncio.timeout``)."""
-        self._wakeup.clear()
-        timer = asyncio.get_running_loop().call_later(stall_seconds, self._stalled, stalled)
+        ``stall_seconds`` with nothing new, the exchange fails with a ``timeout`` error.
+
+        One stall timer serves every wait of an exchange: a wait moves its deadline (the time
+        of the last news) instead of starting and cancelling a timer of its own, and when it
+        fires early it sets itself again for what is left. A body of many chunks costs one
+        timer, not one per chunk.
+        """
+        loop = self._loop
+        self._news_at = loop.time()
+        self._stall_seconds = stall_seconds
+        self._stalled_detail = stalled
+        if self._stall_timer is None:
+            self._stall_timer = loop.call_at(self._news_at + stall_seconds, self._check_stall)
+        waiter = self._waiter = loop.create_future()
         try:
-            await self._wakeup.wait()
+            await waiter
         finally:
-            timer.cancel()
+            self._waiter = None
         if self.error is not None:
             raise self.error
 
-    def _stalled(self, detail: str) -> None:
-        if self.error is None:
-            self._fail(Http1Error("timeout", detail))
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._news_at = self._loop.time()
+            waiter.set_result(None)
+
+    def _check_stall(self) -> None:
+        self._stall_timer = None
+        if self._waiter is None or self.error is not None:
+            return  # nobody waits: the next wait sets the timer again
+        deadline = self._news_at + self._stall_seconds
+        if self._loop.time() >= deadline:
+            self._fail(Http1Error("timeout", self._stalled_detail))
+        else:
+            self._stall_timer = self._loop.call_at(deadline, self._check_stall)
+
+    def finish(self) -> None:
+        """The exchange is over (its connection is pooled or closed): no stall timer left."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     def take(self) -> bytes | None:
         if not self._chunks:
@@ -179,6 +214,7 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        self.finish()
         if self.transport is not None:
             self.transport.abort()
 
@@ -189,7 +225,7 @@ class _Connection(asyncio.Protocol):
                 self.complete = True  # no length given: the body ends with the connection
             elif not self.complete and self.error is None:
                 self.error = Http1Error("closed", "Smithery closed the connection mid-answer.")
-        self._wakeup.set()
+        self._wake()
 
     def _read_until_close(self) -> bool:
         names = {name for name, _ in self._headers}
@@ -198,7 +234,7 @@ class _Connection(asyncio.Protocol):
     def _fail(self, error: Http1Error) -> None:
         self.error = error
         self.abort()
-        self._wakeup.set()
+        self._wake()
 
 
 class Http1Response:
@@ -308,6 +344,7 @@ class Http1Pool:
         return Http1Response(self, connection, read_timeout)
 
     def release(self, connection: _Connection) -> None:
+        connection.finish()
         if connection.reusable and not self._closed:
             self._idle.append((time.monotonic(), connection))
         else:

@@ -224,7 +224,7 @@ class AuditLog:
             raise ValueError(f"audit fields must not carry credentials: {sorted(leaked)}")
         if not self.enabled:
             return
-        fields["time"] = round(time.time(), 3)
+        fields["time"] = round(fields.pop("time", None) or time.time(), 3)
         fields["event"] = event
         self._sequence += 1
         fields["decision_id"] = f"{self._prefix}{self._sequence:08x}"
@@ -247,7 +247,8 @@ audit_log: Final = AuditLog()
 
 
 def audit(event: str, **fields: Any) -> None:
-    """Write one audit record (costs nothing while the audit log is disabled)."""
+    """Write one audit record (costs nothing while the audit log is disabled). Its ``time`` is
+    now, unless the fields give it (a record made after the fact)."""
     audit_log.record(event, fields)
 
 

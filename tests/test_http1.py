@@ -294,6 +294,70 @@ async def test_a_body_that_stops_arriving_times_out() -> None:
     assert caught.value.reason == "timeout"
 
 
+async def test_a_head_trickling_in_is_no_news_and_times_out() -> None:
+    """Bytes that complete nothing do not move the stall deadline: an upstream sending its head
+    a byte at a time cannot hold the exchange open past ``read_timeout``."""
+
+    done = asyncio.Event()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        try:
+            while True:  # until the client gives up and closes
+                writer.write(b"a")
+                await writer.drain()
+                await asyncio.sleep(0.01)
+        except ConnectionError:
+            pass  # the client closed the connection: the end of this handler
+        finally:
+            writer.close()
+            done.set()
+
+    listener = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = Http1Pool(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout=5)
+    try:
+        async with asyncio.timeout(10):  # a regression would otherwise hang here
+            with pytest.raises(Http1Error) as caught:
+                await client.post("/x", [], b"", read_timeout=0.1)
+            await done.wait()  # the timeout closed the connection: the server saw it
+    finally:
+        listener.close()
+    assert caught.value.reason == "timeout"
+
+
+async def test_chunks_slower_than_nothing_but_faster_than_the_timeout_all_arrive() -> None:
+    """One stall timer serves the whole body: each chunk moves its deadline, so a body that
+    takes several timeouts in all, but never one without news, arrives whole."""
+    chunks = 8
+    done = asyncio.Event()
+
+    async def slow_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(chunks):
+            await asyncio.sleep(0.04)
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # until the client closes
+        writer.close()
+        done.set()
+
+    listener = await asyncio.start_server(slow_body, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = Http1Pool(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout=5)
+    try:
+        response = await client.post("/x", [], b"", read_timeout=0.1)
+        assert await body_of(response) == b"x" * chunks  # 0.32 s in all, 0.04 s between chunks
+    finally:
+        await client.aclose()
+        await done.wait()
+        listener.close()
+
+
 async def test_connection_refused_is_a_connect_error() -> None:
     listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]

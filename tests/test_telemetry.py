@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -161,6 +162,39 @@ async def test_audit_line_per_decision_with_trace_id(
     assert issued["decision_id"] != records[1]["decision_id"]
     assert issued["cache_hit"] is False
     assert records[1]["reason"] == "no_matching_rule"
+
+
+async def test_decision_records_carry_their_own_requests_trace_id(
+    traced: tuple[Harness, InMemorySpanExporter],
+) -> None:
+    """A precheck decision is audited after its answer is written (``Admission.decide``): the
+    record must still name the request's trace and the decision's time."""
+    h, exporter = traced
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get_issue"}}
+    body = {"namespace": "my-app", "connectionId": "support-github", "request": call}
+    with capture_audit() as lines:
+        for subject in ("sam", "kim"):
+            before = time.time()
+            response = await h.client.post(
+                "/v1/precheck", json=body, headers=h.auth(subject, groups=["support"])
+            )
+            assert response.status_code == 200
+            assert response.json()["allowed"] is True
+            after = time.time()
+            [record] = [
+                json.loads(line)
+                for line in b"".join(lines).splitlines()
+                if json.loads(line)["subject"] == subject
+            ]
+            assert before - 0.001 <= record["time"] <= after + 0.001
+    servers = {
+        s.attributes["enduser.id"]: format(s.context.trace_id, "032x")
+        for s in exporter.get_finished_spans()
+        if s.name == "broker.authenticate"
+    }
+    records = [json.loads(line) for line in b"".join(lines).splitlines()]
+    assert {r["subject"]: r["trace_id"] for r in records} == servers
+    assert servers["sam"] != servers["kim"]
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("raw", "alice"), ("omit", None)])
