@@ -78,7 +78,8 @@ class SmitherySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_connections: int = 100
     """Size of the upstream connection pool."""
     mcp_timeout_seconds: float = 300.0
-    """Time allowed between bytes of a proxied MCP response (tool calls can be slow)."""
+    """Time a proxied MCP response may make no progress: until its head is complete, then
+    between its body chunks (tool calls can be slow)."""
     retries: int = 2
     """Extra attempts for a call to Smithery's token or connection API after a connection error,
     timeout, 429 or 5xx (never after 400/401/403; MCP messages are never retried)."""
