@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import jwt
+import msgspec
 from jwt.algorithms import get_default_algorithms
 
 from broker.config import SUPPORTED_ALGORITHMS, IssuerConfig
 from broker.errors import AuthenticationError, ConfigError, UnknownKeyError
 
 MAX_TOKEN_BYTES: Final = 16 * 1024
+_ENCODE: Final = msgspec.json.Encoder().encode
 """Bearer tokens larger than this are refused before any parsing."""
 MAX_JWKS_BYTES: Final = 1024 * 1024
 
@@ -154,8 +156,9 @@ class Verifier:
 
         Checks, in order: size, structure, issuer known, header ``alg`` in the issuer's
         allowlist, no ``crit``, ``typ`` when required, key by ``kid``, signature, ``iss`` exact,
-        ``aud`` intersecting, ``exp`` required and in the future, ``nbf``/``iat`` when present,
-        maximum age, required claims, subject a non-empty string.
+        ``aud`` intersecting, every claim valid Unicode (no unpaired surrogate), ``exp``
+        required and in the future, ``nbf``/``iat`` when present, maximum age, required claims,
+        subject a non-empty string.
         """
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthenticationError("oversized")
@@ -198,6 +201,12 @@ class Verifier:
             raise AuthenticationError("wrong_issuer") from None
         except jwt.PyJWTError:
             raise AuthenticationError("invalid") from None
+        try:
+            # PyJWT's parser keeps unpaired UTF-16 surrogates (escaped, or even UTF-8-encoded):
+            # a claim holding one could not go into a log, a trace or a token's constraints.
+            _ENCODE(claims)
+        except UnicodeEncodeError:
+            raise AuthenticationError("malformed_claims") from None
         principal = _check_claims(claims, rules, now, token_digest)
         valid_until = principal.expires_at
         if rules.max_token_age_seconds is not None:

@@ -3,8 +3,11 @@
 The broker checks a message and then forwards the very same bytes to Smithery, which parses them
 again with JavaScript's ``JSON.parse``. Two parsers must never see different values, so anything
 they could read differently is refused here: duplicate object keys (Python and JavaScript both
-keep the last, other parsers the first), ``NaN``/``Infinity`` (not JSON), batches (current MCP has
-no batching), nesting deeper than a limit. Each refusal is a ``CallerError`` with a stable code.
+keep the last, other parsers the first), ``NaN``/``Infinity`` (not JSON), unpaired UTF-16
+surrogate escapes such as ``"\\ud800"`` (JavaScript keeps them, other parsers replace or refuse
+them, and no UTF-8 log or trace can hold them), numbers of more digits than Python converts,
+batches (current MCP has no batching), nesting deeper than a limit. Each refusal is a
+``CallerError`` with a stable code.
 
 Pure: no I/O. It does not decide whether a message is allowed (``precheck.py``).
 """
@@ -12,8 +15,11 @@ Pure: no I/O. It does not decide whether a message is allowed (``precheck.py``).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any, Final
+
+import msgspec
 
 from broker.errors import CallerError, InvalidJSONError
 
@@ -56,12 +62,14 @@ def _no_constants(name: str) -> Any:
 
 _DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
 """Built once: ``json.loads`` with hooks builds a decoder (and its scanner) on every call."""
+_ENCODE: Final = msgspec.json.Encoder().encode
 
 
 def decode_strict(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
-    """Parse one JSON document, refusing duplicate keys, NaN/Infinity and deep nesting."""
+    """Parse one JSON document, refusing duplicate keys, NaN/Infinity, unpaired surrogate
+    escapes, numbers too long to convert, and deep nesting."""
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8")  # strict: UTF-8-encoded surrogates are refused here
     except UnicodeDecodeError:
         raise InvalidJSONError("The body is not UTF-8.") from None
     try:
@@ -71,9 +79,29 @@ def decode_strict(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
         too_deep = True
     except json.JSONDecodeError as exc:
         raise InvalidJSONError(f"The body is not valid JSON ({exc.msg} at {exc.pos}).") from None
+    except ValueError:  # an integer longer than int() converts (sys.get_int_max_str_digits)
+        raise InvalidJSONError(
+            f"The body holds a number of more than {sys.get_int_max_str_digits()} digits."
+        ) from None
     if too_deep:
         raise TooDeepError(f"JSON may nest at most {max_depth} levels.")
+    if "\\u" in text and _holds_surrogate(value):
+        raise InvalidJSONError(
+            "The body holds an unpaired UTF-16 surrogate escape (such as \\ud800): "
+            "every string must be valid Unicode."
+        )
     return value
+
+
+def _holds_surrogate(value: Any) -> bool:
+    """Whether a decoded string (key or value) holds a surrogate code point. The decoder joins
+    an escaped pair into one character, so one that is left was unpaired; UTF-8 cannot encode
+    it, which is the check (in C)."""
+    try:
+        _ENCODE(value)
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _too_deep(value: Any, levels: int) -> bool:

@@ -28,6 +28,12 @@ from broker.jsonrpc import check_message, decode_strict, is_lifecycle, is_notifi
         (b"{", "invalid_json"),
         (b"", "invalid_json"),
         (b'{"a": 1} {"b": 2}', "invalid_json"),
+        (b'{"id": "\\ud800"}', "invalid_json"),  # an unpaired high surrogate escape
+        (b'{"a": ["x\\udfff"]}', "invalid_json"),  # an unpaired low one, in an array
+        (b'{"\\udc00": 1}', "invalid_json"),  # in a key
+        (b'{"a": "\\ude00\\ud83d"}', "invalid_json"),  # a pair in the wrong order
+        (b'{"a": "\xed\xa0\x80"}', "invalid_json"),  # a surrogate encoded as UTF-8
+        (b'{"n": ' + b"9" * 5000 + b"}", "invalid_json"),  # more digits than int() converts
     ],
 )
 def test_hostile_json_refused(body: bytes, code: str) -> None:
@@ -35,6 +41,19 @@ def test_hostile_json_refused(body: bytes, code: str) -> None:
         decode_strict(body)
     assert caught.value.code == code
     assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"a": "\\ud83d\\ude00"}', {"a": "\U0001f600"}),  # an escaped pair: one character
+        (b'{"a": "\\\\ud800"}', {"a": "\\ud800"}),  # an escaped backslash, then text
+        (b'{"a": "caf\\u00e9"}', {"a": "caf\u00e9"}),
+        (b'{"n": ' + b"9" * 4300 + b"}", {"n": int("9" * 4300)}),  # at the digit limit
+    ],
+)
+def test_escapes_that_are_valid_unicode_pass(body: bytes, expected: Any) -> None:
+    assert decode_strict(body) == expected
 
 
 def test_depth_limit_boundary() -> None:

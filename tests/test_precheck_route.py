@@ -153,6 +153,11 @@ async def test_unauthenticated_is_401(broker: Harness) -> None:
             "invalid_json",
         ),
         (b'{"namespace": "my-app"', "invalid_json"),
+        (
+            b'{"namespace": "my-app", "metadata": {"userId": "\\udbff"}, '
+            b'"request": {"jsonrpc": "2.0", "id": 1, "method": "ping"}}',
+            "invalid_json",
+        ),
         (b'{"namespace": "../tokens", "request": {}}', "invalid_request"),
         (b'{"namespace": "my-app", "request": {}, "extra": 1}', "invalid_request"),
         (

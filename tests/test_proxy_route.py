@@ -193,6 +193,17 @@ async def test_path_injection_refused(proxy: Proxy, connection: str) -> None:
         ),
         (b'{"jsonrpc":"2.0","id":1}', "invalid_jsonrpc"),
         (b"not json", "invalid_json"),
+        # A denial echoes the id: an unpaired surrogate there could not be encoded (it was a 500).
+        (
+            b'{"jsonrpc":"2.0","id":"\\ud800","method":"tools/call",'
+            b'"params":{"name":"delete_repository"}}',
+            "invalid_json",
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_issue",'
+            b'"arguments":{"n":' + b"9" * 5000 + b"}}}",
+            "invalid_json",
+        ),
     ],
 )
 async def test_hostile_messages_are_400(proxy: Proxy, body: bytes, code: str) -> None:

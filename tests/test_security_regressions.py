@@ -269,6 +269,23 @@ async def test_non_json_payload_rejected(front: Front, caplog: pytest.LogCapture
     await front.assert_refused(token, "invalid", caplog)
 
 
+@pytest.mark.parametrize(
+    "claim",
+    [
+        b'"name": "\\ud800"',  # an unpaired surrogate escape
+        b'"groups": ["support\\udfff"]',  # in an array
+        b'"name": "\xed\xa0\x80"',  # a surrogate encoded as UTF-8 (PyJWT's parser keeps it)
+    ],
+)
+async def test_claims_with_unpaired_surrogates_rejected(
+    front: Front, caplog: pytest.LogCaptureFixture, claim: bytes
+) -> None:
+    """Validly signed, but no log, trace or constraint could hold the claim (it was a 500)."""
+    payload = json.dumps(front.claims()).encode()[:-1] + b", " + claim + b"}"
+    token = front.sign_raw({"alg": "RS256", "kid": "k1", "typ": "JWT"}, payload)
+    await front.assert_refused(token, "malformed_claims", caplog)
+
+
 async def test_non_json_header_rejected(front: Front, caplog: pytest.LogCaptureFixture) -> None:
     _, payload, signature = front.sign().split(".")
     await front.assert_refused(f"{b64(b'{{{')}.{payload}.{signature}", "malformed", caplog)
