@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from broker.errors import PayloadTooLargeError
-from broker.routes.body import ClientDisconnectedError, RequestTimeoutError, receive_body
+from broker.routes.body import (
+    ClientDisconnectedError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+    receive_body,
+    require_json,
+)
 
 
 def channel(*messages: dict[str, Any]) -> tuple[Callable[[], Awaitable[Any]], list[int]]:
@@ -104,3 +110,38 @@ async def test_slow_body_is_408() -> None:
             timeout_seconds=0.01,
         )
     assert caught.value.status == 408
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "Application/JSON; charset=UTF-8",
+        'application/json; charset="utf-8"',
+        "application/json;charset=utf8",
+        "application/vnd.api+json",
+        "application/json; profile=x",
+    ],
+)
+def test_json_in_utf8_is_accepted(content_type: str) -> None:
+    require_json(content_type)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "detail"),
+    [
+        (None, "application/json"),
+        ("text/plain", "application/json"),
+        ("application/x-www-form-urlencoded", "application/json"),
+        ("application/jsonp", "application/json"),
+        ("application/json; charset=utf-16", "UTF-8"),
+        ('application/json; charset="UTF-16LE"', "UTF-8"),
+        ("application/json; charset=latin-1", "UTF-8"),
+        ("application/json; charset=", "UTF-8"),
+    ],
+)
+def test_other_media_types_and_charsets_are_415(content_type: str | None, detail: str) -> None:
+    with pytest.raises(UnsupportedMediaTypeError) as caught:
+        require_json(content_type)
+    assert caught.value.status == 415
+    assert detail in str(caught.value)

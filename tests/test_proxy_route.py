@@ -213,6 +213,16 @@ async def test_hostile_messages_are_400(proxy: Proxy, body: bytes, code: str) ->
     assert proxy.mcp.seen == []
 
 
+async def test_a_body_declared_in_another_charset_is_415_and_not_forwarded(proxy: Proxy) -> None:
+    """The broker reads JSON as UTF-8; a parser upstream honouring ``charset=utf-16`` might not."""
+    response = await proxy.post(
+        "support-github", CALL_GET_ISSUE, **{"Content-Type": "application/json; charset=utf-16"}
+    )
+    assert response.status_code == 415
+    assert response.json()["code"] == "unsupported_media_type"
+    assert proxy.mcp.seen == []
+
+
 async def test_unauthenticated_is_401(proxy: Proxy) -> None:
     response = await proxy.broker.client.post(
         "/v1/mcp/my-app/support-github", content=CALL_GET_ISSUE

@@ -45,12 +45,25 @@ def decode_json_body(body: bytes, content_type: str | None, type_: type[T], defa
 
 
 def require_json(content_type: str | None) -> None:
-    """Refuse bodies not declared as JSON (415)."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
+    """Refuse bodies not declared as JSON, or declared in another charset than UTF-8 (415).
+
+    JSON between systems is UTF-8 (RFC 8259 §8.1) and the broker reads it so. A body declared
+    ``charset=utf-16`` could be read differently by a parser upstream that honours the
+    declaration, and the proxy forwards the declaration with the bytes it checked.
+    """
+    media, _, parameters = (content_type or "").partition(";")
+    media = media.strip().lower()
     if media != "application/json" and not (
         media.startswith("application/") and media.endswith("+json")
     ):
         raise UnsupportedMediaTypeError("Send the body as application/json.")
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            raise UnsupportedMediaTypeError("JSON is UTF-8: send charset=utf-8 or no charset.")
 
 
 def declares_body(content_length: str | None, transfer_encoding: str | None) -> bool:
