@@ -305,10 +305,14 @@ def _check_claims(
 
 
 def _number(value: Any) -> float | None:
-    """A finite JSON number as float; None for anything else (booleans included)."""
+    """A finite JSON number as float; None for anything else (booleans included, and integers
+    beyond the float range, which ``float()`` refuses)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
     return number if math.isfinite(number) else None
 
 

@@ -286,6 +286,27 @@ async def test_claims_with_unpaired_surrogates_rejected(
     await front.assert_refused(token, "malformed_claims", caplog)
 
 
+@pytest.mark.parametrize(
+    ("claim", "reason"),
+    [
+        (b'"exp": 1' + b"0" * 400, "invalid_exp"),  # an integer beyond the float range
+        (b'"exp": 1e999', "invalid_exp"),  # a float that overflows to infinity
+        (b'"nbf": -1' + b"0" * 400, "invalid_nbf"),
+        (b'"iat": 1' + b"0" * 400, "invalid_iat"),
+    ],
+)
+async def test_times_beyond_the_float_range_rejected(
+    front: Front, caplog: pytest.LogCaptureFixture, claim: bytes, reason: str
+) -> None:
+    """Validly signed times that no clock can compare (``float()`` overflowed: it was a 500)."""
+    claims = front.claims()
+    name = claim.split(b'"')[1].decode()
+    claims.pop(name, None)
+    payload = json.dumps(claims).encode()[:-1] + b", " + claim + b"}"
+    token = front.sign_raw({"alg": "RS256", "kid": "k1", "typ": "JWT"}, payload)
+    await front.assert_refused(token, reason, caplog)
+
+
 async def test_non_json_header_rejected(front: Front, caplog: pytest.LogCaptureFixture) -> None:
     _, payload, signature = front.sign().split(".")
     await front.assert_refused(f"{b64(b'{{{')}.{payload}.{signature}", "malformed", caplog)
