@@ -32,9 +32,9 @@ from broker.config import SUPPORTED_ALGORITHMS, IssuerConfig
 from broker.errors import AuthenticationError, ConfigError, UnknownKeyError
 
 MAX_TOKEN_BYTES: Final = 16 * 1024
-_ENCODE: Final = msgspec.json.Encoder().encode
 """Bearer tokens larger than this are refused before any parsing."""
 MAX_JWKS_BYTES: Final = 1024 * 1024
+_ENCODE: Final = msgspec.json.Encoder().encode
 
 # Which JWK key types can verify which algorithm family (RFC 7518 §6).
 _KTY_FOR_PREFIX: Final = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
