@@ -63,11 +63,19 @@ async def test_no_declared_body_reads_nothing(length: str | None, encoding: str 
     assert taken == [0]
 
 
-async def test_declared_length_over_the_limit_is_refused_unread() -> None:
+@pytest.mark.parametrize("length", ["11", "9" * 19, "9" * 5000])
+async def test_declared_length_over_the_limit_is_refused_unread(length: str) -> None:
     receive, taken = channel(part(b"x" * 11, False))
     with pytest.raises(PayloadTooLargeError):
-        await read(receive, "11")
+        await read(receive, length)
     assert taken == [0]
+
+
+async def test_a_length_that_is_no_ascii_number_is_not_trusted() -> None:
+    """``str.isdigit`` takes "²" for a digit, ``int()`` does not: the body is read and counted."""
+    receive, taken = channel(part(b"hello", False))
+    assert await read(receive, "\u00b2") == b"hello"
+    assert taken == [1]
 
 
 async def test_body_growing_past_the_limit_stops_reading() -> None:

@@ -211,7 +211,15 @@ async def test_create_without_url_is_400() -> None:
 
 
 @pytest.mark.parametrize(
-    "query", [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"metadata.userId": "bob"}]
+    "query",
+    [
+        {"limit": "0"},
+        {"limit": "101"},
+        {"limit": "x"},
+        {"limit": "\u00b2"},  # a digit to str.isdigit, not to int()
+        {"limit": "9" * 5000},  # more digits than int() converts (it was a 500)
+        {"metadata.userId": "bob"},
+    ],
 )
 async def test_bad_list_query_is_400(query: dict[str, str]) -> None:
     async with harness() as h:
@@ -219,6 +227,15 @@ async def test_bad_list_query_is_400(query: dict[str, str]) -> None:
             f"/v1/connections/{NS}", params=query, headers=user(h, "alice")
         )
         assert response.status_code == 400
+        assert response.json()["code"] == "invalid_request"
+
+
+async def test_a_zero_padded_limit_is_a_limit() -> None:
+    async with harness() as h:
+        response = await h.client.get(
+            f"/v1/connections/{NS}", params={"limit": "0002"}, headers=user(h, "alice")
+        )
+        assert response.status_code == 200
 
 
 async def test_bad_names_are_400() -> None:

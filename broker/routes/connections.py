@@ -78,7 +78,9 @@ async def list_connections(
     raw_limit = params.get("limit")
     limit = None
     if raw_limit is not None:
-        if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        if not (
+            raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit.lstrip("0")) <= 3
+        ) or not (1 <= int(raw_limit) <= 100):
             raise InvalidRequestError("limit must be an integer from 1 to 100.")
         limit = int(raw_limit)
     page = await broker.provisioning.list(principal, namespace, cursor=cursor, limit=limit)

@@ -187,7 +187,9 @@ def _decode_list_query(
         if len(request.query_params.getall(key)) > 1:
             raise ValidationFailedError(f"Query parameter given more than once - at `{key}`")
         if key == "limit":
-            if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_LIST_LIMIT:
+            if not (value.isascii() and value.isdigit() and len(value.lstrip("0")) <= 3) or not (
+                1 <= int(value) <= MAX_LIST_LIMIT
+            ):
                 raise ValidationFailedError(
                     f"Expected an integer from 1 to {MAX_LIST_LIMIT} - at `limit`"
                 )
