@@ -57,7 +57,7 @@ from broker.routes import (
 from broker.routes.observability import METRIC_HELP, collect_state_metrics
 from broker.routes.responses import JsonBody
 from broker.state import BrokerState
-from broker.telemetry import Telemetry, route_template, setup_telemetry
+from broker.telemetry import Telemetry, audit_log, route_template, setup_telemetry
 from broker.upstream import SmitheryClient
 
 logger = logging.getLogger("broker.app")
@@ -329,6 +329,7 @@ def create_app(
         await upstream.aclose()
         await cluster.aclose()
         telemetry.shutdown()  # flushes spans still queued for export
+        audit_log.flush()  # and audit lines still waiting for the end of a loop iteration
 
     async def count_response(message: Message, scope: Scope) -> None:
         if message["type"] == "http.response.start":

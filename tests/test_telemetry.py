@@ -198,6 +198,21 @@ async def test_decision_records_carry_their_own_requests_trace_id(
     assert authenticated["sam"] != authenticated["kim"]
 
 
+async def test_a_decision_just_before_shutdown_is_in_the_audit_log_after_it() -> None:
+    call = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    with capture_audit() as lines:
+        async with harness() as h:
+            response = await h.client.post(
+                "/v1/precheck",
+                json={"namespace": "my-app", "metadata": {}, "request": call},
+                headers=h.auth("sam", groups=["support"]),
+            )
+            assert response.status_code == 200
+        # The app has shut down; capture_audit has not flushed yet.
+        records = [json.loads(line) for line in b"".join(lines).splitlines()]
+    assert [r["event"] for r in records] == ["precheck.decision"]
+
+
 @pytest.mark.parametrize(("mode", "expected"), [("raw", "alice"), ("omit", None)])
 def test_subject_privacy_modes(mode: str, expected: Any) -> None:
     telemetry = setup_telemetry(TelemetrySettings(subject=mode), {})
