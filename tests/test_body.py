@@ -71,6 +71,12 @@ async def test_declared_length_over_the_limit_is_refused_unread(length: str) -> 
     assert taken == [0]
 
 
+async def test_a_length_with_thousands_of_leading_zeros_is_its_value() -> None:
+    receive, taken = channel(part(b"hello", False))
+    assert await read(receive, "0" * 5000 + "5") == b"hello"
+    assert taken == [1]
+
+
 async def test_a_length_that_is_no_ascii_number_is_not_trusted() -> None:
     """``str.isdigit`` takes "²" for a digit, ``int()`` does not: the body is read and counted."""
     receive, taken = channel(part(b"hello", False))

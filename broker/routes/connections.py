@@ -78,11 +78,11 @@ async def list_connections(
     raw_limit = params.get("limit")
     limit = None
     if raw_limit is not None:
-        if not (
-            raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit.lstrip("0")) <= 3
-        ) or not (1 <= int(raw_limit) <= 100):
+        # Leading zeros dropped before int(), which refuses (ValueError) over 4300 digits.
+        digits = raw_limit.lstrip("0") if raw_limit.isascii() and raw_limit.isdigit() else "x"
+        if len(digits) > 3 or not digits.isdigit() or not 1 <= int(digits) <= 100:
             raise InvalidRequestError("limit must be an integer from 1 to 100.")
-        limit = int(raw_limit)
+        limit = int(digits)
     page = await broker.provisioning.list(principal, namespace, cursor=cursor, limit=limit)
     return Response(page, headers=NO_STORE)
 

@@ -515,6 +515,7 @@ def test_list_default_limit_is_100(client: TestClient[Any]) -> None:
         pytest.param("?limit=ten", id="limit_not_integer"),
         pytest.param("?limit=-1", id="limit_negative"),
         pytest.param("?limit=" + "9" * 5000, id="limit_beyond_int_conversion"),
+        pytest.param("?limit=" + "0" * 5000, id="limit_zeros_beyond_int_conversion"),
         pytest.param("?limit=%C2%B2", id="limit_superscript_digit"),
         pytest.param("?limit=1&limit=2", id="limit_repeated"),
         pytest.param("?cursor=%25%25", id="cursor_garbage"),
