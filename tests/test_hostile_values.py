@@ -16,8 +16,10 @@ from typing import Final
 import msgspec
 import pytest
 import pytest_asyncio
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from broker.config import AdminSettings, Secret
+from broker.config import AdminSettings, Secret, TelemetrySettings
+from broker.telemetry import setup_telemetry
 from tests.inprocess import Harness, harness
 
 ADMIN: Final = "admin-token-hostile-values-0123"
@@ -121,9 +123,14 @@ PATHS: Final = {
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def broker() -> AsyncIterator[Harness]:
-    async with harness() as h:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["untraced", "traced"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """Traced too: the odd values then also become span attributes and events."""
+    telemetry = None
+    if request.param == "traced":
+        exporter = InMemorySpanExporter()
+        telemetry = setup_telemetry(TelemetrySettings(subject="raw"), {}, exporter=exporter)
+    async with harness(telemetry=telemetry) as h:
         await h.create_connection(
             "my-app", "support-github", metadata={"connectionId": "support-github"}
         )
