@@ -216,11 +216,14 @@ def run_server(
     With ``fd``, serve on an already-listening inherited socket (systemd socket activation, and
     tests, which bind first so there is nothing to wait for).
     """
+    from broker.headtimeout import head_timeout_protocol
+
     limits = server_settings or ServerSettings()
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=head_timeout_protocol(limits.head_timeout_seconds),
         log_level="warning",
         access_log=False,
         server_header=False,
@@ -265,12 +268,14 @@ def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
     extra = []
     if settings.telemetry.metrics_port:
         from broker.app import create_metrics_app
+        from broker.headtimeout import head_timeout_protocol
 
         extra.append(
             uvicorn.Config(
                 create_metrics_app(app),
                 host=host or settings.server.host,
                 port=settings.telemetry.metrics_port,
+                http=head_timeout_protocol(settings.server.head_timeout_seconds),
                 log_level="warning",
                 access_log=False,
                 server_header=False,

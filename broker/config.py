@@ -252,6 +252,11 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Then wait at most this long for in-flight requests to finish before exiting."""
     keep_alive_seconds: int = 5
     """Idle keep-alive connections are closed after this long."""
+    head_timeout_seconds: float = 10.0
+    """A request's head (request line and headers) must arrive within this time of the
+    connection opening, or of the request's first byte on a reused connection (checked every
+    half of it, so at most one and a half of it); 408 and the connection is closed
+    (slowloris)."""
     body_timeout_seconds: float = 10.0
     """A request body must arrive within this time (slow clients cannot hold a worker); 408."""
     max_header_bytes: int = 32 * 1024
@@ -402,8 +407,14 @@ def settings_problems(settings: Settings) -> list[str]:
     server = settings.server
     if server.shutdown_delay_seconds < 0 or server.drain_timeout_seconds < 0:
         problems.append("BROKER_SERVER_SHUTDOWN_DELAY/DRAIN_TIMEOUT_SECONDS: must not be negative")
-    if server.keep_alive_seconds < 1 or server.body_timeout_seconds <= 0:
-        problems.append("BROKER_SERVER_KEEP_ALIVE/BODY_TIMEOUT_SECONDS: must be positive")
+    if (
+        server.keep_alive_seconds < 1
+        or server.body_timeout_seconds <= 0
+        or server.head_timeout_seconds <= 0
+    ):
+        problems.append(
+            "BROKER_SERVER_KEEP_ALIVE/HEAD_TIMEOUT/BODY_TIMEOUT_SECONDS: must be positive"
+        )
     if not 1024 <= server.max_header_bytes <= 1024 * 1024:
         problems.append("BROKER_SERVER_MAX_HEADER_BYTES: must be between 1024 and 1048576")
     if not 0 < settings.server.port < 65536:

@@ -282,6 +282,23 @@ async def test_no_secret_in_broker_output(
     assert '"event":"token.issued"' in output
 
 
+async def test_broker_serve_closes_a_connection_whose_head_never_comes(
+    start_broker: Any, emulator: Process
+) -> None:
+    """``broker serve`` (real process): a client that connects and sends nothing, or only part
+    of a head, gets 408 and a closed connection (``BROKER_SERVER_HEAD_TIMEOUT_SECONDS``)."""
+    broker = start_broker(emulator.url, BROKER_SERVER_HEAD_TIMEOUT_SECONDS="0.3")
+    host, port = broker.url.removeprefix("http://").split(":")
+    async with asyncio.timeout(20):
+        for opening in (b"", b"POST /v1/tokens HTTP/1.1\r\nHost: broker\r\n"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(opening)
+            answer = await reader.read()  # everything until the broker closes the connection
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b'"code":"request_timeout"' in answer
+
+
 async def test_oversized_headers_refused_with_431(http: httpx.AsyncClient, broker: Process) -> None:
     response = await http.post(
         f"{broker.url}/v1/tokens", headers={"Authorization": "Bearer x", "X-Padding": "p" * 40_000}
