@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from broker.app import PROBLEM_JSON, PROBLEM_TYPE_PREFIX, Problem
+from broker.app import PROBLEM_JSON, encode_problem
 
 
 def head_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
     """uvicorn's ``http`` protocol class with a ``seconds`` deadline for each request's head."""
-    body = msgspec.json.encode(
-        Problem(
-            type=PROBLEM_TYPE_PREFIX + "request_timeout",
-            title="Request timeout",
-            status=408,
-            code="request_timeout",
-            detail=f"The request's head (request line and headers) did not arrive within "
-            f"{seconds:g} s.",
-        )
+    body = encode_problem(
+        408,
+        "request_timeout",
+        "Request timeout",
+        f"The request's head (request line and headers) did not arrive within {seconds:g} s.",
     )
     answer = (
         b"HTTP/1.1 408 Request Timeout\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
