@@ -64,6 +64,20 @@ async def serve(answer: Callable[[Server, int], Awaitable[bytes | None]]) -> Asy
         listener.close()
 
 
+@asynccontextmanager
+async def scripted(handler: Handler) -> AsyncIterator[Http1Pool]:
+    """A loopback server that runs ``handler`` on each connection (answers written by hand, a
+    byte at a time if need be), and a one-connection pool to it; both closed afterwards."""
+    listener = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = Http1Pool(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        listener.close()
+
+
 def pool(server: Server, **options: float) -> Http1Pool:
     return Http1Pool(
         server.url,
@@ -141,13 +155,10 @@ async def test_close_delimited_body_ends_with_the_connection_and_is_not_reused()
         await writer.drain()
         writer.close()
 
-    listener = await asyncio.start_server(reply_then_close, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    client = Http1Pool(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout=5)
-    for _ in range(2):
-        response = await client.post("/x", [], b"", read_timeout=5)
-        assert await body_of(response) == b"all of it"
-    listener.close()
+    async with scripted(reply_then_close) as client:
+        for _ in range(2):
+            response = await client.post("/x", [], b"", read_timeout=5)
+            assert await body_of(response) == b"all of it"
 
 
 async def test_no_content_answer_for_a_notification() -> None:
@@ -251,20 +262,17 @@ async def test_closed_mid_body_is_an_error() -> None:
         await writer.drain()
         writer.close()
 
-    listener = await asyncio.start_server(partial_then_close, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    client = Http1Pool(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout=5)
-    response = await client.post("/x", [], b"", read_timeout=5)
     received: list[bytes] = []
+    async with scripted(partial_then_close) as client:
+        response = await client.post("/x", [], b"", read_timeout=5)
 
-    async def drain() -> None:
-        async for chunk in response.chunks():
-            received.append(chunk)
+        async def drain() -> None:
+            async for chunk in response.chunks():
+                received.append(chunk)
 
-    with pytest.raises(Http1Error) as caught:
-        await drain()
-    await response.aclose()
-    listener.close()
+        with pytest.raises(Http1Error) as caught:
+            await drain()
+        await response.aclose()
     assert caught.value.reason == "closed"
     assert b"".join(received) == b"only part"
 
@@ -314,16 +322,10 @@ async def test_a_head_trickling_in_is_no_news_and_times_out() -> None:
             writer.close()
             done.set()
 
-    listener = await asyncio.start_server(trickle, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    client = Http1Pool(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout=5)
-    try:
-        async with asyncio.timeout(10):  # a regression would otherwise hang here
-            with pytest.raises(Http1Error) as caught:
-                await client.post("/x", [], b"", read_timeout=0.1)
-            await done.wait()  # the timeout closed the connection: the server saw it
-    finally:
-        listener.close()
+    async with scripted(trickle) as client, asyncio.timeout(10):  # a regression would hang
+        with pytest.raises(Http1Error) as caught:
+            await client.post("/x", [], b"", read_timeout=0.1)
+        await done.wait()  # the timeout closed the connection: the server saw it
     assert caught.value.reason == "timeout"
 
 
@@ -346,16 +348,11 @@ async def test_chunks_slower_than_nothing_but_faster_than_the_timeout_all_arrive
         writer.close()
         done.set()
 
-    listener = await asyncio.start_server(slow_body, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    client = Http1Pool(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout=5)
-    try:
+    async with scripted(slow_body) as client:
         response = await client.post("/x", [], b"", read_timeout=0.1)
         assert await body_of(response) == b"x" * chunks  # 0.32 s in all, 0.04 s between chunks
-    finally:
-        await client.aclose()
+        await client.aclose()  # the server's handler ends when the connection does
         await done.wait()
-        listener.close()
 
 
 async def test_connection_refused_is_a_connect_error() -> None:
