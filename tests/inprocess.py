@@ -6,6 +6,7 @@ fast; the integration tests run the same pieces as real processes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,6 +54,13 @@ class Harness:
             headers={"Authorization": f"Bearer {API_KEY}"},
         )
         assert response.status_code in (200, 201), response.text
+
+    async def settle(self) -> None:
+        """Run the callbacks the app has queued on its event loop, such as the audit record
+        ``Admission.decide`` writes once the request's step ends. The test client serves the
+        app on a loop of its own in another thread (a blocking portal), where a call is queued
+        behind every callback already there: when it returns, they have run."""
+        self.client.blocking_portal.call(asyncio.sleep, 0)
 
 
 @asynccontextmanager

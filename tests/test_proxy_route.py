@@ -352,6 +352,7 @@ async def test_audit_records_each_call_and_only_the_mint_of_its_token(proxy: Pro
     with capture_audit() as lines:
         for _ in range(3):
             assert (await proxy.post("support-github", CALL_GET_ISSUE)).status_code == 200
+        await proxy.broker.settle()
     records = [json.loads(line) for line in b"".join(lines).splitlines()]
     assert [r["event"] for r in records] == [
         "proxy.decision",
