@@ -199,7 +199,7 @@ class Verifier:
             raise AuthenticationError("wrong_audience") from None
         except jwt.InvalidIssuerError:
             raise AuthenticationError("wrong_issuer") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, RecursionError):  # a signed payload nested past the interpreter
             raise AuthenticationError("invalid") from None
         try:
             # PyJWT's parser keeps unpaired UTF-16 surrogates (escaped, or even UTF-8-encoded):
@@ -248,7 +248,7 @@ def _decode_segment(segment: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         value = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # deep nesting: before any signature
         raise AuthenticationError("malformed") from None
     if not isinstance(value, dict):
         raise AuthenticationError("malformed")

@@ -609,11 +609,13 @@ class _FileChecker:
                     f"unknown Constraint field; allowed: {', '.join(GRANT_FIELDS)}",
                     value.key,
                 )
-        if not any(key in body for key in GRANT_FIELDS):
+        if not any(key in body for key in GRANT_FIELDS if key != "ttl"):
             # An empty Constraint restricts nothing: the token would carry the API key's power.
+            # A ttl alone shortens the token's life, and restricts nothing either.
             self.problem(
                 path,
-                "an empty grant would carry the API key's full power; name at least namespaces",
+                "a grant that restricts nothing (empty, or only a ttl) would carry the API key's "
+                "full power; name at least namespaces",
                 grant,
             )
         namespaces: Template | tuple[Template, ...] | None = None

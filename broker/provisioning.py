@@ -52,8 +52,14 @@ LIST_PAGE_SIZE: Final = 100
 """Smithery's largest page (``limit`` 1-100), used when counting a user's connections."""
 _ID_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._~-")
 
-HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")]
-HeaderValue = Annotated[str, msgspec.Meta(max_length=MAX_HEADER_VALUE_CHARS)]
+# A token (RFC 9110 §5.1) and a field value without control characters other than tab (§5.5):
+# Smithery sends these to the MCP server, so a CR or LF here would be a header injection there.
+# ``(?!\n)``: Python's ``$`` also matches before a final newline; JavaScript's does not.
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$(?!\n)")]
+HeaderValue = Annotated[
+    str,
+    msgspec.Meta(pattern=r"^[^\x00-\x08\x0a-\x1f\x7f]*$(?!\n)", max_length=MAX_HEADER_VALUE_CHARS),
+]
 MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 MetadataValue = Annotated[str, msgspec.Meta(max_length=256)]
 

@@ -36,7 +36,7 @@ RECORD_VERSION: Final = 1
 NONCE_BYTES: Final = 12  # 96-bit nonces, random per record (NIST SP 800-38D §8.2.2)
 KEY_BYTES: Final = 32  # AES-256
 MIN_NAMING_KEY_BYTES: Final = 32
-KEY_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+KEY_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _AAD_LABEL: Final = b"token-broker/sealed-record/v1"
 SETTING: Final = "BROKER_CACHE_ENCRYPTION_KEY"
 
@@ -150,7 +150,7 @@ def load_keyring(text: str) -> Keyring:
     problems: list[str] = []
     keys: dict[str, bytes] = {}
     for key_id, encoded in parsed.keys.items():
-        if not KEY_ID_PATTERN.match(key_id):
+        if not KEY_ID_PATTERN.fullmatch(key_id):
             problems.append(f"{SETTING}: key id {key_id!r} must match {KEY_ID_PATTERN.pattern}")
             continue
         key = _decode_key(encoded)

@@ -189,6 +189,11 @@ async def test_unauthenticated_denied() -> None:
         {"mcpUrl": "https://user:pw@tools.example.com/mcp"},
         {"mcpUrl": GITHUB, "headers": {f"X-H{i}": "v" for i in range(33)}},
         {"mcpUrl": GITHUB, "headers": {"Bad Header": "v"}},
+        {"mcpUrl": GITHUB, "headers": {"X-Key\n": "v"}},  # Python's $ matches before a final \n
+        # Smithery sends these to the MCP server: CR, LF or NUL there would inject headers.
+        {"mcpUrl": GITHUB, "headers": {"X-Key": "v\r\nX-Admin: 1"}},
+        {"mcpUrl": GITHUB, "headers": {"X-Key": "v\n"}},
+        {"mcpUrl": GITHUB, "headers": {"X-Key": "v\x00"}},
         {"mcpUrl": GITHUB, "metadata": {"n": 1}},
         {"name": ""},
         [],
@@ -240,10 +245,17 @@ async def test_a_zero_padded_limit_is_a_limit() -> None:
         assert response.status_code == 200
 
 
-async def test_bad_names_are_400() -> None:
+@pytest.mark.parametrize("name", ["..x", "alice-x%0A", "alice-x%0D", "alice%20x"])
+async def test_bad_names_are_400(name: str) -> None:
     async with harness() as h:
-        response = await h.client.get(f"/v1/connections/{NS}/..x", headers=user(h, "alice"))
-        assert response.status_code == 400
+        for method in ("GET", "PUT", "DELETE"):
+            response = await h.client.request(
+                method,
+                f"/v1/connections/{NS}/{name}",
+                json={"mcpUrl": GITHUB} if method == "PUT" else None,
+                headers=user(h, "alice"),
+            )
+            assert response.status_code == 400, (method, response.text)
 
 
 async def test_headers_never_returned_nor_audited() -> None:

@@ -299,6 +299,36 @@ def test_multiple_issuers_select_rules_by_iss() -> None:
     assert reason_of(lambda: v.verify(forged, now=NOW)) == "algorithm_not_allowed"
 
 
+DEEP = b"[" * 5000 + b"]" * 5000
+"""Nested past the interpreter's recursion limit, and still under the token size cap."""
+
+
+def test_deeply_nested_segments_are_malformed_not_a_crash() -> None:
+    """``json.loads`` raises RecursionError here, which is no ValueError (it was a 500)."""
+    v = verifier()
+    v.add_issuer(
+        IssuerRules(issuer="https://other.example/", audiences=("x",), algorithms=("ES256",)),
+        load_jwks({"keys": [public_jwk(EC_KEY, "o1")]}, ["ES256"]),
+    )
+    header, payload, signature = sign(claims()).split(".")
+    assert len(b64(DEEP)) < MAX_TOKEN_BYTES
+    # The header is read before any signature; with two issuers, the payload's iss too.
+    assert reason_of(lambda: v.verify(f"{b64(DEEP)}.{payload}.{signature}", now=NOW)) == (
+        "malformed"
+    )
+    assert reason_of(lambda: v.verify(f"{header}.{b64(DEEP)}.{signature}", now=NOW)) == (
+        "malformed"
+    )
+    # A validly signed one reaches PyJWT's parser, which raises it too.
+    signing_input = f"{b64(json.dumps({'alg': 'RS256', 'kid': 'rsa-1'}).encode())}.{b64(DEEP)}"
+    signed = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).sign(
+        signing_input.encode(), RSA_KEY
+    )
+    one_issuer = verifier()
+    token = f"{signing_input}.{b64(signed)}"
+    assert reason_of(lambda: one_issuer.verify(token, now=NOW)) == "invalid"
+
+
 def test_remote_jwks_parsing_skips_unusable_keys_with_reasons() -> None:
     keys, problems = parse_jwks(
         {

@@ -100,7 +100,9 @@ def test_all_errors_in_all_files_reported_at_once(tmp_path: Path) -> None:
 
 def test_one_invalid_file_rejects_the_whole_set(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLES, tmp_path / "p")
-    (tmp_path / "p" / "zz-broken.yaml").write_text("rules:\n  - id: x\n    grant: {ttl: 2d}\n")
+    (tmp_path / "p" / "zz-broken.yaml").write_text(
+        "rules:\n  - id: x\n    grant: {namespaces: a, ttl: 2d}\n"
+    )
     with pytest.raises(PolicyError) as caught:
         load_policy_dir(tmp_path / "p")
     assert [str(p).split(": ", 1)[1] for p in caught.value.problems] == [

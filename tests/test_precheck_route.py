@@ -159,6 +159,12 @@ async def test_unauthenticated_is_401(broker: Harness) -> None:
             "invalid_json",
         ),
         (b'{"namespace": "../tokens", "request": {}}', "invalid_request"),
+        # Python's ``$`` matches before a final newline: the name pattern must not.
+        (b'{"namespace": "my-app\\n", "request": {}}', "invalid_request"),
+        (
+            b'{"namespace": "my-app", "connectionId": "support-github\\n", "request": {}}',
+            "invalid_request",
+        ),
         (b'{"namespace": "my-app", "request": {}, "extra": 1}', "invalid_request"),
         (
             b'{"namespace": "my-app", "connectionId": "a", "metadata": {}, "request": {}}',

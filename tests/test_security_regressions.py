@@ -312,6 +312,15 @@ async def test_non_json_header_rejected(front: Front, caplog: pytest.LogCaptureF
     await front.assert_refused(f"{b64(b'{{{')}.{payload}.{signature}", "malformed", caplog)
 
 
+async def test_deeply_nested_header_rejected(
+    front: Front, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nesting past the interpreter's recursion limit, read before any signature (a 500 was)."""
+    _, payload, signature = front.sign().split(".")
+    header = b64(b"[" * 5000 + b"]" * 5000)
+    await front.assert_refused(f"{header}.{payload}.{signature}", "malformed", caplog)
+
+
 async def test_oversized_token_rejected_before_parsing(
     front: Front, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,7 +7,9 @@ from typing import Final
 
 from broker.errors import InvalidRequestError
 
-NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$"
+# ``(?!\n)``: Python's ``$`` also matches before a final newline (JavaScript's, as in the
+# OpenAPI document, does not); with it, both end at the string's end.
+NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$(?!\n)"
 _NAME: Final = re.compile(NAME_PATTERN)
 
 
