@@ -117,6 +117,8 @@ def format_text(explanation: Explanation) -> str:
             lines.append(f"  servers: {', '.join(block['servers'])}")
         if block["mcpUrl"]:
             lines.append(f"  mcpUrl matching: {', '.join(block['mcpUrl'])}")
+        if block["clientMetadata"]:
+            lines.append(f"  metadata clients may set: {', '.join(block['clientMetadata'])}")
         limit = block["maxConnections"]
         lines.append(f"  at most {limit} connections" if limit is not None else "  no limit")
     if explanation.decision is not None:

@@ -38,6 +38,7 @@ PROVISION_FIELDS: Final = (
     "servers",
     "mcpUrl",
     "maxConnections",
+    "clientMetadata",
 )
 MAX_CONNECTIONS_LIMIT: Final = 1000
 """Largest ``maxConnections``: counting a user's connections pages through Smithery's list."""
@@ -124,6 +125,9 @@ class Provision(msgspec.Struct, frozen=True):
     """Anchored JavaScript regexes (linear-time, ``rpcmatch``) a custom ``mcpUrl`` must match."""
     max_connections: int | None = None
     """Per-user limit on connections carrying the enforced metadata; None: no limit."""
+    client_metadata: tuple[str, ...] = ()
+    """Metadata keys a client may set (default none). No rule may grant by or enforce one of
+    them: a user could otherwise tag a connection into that rule's reach."""
 
 
 class Rule(msgspec.Struct, frozen=True):
@@ -296,10 +300,13 @@ def load_policy_sources(sources: Sequence[tuple[str, bytes]]) -> PolicySet:
     problems: list[PolicyProblem] = []
     rules: list[Rule] = []
     first_seen: dict[str, str] = {}
+    checkers: list[_FileChecker] = []
     for name, data in sources:
         checker = _FileChecker(name, first_seen)
         rules.extend(checker.check(data))
         problems.extend(sorted(checker.problems, key=lambda p: (p.line or 0, p.column or 0)))
+        checkers.append(checker)
+    problems.extend(_client_metadata_conflicts(rules, checkers))
     if not problems and not rules:
         problems.append(PolicyProblem("-", "$", "the policy set defines no rules"))
     if problems:
@@ -308,6 +315,35 @@ def load_policy_sources(sources: Sequence[tuple[str, bytes]]) -> PolicySet:
     for name, data in sources:
         digest.update(Path(name).name.encode() + b"\0" + hashlib.sha256(data).digest())
     return PolicySet(rules=tuple(rules), revision=digest.hexdigest()[:16])
+
+
+def _client_metadata_conflicts(
+    rules: Sequence[Rule], checkers: Sequence[_FileChecker]
+) -> list[PolicyProblem]:
+    """Keys clients may set (``clientMetadata``) that a rule grants access by or a provision
+    block enforces, in any file: a user could tag a connection of theirs (their credentials,
+    their server) into that rule's reach, and its users' agents would call it."""
+    reserved: dict[str, tuple[str, str]] = {}
+    for rule in rules:
+        for block in rule.grant.metadata or ():
+            for key, _ in block:
+                reserved.setdefault(key, (rule.id, "grants access by"))
+        for key, _ in rule.provision.metadata if rule.provision else ():
+            reserved.setdefault(key, (rule.id, "enforces"))
+    return [
+        PolicyProblem(
+            file=checker.file,
+            path=path,
+            message=f"clients may not set {key!r}: rule {reserved[key][0]!r} "
+            f"{reserved[key][1]} it, so a user could tag a connection into that rule's reach",
+            rule_id=rule_id,
+            line=at.line,
+            column=at.column,
+        )
+        for checker in checkers
+        for rule_id, path, key, at in checker.client_metadata_keys
+        if key in reserved
+    ]
 
 
 @dataclass(slots=True)
@@ -336,6 +372,8 @@ class _FileChecker:
     first_seen: dict[str, str]
     """Rule id → file that defined it first, shared across the set's files."""
     problems: list[PolicyProblem] = field(default_factory=list)
+    client_metadata_keys: list[tuple[str | None, str, str, _Located]] = field(default_factory=list)
+    """Each ``clientMetadata`` key: (rule id, path, key, where), checked against the whole set."""
     _rule_id: str | None = None
     _nodes: int = 0
 
@@ -722,6 +760,11 @@ class _FileChecker:
                 )
             else:
                 max_connections = limit
+        client_metadata: tuple[str, ...] = ()
+        if "clientMetadata" in body:
+            client_metadata = self._check_client_metadata(
+                body["clientMetadata"], f"{path}.clientMetadata"
+            )
         if len(self.problems) != before or namespace is None or metadata is None:
             return None
         if id_prefix is None:
@@ -733,7 +776,24 @@ class _FileChecker:
             servers=servers,
             mcp_url=mcp_url,
             max_connections=max_connections,
+            client_metadata=client_metadata,
         )
+
+    def _check_client_metadata(self, at: _Located, path: str) -> tuple[str, ...]:
+        if not isinstance(at.value, list):
+            self.problem(path, "must be a list of metadata keys clients may set", at)
+            return ()
+        keys: list[str] = []
+        for index, item in enumerate(at.value):
+            item_path = f"{path}[{index}]"
+            if not isinstance(item.value, str) or not 1 <= len(item.value) <= 128:
+                self.problem(item_path, "must be a metadata key (1-128 characters)", item)
+            elif item.value in keys:
+                self.problem(item_path, f"{item.value!r} is listed twice", item)
+            else:
+                keys.append(item.value)
+                self.client_metadata_keys.append((self._rule_id, item_path, item.value, item))
+        return tuple(keys)
 
     def _check_id_prefix(self, at: _Located, path: str) -> Template | None:
         if not isinstance(at.value, str) or not at.value:

@@ -120,6 +120,8 @@ class Entitlement:
     servers: tuple[str, ...]
     mcp_url: tuple[str, ...]
     max_connections: int | None
+    client_metadata: tuple[str, ...] = ()
+    """Metadata keys the client may set besides the enforced ones (``clientMetadata``)."""
 
     def owns(self, metadata: Mapping[str, Any] | None) -> bool:
         """Every enforced pair is on the connection (string equality, as Smithery's filter)."""
@@ -142,7 +144,26 @@ class Entitlement:
             "servers": list(self.servers),
             "mcpUrl": list(self.mcp_url),
             "maxConnections": self.max_connections,
+            "clientMetadata": list(self.client_metadata),
         }
+
+
+def check_client_metadata(entitlement: Entitlement, metadata: Mapping[str, str]) -> None:
+    """Default deny: a client sets only the keys its rule lists in ``clientMetadata``, plus any
+    enforced key at the value the policy gives it (an update that sends back the document).
+    Any other key could be one a rule grants access by: tagging a connection with it would put
+    the connection in the reach of that rule's users."""
+    for key, value in metadata.items():
+        enforced = entitlement.metadata.get(key)
+        if enforced is not None:
+            if value != enforced:
+                raise MetadataNotAllowedError(f"Metadata {key!r} is set by the policy.")
+        elif key not in entitlement.client_metadata:
+            allowed = ", ".join(map(repr, entitlement.client_metadata)) or "none"
+            raise MetadataNotAllowedError(
+                f"Metadata {key!r} is not one clients may set (the policy's clientMetadata: "
+                f"{allowed})."
+            )
 
 
 class ProvisionRenderError(Exception):
@@ -166,6 +187,7 @@ def render_entitlement(rule: Rule, claims: Mapping[str, Any]) -> Entitlement:
         servers=provision.servers,
         mcp_url=provision.mcp_url,
         max_connections=provision.max_connections,
+        client_metadata=provision.client_metadata,
     )
 
 
@@ -287,9 +309,7 @@ class Provisioning:
                     f"Your connection ids must start with {entitlement.id_prefix!r}."
                 )
             client_metadata = request.metadata or {}
-            for key, value in entitlement.metadata.items():
-                if key in client_metadata and client_metadata[key] != value:
-                    raise MetadataNotAllowedError(f"Metadata {key!r} is set by the policy.")
+            check_client_metadata(entitlement, client_metadata)
             if request.mcpUrl is not None:
                 check_mcp_url(request.mcpUrl)
                 if not entitlement.allows_target(request.mcpUrl):

@@ -68,6 +68,39 @@ async def test_enforced_key_with_another_value_denied() -> None:
 
 
 @pytest.mark.parametrize(
+    "metadata",
+    [
+        # Keys other rules grant access by: alice would put her connection (her server, her
+        # credentials) in front of acme's admins and the support agents.
+        {"orgId": "acme", "visibility": "admins"},
+        {"connectionId": "support-github"},
+        {"label": "mine"},  # no rule uses it, but the policy does not list it either
+    ],
+)
+async def test_metadata_the_policy_does_not_list_is_denied(metadata: dict[str, str]) -> None:
+    async with harness() as h:
+        response = await put(h, "alice", "alice-x", mcpUrl=GITHUB, metadata=metadata)
+        assert response.status_code == 403, response.text
+        assert response.json()["code"] == "metadata_not_allowed"
+        assert "clientMetadata: 'team'" in response.json()["detail"]
+        created = await put(h, "alice", "alice-x", mcpUrl=GITHUB)
+        assert created.status_code == 201
+        update = await put(h, "alice", "alice-x", metadata=metadata)
+        assert update.status_code == 403
+        assert (await upstream(h, "alice-x"))["metadata"] == {"userId": "alice"}
+        # No token of another rule's users reaches it.
+        for sub, claims in (
+            ("bob", {"org_id": "acme", "org_role": "admin"}),
+            ("carol", {"groups": ["support"]}),
+        ):
+            token = await h.client.post("/v1/tokens", headers=h.auth(sub, **claims))
+            listed = await h.emulator.get(
+                f"/connect/{NS}", headers={"Authorization": f"Bearer {token.json()['token']}"}
+            )
+            assert "alice-x" not in listed.text
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://evil.example.org/mcp",
