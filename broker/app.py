@@ -41,6 +41,7 @@ from broker.issuance import Issuance
 from broker.jwks import JwksManager, setup_verifier
 from broker.metrics import Metrics
 from broker.policy import PolicySet, load_policy_dir
+from broker.policy_lint import shared_claim_warnings
 from broker.provisioning import Provisioning
 from broker.reload import PolicyReloader
 from broker.routes import (
@@ -197,6 +198,8 @@ def create_app(
     verifier, remote_issuers = setup_verifier(settings.auth)
     if dev_signer is not None:
         verifier.add_issuer(dev_signer.rules(settings.auth.leeway_seconds), dev_signer.keys())
+    for warning in shared_claim_warnings(policies, verifier.issuers):
+        logger.warning("policy warning: %s", warning)
     keys = None
     if remote_issuers:
         keys = JwksManager(
@@ -275,6 +278,7 @@ def create_app(
             current=lambda: state.policy_set,
             apply=lambda new: setattr(state, "policy_set", new),
             interval_seconds=settings.policies.reload_interval_seconds,
+            warnings=lambda new: shared_claim_warnings(new, verifier.issuers),
         ),
         provisioning=Provisioning(
             policy=lambda: state.policy_set,

@@ -282,3 +282,48 @@ def _allows_session(rule: Rule) -> bool:
     patterns = {key: render_probe(template) for key, template in rule.grant.rpc_req_match}
     matcher = rpcmatch.RpcMatcher.from_mapping(patterns)
     return all(matcher.matches(probe) for probe in SESSION_PROBES)
+
+
+def shared_claim_warnings(policy_set: PolicySet, issuers: tuple[str, ...]) -> list[PolicyProblem]:
+    """With two or more issuers, a claim such as ``sub`` is unique only within its issuer. A
+    rule that applies to tokens of several issuers and interpolates a claim into the grant's
+    namespaces or metadata, or into its ``provision`` block, gives two users of different
+    issuers who share that claim's value the same connections (``when.issuer`` separates
+    them). The set alone cannot tell: ``broker serve`` logs these at start and on reload."""
+    warnings: list[PolicyProblem] = []
+    for rule in policy_set.rules:
+        reach = [issuer for issuer in issuers if not rule.issuers or issuer in rule.issuers]
+        if len(reach) < 2:
+            continue
+        places = [name for name, templates in _claim_templates(rule) if _interpolates(templates)]
+        if places:
+            warnings.append(
+                _warn(
+                    rule,
+                    ".when",
+                    f"applies to tokens of {len(reach)} issuers and interpolates claims into "
+                    f"{' and '.join(places)}: users of two issuers with the same claim value "
+                    "share these connections; add when.issuer",
+                )
+            )
+    return warnings
+
+
+def _claim_templates(rule: Rule) -> Iterator[tuple[str, list[Template]]]:
+    grant = rule.grant
+    namespaces = grant.namespaces
+    if isinstance(namespaces, Template):
+        yield "grant.namespaces", [namespaces]
+    elif namespaces is not None:
+        yield "grant.namespaces", list(namespaces)
+    yield "grant.metadata", [t for block in grant.metadata or () for _, t in block]
+    if rule.provision is not None:
+        provision = rule.provision
+        yield (
+            "provision",
+            [provision.namespace, provision.id_prefix] + [t for _, t in provision.metadata],
+        )
+
+
+def _interpolates(templates: list[Template]) -> bool:
+    return any(not template.is_literal for template in templates)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.errors import PolicyError
+from broker.errors import PolicyError, PolicyProblem
 from broker.policy import PolicySet, load_policy_dir
 
 logger = logging.getLogger("broker.reload")
@@ -32,6 +32,8 @@ class PolicyReloader:
     current: Callable[[], PolicySet]
     apply: Callable[[PolicySet], None]
     interval_seconds: float = 2.0
+    warnings: Callable[[PolicySet], list[PolicyProblem]] = lambda _: []
+    """Warnings about a valid set that only the running broker can see (logged on each swap)."""
     reloads: int = 0
     failures: int = 0
     last_error: str | None = None
@@ -71,6 +73,8 @@ class PolicyReloader:
                     new.revision,
                     len(new.rules),
                 )
+                for warning in self.warnings(new):
+                    logger.warning("  warning: %s", warning)
             return True
 
     async def check(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.policy import load_policy_dir, load_policy_sources
-from broker.policy_lint import lint_policy_set
+from broker.policy_lint import lint_policy_set, shared_claim_warnings
 from tests.test_policy import EXAMPLES
 
 
@@ -125,3 +125,38 @@ def test_session_rule_next_to_tool_rule_is_not_warned() -> None:
         " rpcReqMatch: {params.name: '^get$'}}}\n"
     )
     assert warnings_of(text) == []
+
+
+A, B = "https://a.example/", "https://b.example/"
+
+
+def test_claims_shared_across_issuers_are_warned_with_two_issuers_only() -> None:
+    policy_set = load_policy_dir(EXAMPLES)
+    assert shared_claim_warnings(policy_set, (A,)) == []
+    warned = {w.rule_id: w.message for w in shared_claim_warnings(policy_set, (A, B))}
+    # sub and org_id go into metadata; the support rules' metadata is literal.
+    assert set(warned) == {
+        "own-connections",
+        "workspace-connections",
+        "workspace-admin-connections",
+    }
+    assert warned["own-connections"] == (
+        "applies to tokens of 2 issuers and interpolates claims into grant.metadata and "
+        "provision: users of two issuers with the same claim value share these connections; "
+        "add when.issuer"
+    )
+
+
+@pytest.mark.parametrize(
+    ("when", "warned"),
+    [
+        ("", True),
+        (f"when: {{issuer: '{A}'}}", False),
+        (f"when: {{issuer: ['{A}', '{B}']}}", True),
+        (f"when: {{issuer: ['{A}', 'https://c.example/']}}", False),  # c is not configured
+    ],
+)
+def test_when_issuer_keeps_one_issuers_users_apart(when: str, warned: bool) -> None:
+    text = f"rules:\n  - id: r\n    {when}\n    grant: {{namespaces: 'ns-{{claims.sub}}'}}\n"
+    policy_set = load_policy_sources([("w.yaml", text.replace("    \n", "").encode())])
+    assert bool(shared_claim_warnings(policy_set, (A, B))) is warned

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from broker.app import create_app
+from broker.config import AuthSettings, PoliciesSettings, Secret, Settings, SmitherySettings
 from broker.reload import fingerprint_dir
-from tests.inprocess import ROOT, Harness, harness
+from broker.telemetry import Telemetry
+from tests.inprocess import API_KEY, ROOT, SIGNER, Harness, harness
 
 OWN = ROOT / "policies" / "per-user-connections.yaml"
 
@@ -123,3 +130,34 @@ async def test_watch_detects_changes_and_configmap_symlink_swaps(tmp_path: Path)
     (mount / "..data_tmp").symlink_to(second.name)
     (mount / "..data_tmp").replace(mount / "..data")
     assert fingerprint_dir(str(mount)) != before
+
+
+async def test_claims_two_issuers_share_are_warned_at_start_and_after_a_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the running broker knows its issuers: the dev signer's and a configured one here."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1"}]}))
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    support = ROOT / "policies" / "support-readonly.yaml"
+    shutil.copy(support, directory / "rules.yaml")  # literal metadata: nothing to warn
+    settings = Settings(
+        policies=PoliciesSettings(dir=str(directory)),
+        smithery=SmitherySettings(base_url="http://emulator", api_key=Secret(API_KEY)),
+        auth=AuthSettings(issuer="https://other.example/", audience=("x",), jwks_file=str(jwks)),
+    )
+    with caplog.at_level(logging.WARNING, logger="broker"):
+        app = create_app(settings, dev_signer=SIGNER, telemetry=Telemetry())
+        assert "policy warning" not in caplog.text
+        shutil.copy(OWN, directory / "rules.yaml")
+        assert await app.state.broker.reloader.reload()
+    assert "own-connections" in caplog.text
+    assert "applies to tokens of 2 issuers" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="broker"):
+        create_app(settings, dev_signer=SIGNER, telemetry=Telemetry())
+    assert "policy warning: " in caplog.text
+    assert "users of two issuers with the same claim value share these connections" in caplog.text
