@@ -230,8 +230,13 @@ class TokenCache:
             return await asyncio.shield(task), False
         except UpstreamError:
             # Smithery failed; a token past its refresh margin but not yet expired is still a
-            # valid token: serve it rather than fail (never past its expiry).
-            if entry is not None and entry.expires_at > self._clock():
+            # valid token: serve it rather than fail (never past its expiry, and never once a
+            # purge, such as a revocation while the mint ran, has taken it out).
+            if (
+                entry is not None
+                and self._entries.get(key) is entry
+                and entry.expires_at > self._clock()
+            ):
                 self.stats.stale_served += 1
                 return entry, True
             raise

@@ -213,6 +213,25 @@ async def test_valid_token_served_when_refresh_fails_never_past_expiry() -> None
     assert entry.expires_at <= clock.now
 
 
+async def test_a_token_purged_while_its_refresh_fails_is_not_served_stale() -> None:
+    """A revocation purges the cache while the refresh mint is in flight; the mint then fails.
+    The purged token must not come back as the stale fallback."""
+    clock = Clock()
+    cache = TokenCache(clock=clock, refresh_ahead=False)
+    mint = Minter(clock, lifetime=900)
+    await cache.get_or_mint(key(), mint)
+    clock.now += 800  # past the margin: the next call mints, and could fall back on tok-1
+    mint.gate = asyncio.Event()
+    mint.error = UpstreamUnavailableError("down")
+    waiting = asyncio.ensure_future(cache.get_or_mint(key(), mint))
+    await asyncio.sleep(0)  # the call has started its mint and waits on the gate
+    assert cache.purge(lambda k, _: k.subject == "alice") == 1
+    mint.gate.set()
+    with pytest.raises(UpstreamUnavailableError):
+        await waiting
+    assert cache.stats.stale_served == 0
+
+
 async def test_stale_token_served_even_when_smithery_refuses_a_new_mint() -> None:
     from broker.errors import UpstreamRejectedError
 
