@@ -13,6 +13,9 @@ Safety rules:
 - the response's headers are capped in size; a malformed response is an error, never a guess;
 - a connection is reused only after a complete response that allows keep-alive, and never once
   the peer has closed it; a failed or abandoned exchange closes its connection;
+- interim (1xx) answers are skipped, as RFC 9110 §15.2 asks of a client; a second answer to one
+  request, or bytes on a connection that carries no exchange, close the connection: a pooled
+  connection serves every user, and such bytes must never reach the next request's caller;
 - nothing here logs; errors carry no header values (they may hold tokens).
 """
 
@@ -70,6 +73,10 @@ class _Connection(asyncio.Protocol):
         self.headers_done = False
         self.complete = False
         self.error: Http1Error | None = None
+        self._active = False
+        """Between ``start`` and ``finish``: bytes may arrive only then."""
+        self._interim = False
+        """Parsing a 1xx answer, which precedes the final one."""
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -77,12 +84,19 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if not self._active:  # nothing was asked: an idle connection must stay silent
+            self.abort()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(Http1Error("protocol", "Smithery answered with a protocol upgrade."))
         except httptools.HttpParserError:
-            self._fail(Http1Error("protocol", "Smithery's answer is not valid HTTP/1.1."))
+            if self.complete:  # bytes after the whole answer: keep it, drop the connection
+                self.abort()
+                self._wake()
+            else:
+                self._fail(Http1Error("protocol", "Smithery's answer is not valid HTTP/1.1."))
 
     def eof_received(self) -> bool:
         self._peer_closed()
@@ -98,6 +112,10 @@ class _Connection(asyncio.Protocol):
         return None
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: whose would it be?
+            raise httptools.HttpParserError("an answer after the complete answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_RESPONSE_HEADER_BYTES:
@@ -105,7 +123,15 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if status == 101:  # never asked for (llhttp raises on an upgrade; a bare 101 lands here)
+            raise httptools.HttpParserError("an unrequested 101")
+        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
+            self._interim = True
+            self._headers = []
+            self._header_bytes = 0
+            return
+        self.status = status
         # llhttp answers this only while the message is current, not after it completes.
         self.keep_alive = self._parser.should_keep_alive()
         self.headers_done = True
@@ -120,6 +146,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.complete = True
         self._wake()
 
@@ -129,7 +158,8 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._header_bytes = 0
         self.status = 0
-        self.headers_done = self.complete = self.keep_alive = False
+        self.headers_done = self.complete = self.keep_alive = self._interim = False
+        self._active = True
         self.transport.write(request)
 
     @property
@@ -192,7 +222,9 @@ class _Connection(asyncio.Protocol):
             self._stall_timer = self._loop.call_at(deadline, self._check_stall)
 
     def finish(self) -> None:
-        """The exchange is over (its connection is pooled or closed): no stall timer left."""
+        """The exchange is over (its connection is pooled or closed): no stall timer left, and
+        no byte may arrive until the next ``start``."""
+        self._active = False
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None

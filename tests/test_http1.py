@@ -488,3 +488,107 @@ async def test_arrived_and_drained_follow_the_body() -> None:
         await response.aclose()
         assert not response.arrived()  # closed: nothing to say any more
         gate.set()
+
+
+FINAL = fixed(b'{"final":true}')
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n",
+    ],
+)
+async def test_interim_answers_are_skipped_and_the_connection_stays_in_step(
+    interim: bytes,
+) -> None:
+    """A 1xx answer precedes the final one (RFC 9110 §15.2). Taken for the answer, it left the
+    real one on the connection for the next caller, another user perhaps."""
+
+    async def answer(server: Server, index: int) -> bytes:
+        return (interim + FINAL) if index == 0 else fixed(b'{"n":2}')
+
+    async with serve(answer) as server:
+        client = pool(server, max_connections=1)
+        first = await client.post("/x", [], b"{}", read_timeout=5)
+        assert first.status_code == 200
+        assert (b"link", b"</style.css>; rel=preload") not in first.headers
+        assert await body_of(first) == b'{"final":true}'
+        second = await client.post("/x", [], b"{}", read_timeout=5)
+        assert await body_of(second) == b'{"n":2}'
+    assert server.connections == 1
+
+
+async def test_interim_answer_in_its_own_write_is_skipped_too() -> None:
+    async def interim_then_final(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+            writer.write(FINAL)
+            await writer.drain()
+            await reader.read()  # until the client closes
+        finally:
+            writer.close()
+
+    async with scripted(interim_then_final) as client:
+        response = await client.post("/x", [], b"{}", read_timeout=5)
+        assert response.status_code == 200
+        assert await body_of(response) == b'{"final":true}'
+
+
+async def test_an_unrequested_101_is_a_protocol_error() -> None:
+    async def answer(server: Server, index: int) -> bytes:
+        return b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+
+    async with serve(answer) as server:
+        with pytest.raises(Http1Error) as caught:
+            await pool(server).post("/x", [], b"{}", read_timeout=5)
+    assert caught.value.reason == "protocol"
+
+
+async def test_a_second_answer_to_one_request_never_reaches_the_next_caller() -> None:
+    async def answer(server: Server, index: int) -> bytes:
+        if index == 0:  # a complete answer, then one nobody asked for
+            return fixed(b"first") + fixed(b"INJECTED")
+        return fixed(b"second")
+
+    async with serve(answer) as server:
+        client = pool(server, max_connections=1)
+        assert await body_of(await client.post("/x", [], b"{}", read_timeout=5)) == b"first"
+        again = await client.post("/x", [], b"{}", read_timeout=5)
+        assert await body_of(again) == b"first"  # a new connection's first answer
+    assert server.connections == 2
+
+
+async def test_bytes_on_an_idle_connection_close_it() -> None:
+    """Between exchanges nothing may arrive; whatever does would be parsed into the next
+    caller's answer. (A stand-in transport: when bytes arrive is the point of the test.)"""
+
+    class Transport:
+        aborted = False
+
+        def write(self, data: bytes) -> None:
+            return None
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    connection = http1._Connection()
+    transport = Transport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.start(b"POST / HTTP/1.1\r\n\r\n")
+    connection.data_received(fixed(b"mine"))
+    assert connection.complete
+    assert connection.take() == b"mine"
+    assert connection.reusable
+    connection.finish()  # released to the pool
+    connection.data_received(fixed(b"someone else's"))
+    assert connection.closed
+    assert transport.aborted
+    assert not connection.reusable
