@@ -15,10 +15,12 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 from broker.cache import BoundedCache, TimedCache
 from broker.constraints import constraints_digest, render_rules
+from broker.errors import ConnectionNotFoundError
 from broker.identity import Principal
 from broker.metrics import Metrics
 from broker.policy import PolicySet
@@ -28,6 +30,7 @@ from broker.precheck import (
     Target,
     compile_constraints,
     decide,
+    reaches_namespace,
 )
 from broker.revocation import Revocations
 from broker.telemetry import Telemetry, audit, deny
@@ -36,6 +39,8 @@ from broker.upstream import SmitheryClient
 COMPILED_CACHE_ENTRIES: Final = 4096
 CONNECTION_CACHE_ENTRIES: Final = 10_000
 TOKEN_CACHE_ENTRIES: Final = 10_000
+_NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
+"""A connection that does not exist (or carries no metadata)."""
 
 
 @dataclass(slots=True)
@@ -86,18 +91,36 @@ class Admission:
             self._by_token.put(token_key, compiled)
         return compiled
 
-    async def connection_metadata(
-        self, namespace: str, connection_id: str
-    ) -> Mapping[str, Any] | None:
+    async def target(
+        self, constraints: CompiledConstraints, namespace: str, connection_id: str
+    ) -> Target:
+        """The connection as a decision sees it: its metadata, read from Smithery (API key) and
+        cached briefly.
+
+        Whether a connection exists is not the caller's to learn beyond their rules' reach, as
+        at Smithery, which answers 404 for a connection a token cannot see. So the connection
+        is read only when some rule passes namespace, resource and operation, and one that
+        does not exist has no metadata: it fails every metadata-scoped rule exactly as another
+        user's connection does (the same answer, and, cached alike, the same time).
+        """
+        if not reaches_namespace(constraints, namespace):
+            return Target(namespace, _NO_METADATA)
         assert self._connections is not None
         key = (namespace, connection_id)
-        cached = self._connections.get(key)
-        if cached is not None:
-            return cached
-        connection = await self.upstream.fetch_connection(namespace, connection_id)
-        metadata = connection.metadata or {}
-        self._connections.put(key, metadata)
-        return metadata
+        metadata = self._connections.get(key)
+        if metadata is None:
+            try:
+                connection = await self.upstream.fetch_connection(namespace, connection_id)
+                metadata = connection.metadata or _NO_METADATA
+            except ConnectionNotFoundError:
+                metadata = _NO_METADATA
+            self._connections.put(key, metadata)
+        return Target(namespace, metadata)
+
+    def forget_connection(self, namespace: str, connection_id: str) -> None:
+        """A connection was created, changed or deleted here: read it afresh next time."""
+        assert self._connections is not None
+        self._connections.discard((namespace, connection_id))
 
     def _audit(
         self,

@@ -286,6 +286,9 @@ def create_app(
             telemetry=telemetry,
             metrics=metrics,
             exclusive=cluster.exclusive,
+            changed=lambda namespace, connection_id: state.admission.forget_connection(
+                namespace, connection_id
+            ),
         ),
         dev_signer=dev_signer,
         telemetry=telemetry,

@@ -341,6 +341,9 @@ class TimedCache(Generic[K, V]):
         if self._enabled:
             self._entries[key] = value
 
+    def discard(self, key: K) -> None:
+        self._entries.pop(key, None)
+
 
 class BoundedCache(Generic[K, V]):
     """A plain bounded LRU for derived, immutable values (e.g. compiled constraints by digest)."""

@@ -270,6 +270,17 @@ def decide(
     return Decision(False, None, tuple(failures))
 
 
+def reaches_namespace(constraints: CompiledConstraints, namespace: str) -> bool:
+    """Whether some constraint passes the checks made before the connection's metadata
+    (namespace, resource, operation). When none does, no decision in ``namespace`` depends on
+    a connection there, and a caller has no business learning whether one exists."""
+    return any(
+        (constraint.namespaces is None or namespace in constraint.namespaces)
+        and constraint.static_denial is None
+        for constraint in constraints.constraints
+    )
+
+
 def _covers_any(
     alternatives: tuple[tuple[tuple[str, Any], ...], ...], actual: Mapping[str, Any]
 ) -> bool:

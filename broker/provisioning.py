@@ -290,6 +290,8 @@ class Provisioning:
     )
     """``Cluster.exclusive``: a lock all replicas respect, taken around a create that counts
     against ``maxConnections`` (with the memory backend, nothing)."""
+    changed: Callable[[str, str], None] = lambda namespace, connection_id: None
+    """Told of each connection written or deleted (``Admission.forget_connection``)."""
     _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
 
     async def put(
@@ -332,6 +334,7 @@ class Provisioning:
             finally:
                 if not lock.locked():
                     self._locks.pop(lock_key, None)
+            self.changed(namespace, connection_id)
             decision.action = "create" if created else "update"
             return document, created
 
@@ -389,6 +392,7 @@ class Provisioning:
             entitlement = decision.entitle(self.policy())
             await self._owned(entitlement, namespace, connection_id)
             await self.upstream.delete_connection(namespace, connection_id)
+            self.changed(namespace, connection_id)
 
     async def _owned(
         self, entitlement: Entitlement, namespace: str, connection_id: str

@@ -110,12 +110,20 @@ async def test_user_without_rules_gets_no_matching_rule_reason(broker: Harness) 
     ]
 
 
-async def test_unknown_connection_is_404(broker: Harness) -> None:
-    response = await precheck(
-        broker, {"namespace": "my-app", "connectionId": "nope", "request": call("x")}
-    )
-    assert response.status_code == 404
-    assert response.json()["code"] == "connection_not_found"
+async def test_an_unknown_connection_is_denied_exactly_like_someone_elses(
+    broker: Harness,
+) -> None:
+    """As in the proxy: which connection ids exist is not the caller's to learn."""
+    answers = []
+    for connection in ("alice-github", "nope"):
+        response = await precheck(
+            broker, {"namespace": "my-app", "connectionId": connection, "request": call("x")}
+        )
+        assert response.status_code == 200
+        answers.append(response.json())
+    assert answers[0] == answers[1]
+    assert answers[0]["allowed"] is False
+    assert {r["reason"] for r in answers[0]["reasons"]} == {"metadata"}
 
 
 async def test_unauthenticated_is_401(broker: Harness) -> None:

@@ -36,9 +36,12 @@ class RecordingMcp(httpx.AsyncBaseTransport):
     emulator: httpx.AsyncBaseTransport
     seen: list[httpx.Request] = field(default_factory=list)
     answer: Any = None
+    other: list[str] = field(default_factory=list)
+    """Method and path of every other call to Smithery (connection reads, mints)."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not request.url.path.endswith("/mcp"):
+            self.other.append(f"{request.method} {request.url.path}")
             return await self.emulator.handle_async_request(request)
         await request.aread()
         self.seen.append(request)
@@ -162,10 +165,47 @@ async def test_upstream_jsonrpc_errors_pass_through(proxy: Proxy) -> None:
     assert response.json() == body
 
 
-async def test_unknown_connection_is_404(proxy: Proxy) -> None:
-    response = await proxy.post("nope", CALL_GET_ISSUE)
-    assert response.status_code == 404
-    assert response.json()["code"] == "connection_not_found"
+async def test_an_unknown_connection_is_denied_exactly_like_someone_elses(proxy: Proxy) -> None:
+    """Which connection ids exist is not the caller's to learn: Smithery answers 404 for both
+    to the caller's token. A different answer let any user probe others' ids (and the
+    connections a user has are in them: alice-github)."""
+    for _ in range(2):  # and the same again once both are cached
+        theirs = await proxy.post("alice-github", CALL_GET_ISSUE)
+        unknown = await proxy.post("nope", CALL_GET_ISSUE)
+        assert theirs.status_code == unknown.status_code == 200
+        assert theirs.json() == unknown.json()
+        assert theirs.json()["error"]["code"] == -32003
+        assert {r["reason"] for r in theirs.json()["error"]["data"]["reasons"]} == {"metadata"}
+    assert proxy.mcp.seen == []
+    reads = [call for call in proxy.mcp.other if call.startswith("GET /connect/")]
+    assert reads == ["GET /connect/my-app/alice-github", "GET /connect/my-app/nope"]
+
+
+async def test_no_connection_is_read_where_no_rule_of_the_caller_reaches(proxy: Proxy) -> None:
+    response = await proxy.broker.client.post(
+        "/v1/mcp/finance/payroll",
+        content=CALL_GET_ISSUE,
+        headers={**proxy.broker.auth("sam", **SUPPORT), "Content-Type": "application/json"},
+    )
+    assert response.json()["error"]["code"] == -32003
+    assert {r["reason"] for r in response.json()["error"]["data"]["reasons"]} == {"namespace"}
+    assert not [call for call in proxy.mcp.other if call.startswith("GET /connect/")]
+
+
+async def test_a_connection_created_through_the_broker_is_read_afresh(proxy: Proxy) -> None:
+    """A connection read as missing is cached like any other; creating it here forgets that."""
+    alice = {"email_verified": True}
+    before = await proxy.post("alice-new", CALL_GET_ISSUE, sub="alice", claims=alice)
+    assert before.json()["error"]["code"] == -32003
+    created = await proxy.broker.client.put(
+        "/v1/connections/my-app/alice-new",
+        json={"mcpUrl": "https://server.smithery.ai/github/mcp"},
+        headers=proxy.broker.auth("alice", **alice),
+    )
+    assert created.status_code == 201, created.text
+    after = await proxy.post("alice-new", CALL_GET_ISSUE, sub="alice", claims=alice)
+    assert after.status_code == 200
+    assert "error" not in after.json()
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])

@@ -23,13 +23,15 @@
 
 import { createInterface } from "node:readline";
 
-const ALL_DIGITS = /^[0-9]+$/;
+// A canonical array index only: a dot-path getter reads array["01"] as a property, which no
+// array has (the broker's rpcmatch reads it so too).
+const ARRAY_INDEX = /^(?:0|[1-9][0-9]*)$/;
 
 function lookup(message, path) {
   let current = message;
   for (const segment of path.split(".")) {
     if (Array.isArray(current)) {
-      if (!ALL_DIGITS.test(segment)) return undefined;
+      if (!ARRAY_INDEX.test(segment)) return undefined;
       current = current[Number(segment)];
     } else if (current !== null && typeof current === "object") {
       // Own properties only: "constructor" or "__proto__" must not reach Object.prototype.

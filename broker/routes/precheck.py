@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -71,15 +70,15 @@ async def precheck(request: Request[Any, Any, Any]) -> ASGIApp:
     if envelope.connectionId is not None and envelope.metadata is not None:
         raise InvalidRequestError("Give either connectionId or metadata, not both.")
     message = check_message(envelope.request)
-    metadata: Mapping[str, Any] | None = envelope.metadata
+    target = Target(envelope.namespace, envelope.metadata)
     if envelope.connectionId is not None:
-        metadata = await broker.admission.connection_metadata(
-            envelope.namespace, envelope.connectionId
+        target = await broker.admission.target(
+            constraints, envelope.namespace, envelope.connectionId
         )
     decision = broker.admission.decide(
         principal,
         constraints,
-        Target(envelope.namespace, metadata),
+        target,
         message,
         event="precheck.decision",
         connection_id=envelope.connectionId,

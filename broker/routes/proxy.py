@@ -27,7 +27,6 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from broker.errors import RequestDeniedError
 from broker.jsonrpc import check_message, decode_strict, is_notification
-from broker.precheck import Target
 from broker.routes.body import receive_body, require_json
 from broker.routes.names import check_name
 from broker.routes.responses import JsonBody, Relay, request_headers
@@ -133,11 +132,11 @@ async def _serve(
     )
     require_json(content_type)
     message = check_message(decode_strict(body, max_depth=limits.max_depth))
-    metadata = await broker.admission.connection_metadata(namespace, connection_id)
+    target = await broker.admission.target(constraints, namespace, connection_id)
     decision = broker.admission.decide(
         principal,
         constraints,
-        Target(namespace, metadata),
+        target,
         message,
         event="proxy.decision",
         connection_id=connection_id,

@@ -13,6 +13,7 @@ import pytest
 from broker.emulator.constraint import Constraint
 from broker.emulator.rpc_oracle import OracleError, RpcMatchOracle
 from broker.emulator.scope import Action, Scope
+from broker.rpcmatch import RpcMatcher
 
 EXECUTE = Action("app", "connections", "execute")
 SEARCH = json.dumps(
@@ -189,3 +190,16 @@ async def test_matcher_errors_propagate() -> None:
 
     with pytest.raises(OracleError):
         await _scope([{"rpcReqMatch": {"m": "x"}}]).permits_message(EXECUTE, None, "{}", broken)
+
+
+@pytest.mark.parametrize("segment", ["0", "1", "01", "00", "1e0", "-1", "+1", " 1", "2"])
+async def test_array_indices_read_as_the_broker_reads_them(
+    oracle: RpcMatchOracle, segment: str
+) -> None:
+    """Only a canonical index addresses an element (``["y", "x"]["01"]`` is undefined in
+    JavaScript); the emulator read "01" as 1 and allowed what the broker denied."""
+    body = {"params": {"arguments": {"ids": ["y", "x"]}}}
+    rules = {f"params.arguments.ids.{segment}": "^[xy]$"}
+    broker = RpcMatcher.from_mapping(rules).matches(body)
+    assert broker is (segment in ("0", "1"))
+    assert await oracle.match(rules, json.dumps(body)) is broker
