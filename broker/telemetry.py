@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from broker.config import TelemetrySettings
 from broker.errors import ConfigError
@@ -166,6 +167,10 @@ def setup_telemetry(
         processor: Any = BatchSpanProcessor(exporter)
     else:
         processor = SimpleSpanProcessor(exporter)
+    if "OTEL_PROPAGATORS" not in env:
+        # W3C trace context only, not the default's baggage too: a caller's baggage header is
+        # the caller's to write, and it would ride along on every call to Smithery.
+        propagate.set_global_textmap(TraceContextTextMapPropagator())
     attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; TracerProvider reads
     # OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.

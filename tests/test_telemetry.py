@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -81,6 +82,36 @@ async def test_caller_trace_context_is_continued(
     )
     server = named(exporter.get_finished_spans(), "POST /v1/tokens")
     assert format(server.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_callers_baggage_is_not_passed_on_to_smithery() -> None:
+    """The trace continues upstream; the caller's baggage (theirs to write) stays behind."""
+    seen: list[httpx.Request] = []
+
+    class Recording(httpx.AsyncBaseTransport):
+        def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+            self.inner = inner
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return await self.inner.handle_async_request(request)
+
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(TelemetrySettings(subject="raw"), {}, exporter=exporter)
+    upstream = lambda app: Recording(httpx.ASGITransport(app=app))  # noqa: E731
+    async with harness(telemetry=telemetry, upstream=upstream) as h:
+        response = await h.client.post(
+            "/v1/tokens",
+            headers={
+                **h.auth("alice", email_verified=True),
+                "traceparent": TRACEPARENT,
+                "baggage": "tenant=someone-else,role=admin",
+            },
+        )
+        assert response.status_code == 200
+    [mint] = [r for r in seen if r.url.path == "/tokens"]
+    assert mint.headers["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert "baggage" not in mint.headers
 
 
 async def test_denied_precheck_sets_status_and_events(
