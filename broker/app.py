@@ -20,6 +20,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.types import (
     ASGIApp,
@@ -308,11 +309,11 @@ def create_app(
         connections.delete_connection,
         health.livez,
         health.readyz,
-        admin.explain_route,
-        admin.revoke_route,
         static.client_js,
         static.client_types,
     ]
+    if settings.admin.token is not None:  # unset: 404, and not in /schema either
+        handlers.extend([admin.explain_route, admin.revoke_route])
     if dev_signer is not None:
         handlers.extend([dev.dev_login, dev.dev_console, dev.dev_console_file])
     if settings.telemetry.metrics_port == 0:
@@ -377,7 +378,13 @@ def create_app(
         },
         cors_config=cors,
         openapi_config=OpenAPIConfig(
-            title="Token Broker", version=__version__, path="/schema", create_examples=False
+            title="Token Broker",
+            version=__version__,
+            path="/schema",
+            create_examples=False,
+            # The document only: Litestar's default viewer pages load scripts from public CDNs
+            # (unpinned), which would run on the broker's origin.
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"])],
         ),
         on_startup=[start_background],
         before_send=[count_response],

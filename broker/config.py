@@ -235,7 +235,8 @@ class TelemetrySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token: Secret | None = None
-    """Bearer credential for operator endpoints (``POST /v1/explain``). Unset: they answer 404."""
+    """Bearer credential for operator endpoints (``POST /v1/explain``, ``/v1/admin/revoke``).
+    Unset: they answer 404 and are left out of ``/schema``."""
     revocation_seconds: int = 900
     """How long ``POST /v1/admin/revoke`` refuses a subject (or rule) by default."""
 

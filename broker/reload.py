@@ -50,7 +50,11 @@ class PolicyReloader:
             except PolicyError as exc:
                 self.failures += 1
                 self._fingerprint = fingerprint
-                self.last_error = f"{len(exc.problems)} problem(s); first: {exc.problems[0]}"
+                # For /readyz, which anyone may read: a count, not the problems (paths, rule
+                # ids, claim names and values), which go to the log below.
+                self.last_error = (
+                    f"{len(exc.problems)} problem(s) in the policy files; details in the log"
+                )
                 logger.error(  # noqa: TRY400 - a refused file is expected; no traceback
                     "policy reload (%s) refused, still serving revision %s: %d problem(s)",
                     reason,

@@ -18,6 +18,7 @@ from litestar.testing import AsyncTestClient
 
 from broker.app import create_app
 from broker.config import (
+    AdminSettings,
     CorsSettings,
     PoliciesSettings,
     PrecheckSettings,
@@ -70,6 +71,7 @@ async def harness(
     upstream: Callable[[Any], httpx.AsyncBaseTransport] | None = None,
     telemetry: Telemetry | None = None,
     cors_origins: tuple[str, ...] = (),
+    admin: AdminSettings | None = None,
     **precheck: Any,
 ) -> AsyncIterator[Harness]:
     """``upstream`` wraps the emulator's ASGI app into the broker's upstream transport;
@@ -83,6 +85,7 @@ async def harness(
         smithery=SmitherySettings(base_url="http://emulator", api_key=Secret(API_KEY)),
         precheck=PrecheckSettings(**precheck),
         cors=CorsSettings(origins=cors_origins),
+        admin=admin or AdminSettings(),
     )
     app = create_app(
         settings,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from broker.config import AdminSettings, Secret
 from tests.inprocess import harness
 
 ADMIN = "admin-token-0123456789"
@@ -17,14 +18,31 @@ async def test_hidden_without_admin_token() -> None:
             headers={"Authorization": f"Bearer {ADMIN}"},
         )
         assert response.status_code == 404
+        # Nor does the public document name them.
+        paths = (await h.client.get("/schema/openapi.json")).json()["paths"]
+        assert "/v1/explain" not in paths
+        assert "/v1/admin/revoke" not in paths
+    async with harness(admin=AdminSettings(token=Secret(ADMIN))) as h:
+        paths = (await h.client.get("/schema/openapi.json")).json()["paths"]
+        assert {"/v1/explain", "/v1/admin/revoke"} <= set(paths)
+
+
+@pytest.mark.parametrize("page", ["/schema/swagger", "/schema/redoc", "/schema/elements"])
+async def test_schema_serves_the_document_only(page: str) -> None:
+    """Litestar's viewer pages load scripts from public CDNs onto the broker's origin."""
+    async with harness() as h:
+        assert (await h.client.get(page)).status_code == 404
+        document = await h.client.get("/schema")
+        assert document.status_code == 200
+        assert document.json()["info"]["title"] == "Token Broker"
+        assert "<script" not in document.text
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", f"Bearer {ADMIN}x", "Basic abc"])
 async def test_wrong_or_missing_admin_credential_is_401(
     monkeypatch: pytest.MonkeyPatch, header: str | None
 ) -> None:
-    async with harness() as h:
-        monkeypatch.setattr(h.state, "settings", _with_admin(h.state.settings))
+    async with harness(admin=AdminSettings(token=Secret(ADMIN))) as h:
         headers = {"Authorization": header} if header else {}
         response = await h.client.post(
             "/v1/explain", json={"claims": {"sub": "a"}}, headers=headers
@@ -34,8 +52,7 @@ async def test_wrong_or_missing_admin_credential_is_401(
 
 
 async def test_user_jwt_is_not_an_admin_credential(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with harness() as h:
-        monkeypatch.setattr(h.state, "settings", _with_admin(h.state.settings))
+    async with harness(admin=AdminSettings(token=Secret(ADMIN))) as h:
         response = await h.client.post(
             "/v1/explain",
             json={"claims": {"sub": "a"}},
@@ -45,8 +62,7 @@ async def test_user_jwt_is_not_an_admin_credential(monkeypatch: pytest.MonkeyPat
 
 
 async def test_explain_dry_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with harness() as h:
-        monkeypatch.setattr(h.state, "settings", _with_admin(h.state.settings))
+    async with harness(admin=AdminSettings(token=Secret(ADMIN))) as h:
         body = {
             "claims": {"sub": "sam", "groups": ["support"]},
             "namespace": "my-app",
@@ -70,12 +86,3 @@ async def test_explain_dry_run(monkeypatch: pytest.MonkeyPatch) -> None:
             "reasons": [],
         }
         assert len(result["constraints"]) == 2
-
-
-def _with_admin(settings: object) -> object:
-    import msgspec
-
-    from broker.config import AdminSettings, Secret, Settings
-
-    assert isinstance(settings, Settings)
-    return msgspec.structs.replace(settings, admin=AdminSettings(token=Secret(ADMIN)))

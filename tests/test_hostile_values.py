@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Final
 
-import msgspec
 import pytest
 import pytest_asyncio
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -130,13 +129,9 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "traced":
         exporter = InMemorySpanExporter()
         telemetry = setup_telemetry(TelemetrySettings(subject="raw"), {}, exporter=exporter)
-    async with harness(telemetry=telemetry) as h:
+    async with harness(telemetry=telemetry, admin=AdminSettings(token=Secret(ADMIN))) as h:
         await h.create_connection(
             "my-app", "support-github", metadata={"connectionId": "support-github"}
-        )
-        settings = h.state.settings
-        h.state.settings = msgspec.structs.replace(
-            settings, admin=AdminSettings(token=Secret(ADMIN))
         )
         # Hundreds of requests from one user: the per-user request limit (tested on its own)
         # would answer most of them 429 before they reach the code under test.

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from broker.config import AdminSettings, Secret
@@ -16,10 +15,7 @@ ADMIN = "admin-token-revoke-0123"
 MESSAGE = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
 
 
-def with_admin(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = h.state.settings
-    admin = AdminSettings(token=Secret(ADMIN), revocation_seconds=600)
-    monkeypatch.setattr(h.state, "settings", msgspec.structs.replace(settings, admin=admin))
+ADMIN_SETTINGS = AdminSettings(token=Secret(ADMIN), revocation_seconds=600)
 
 
 async def revoke(h: Harness, body: Any, token: str = ADMIN) -> Any:
@@ -52,11 +48,8 @@ def assert_revoked(response: Any) -> None:
     assert response.json()["code"] == "access_revoked"
 
 
-async def test_revoked_subject_refused_on_tokens_precheck_and_proxy(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async with harness() as h:
-        with_admin(h, monkeypatch)
+async def test_revoked_subject_refused_on_tokens_precheck_and_proxy() -> None:
+    async with harness(admin=ADMIN_SETTINGS) as h:
         await h.create_connection("my-app", "mallory-github", metadata={"userId": "mallory"})
         first = await token(h, "mallory")
         assert first.status_code == 200
@@ -90,17 +83,14 @@ class CountingTransport(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-async def test_a_revoked_user_causes_no_call_to_smithery(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_revoked_user_causes_no_call_to_smithery() -> None:
     transports: list[CountingTransport] = []
 
     def counting(app: Any) -> CountingTransport:
         transports.append(CountingTransport(app))
         return transports[0]
 
-    async with harness(upstream=counting) as h:
-        with_admin(h, monkeypatch)
+    async with harness(upstream=counting, admin=ADMIN_SETTINGS) as h:
         await h.create_connection("my-app", "mallory-github", metadata={"userId": "mallory"})
         assert (await revoke(h, {"subject": "mallory"})).status_code == 200
         upstream = transports[0]
@@ -123,8 +113,7 @@ async def test_a_revoked_user_causes_no_call_to_smithery(
 async def test_refusal_ends_after_the_period_and_the_old_token_is_gone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with harness() as h:
-        with_admin(h, monkeypatch)
+    async with harness(admin=ADMIN_SETTINGS) as h:
         before = (await token(h, "mallory")).json()["token"]
         assert (await revoke(h, {"subject": "mallory", "seconds": 30})).status_code == 200
         assert_revoked(await token(h, "mallory"))
@@ -135,11 +124,8 @@ async def test_refusal_ends_after_the_period_and_the_old_token_is_gone(
         assert after.json()["token"] != before  # re-minted: the purged token is not served
 
 
-async def test_issuer_scoped_revocation_spares_the_same_subject_elsewhere(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async with harness() as h:
-        with_admin(h, monkeypatch)
+async def test_issuer_scoped_revocation_spares_the_same_subject_elsewhere() -> None:
+    async with harness(admin=ADMIN_SETTINGS) as h:
         other = await revoke(h, {"subject": "mallory", "issuer": "https://other-idp.test/"})
         assert other.status_code == 200
         assert (await token(h, "mallory")).status_code == 200
@@ -148,11 +134,8 @@ async def test_issuer_scoped_revocation_spares_the_same_subject_elsewhere(
         assert_revoked(await token(h, "mallory"))
 
 
-async def test_rule_revocation_refuses_whoever_it_would_serve(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async with harness() as h:
-        with_admin(h, monkeypatch)
+async def test_rule_revocation_refuses_whoever_it_would_serve() -> None:
+    async with harness(admin=ADMIN_SETTINGS) as h:
         assert (await token(h, "sam", groups=["support"])).status_code == 200
         response = await revoke(h, {"rule": "support-github-readonly"})
         assert response.status_code == 200, response.text
@@ -160,11 +143,8 @@ async def test_rule_revocation_refuses_whoever_it_would_serve(
         assert (await token(h, "alice")).status_code == 200  # not under that rule
 
 
-async def test_rule_revocation_purges_only_the_tokens_that_carry_the_rule(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async with harness() as h:
-        with_admin(h, monkeypatch)
+async def test_rule_revocation_purges_only_the_tokens_that_carry_the_rule() -> None:
+    async with harness(admin=ADMIN_SETTINGS) as h:
         alice = (await token(h, "alice")).json()
         sam = (await token(h, "sam", groups=["support"])).json()
         assert "support-github-readonly" in sam["rules"]
@@ -178,11 +158,8 @@ async def test_rule_revocation_purges_only_the_tokens_that_carry_the_rule(
         assert_revoked(await token(h, "sam", groups=["support"]))
 
 
-async def test_revoke_all_refuses_everyone_and_zero_seconds_only_purges(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async with harness() as h:
-        with_admin(h, monkeypatch)
+async def test_revoke_all_refuses_everyone_and_zero_seconds_only_purges() -> None:
+    async with harness(admin=ADMIN_SETTINGS) as h:
         first = (await token(h, "alice")).json()["token"]
         purge_only = await revoke(h, {"all": True, "seconds": 0})
         assert purge_only.json()["purged"] == 1
@@ -209,18 +186,17 @@ async def test_revoke_all_refuses_everyone_and_zero_seconds_only_purges(
         [],
     ],
 )
-async def test_bad_revocation_requests_denied(monkeypatch: pytest.MonkeyPatch, body: Any) -> None:
-    async with harness() as h:
-        with_admin(h, monkeypatch)
+async def test_bad_revocation_requests_denied(body: Any) -> None:
+    async with harness(admin=ADMIN_SETTINGS) as h:
         response = await revoke(h, body)
         assert response.status_code == 400, response.text
         assert len(h.state.cluster.revocations) == 0
 
 
-async def test_revoke_without_admin_credential_denied(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_revoke_without_admin_credential_denied() -> None:
     async with harness() as h:
         assert (await revoke(h, {"all": True})).status_code == 404  # no admin token: hidden
-        with_admin(h, monkeypatch)
+    async with harness(admin=ADMIN_SETTINGS) as h:
         assert (await revoke(h, {"all": True}, token="wrong")).status_code == 401
         user = await h.client.post(
             "/v1/admin/revoke", json={"all": True}, headers=h.auth("alice", email_verified=True)
