@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -25,6 +26,8 @@ from broker.sealing import Keyring, load_keyring
 from broker.sharedcache import SharedCache
 from broker.sharedstore import SharedStore, SharedStoreDown
 from broker.telemetry import Telemetry
+
+logger = logging.getLogger("broker.cluster")
 
 FIRST_POLL_SECONDS: Final = 0.01
 MAX_POLL_SECONDS: Final = 0.2
@@ -121,9 +124,17 @@ class Cluster:
     async def _follow(self) -> None:
         """Poll the revocation sequence; doubles as the probe that notices Redis coming back."""
         while True:
-            await asyncio.sleep(self.sync_interval_seconds)
-            with contextlib.suppress(SharedStoreDown):
+            await self.sleep(self.sync_interval_seconds)
+            try:
                 await self.revocations.sync()
+            except SharedStoreDown:
+                pass  # counted and logged by the store; the next poll is the probe
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+                # A revocation sync that stopped for good would stop refusing revoked users on
+                # this replica without a word; log it, and try again at the next poll.
+                logger.error(  # noqa: TRY400 - the type only: a message may carry data
+                    "revocation sync failed (%s); retrying", type(exc).__name__
+                )
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -88,12 +89,18 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {allowed, tostring(wait)}
 """
 
-# KEYS[1] revocation hash, KEYS[2] revocation sequence; ARGV[1] field, ARGV[2] value.
-# One script, so a replica that sees the new sequence also sees the entry.
+# KEYS[1] revocation hash, KEYS[2] revocation sequence; ARGV[1] field, ARGV[2] value,
+# ARGV[3] a random start. One script, so a replica that sees the new sequence also sees the
+# entry. A sequence that Redis lost (a restart without persistence, a failover) starts again at
+# a random number, not at 1: counting up from 1 again, it would come back to the number a replica
+# last saw, and that replica would take the new revocations for ones it already has.
 _REVOKE: Final = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[3]) end
 return redis.call('INCR', KEYS[2])
 """
+SEQUENCE_START_BITS: Final = 52
+"""Random starts below 2**52: a repeat is as unlikely as a guess, and INCR stays in range."""
 
 # KEYS = index sets; deletes every record they list, then the sets.
 _PURGE_INDEXED: Final = """
@@ -294,17 +301,24 @@ class SharedStore:
             "ratelimit",
             lambda: self._take(keys=[self.key("rate", name)], args=[repr(rate_per_second), burst]),
         )
+        if not isinstance(result, list) or len(result) != 2:
+            raise self._garbled("ratelimit", result)
         allowed, wait = result
-        return None if int(allowed) == 1 else float(wait)
+        try:
+            return None if int(allowed) == 1 else float(wait)
+        except (TypeError, ValueError):
+            raise self._garbled("ratelimit", result) from None
 
     async def sequence(self) -> int:
         value = await self._run("revocations", lambda: self._client.get(self._sequence_key))
-        return int(value) if value is not None else 0
+        return 0 if value is None else self._integer("revocations", value)
 
     async def revocations(self) -> dict[str, bytes]:
         entries = await self._run(
             "revocations", lambda: self._client.hgetall(self._revocations_key)
         )
+        if not isinstance(entries, dict) or not all(isinstance(v, bytes) for v in entries.values()):
+            raise self._garbled("revocations", entries)
         return {
             (field.decode() if isinstance(field, bytes) else str(field)): value
             for field, value in entries.items()
@@ -312,13 +326,28 @@ class SharedStore:
 
     async def add_revocation(self, field: str, value: bytes) -> int:
         """Record a revocation and move the sequence; returns the new sequence."""
+        start = secrets.randbelow(2**SEQUENCE_START_BITS)
         sequence = await self._run(
             "revoke",
             lambda: self._revoke(
-                keys=[self._revocations_key, self._sequence_key], args=[field, value]
+                keys=[self._revocations_key, self._sequence_key], args=[field, value, start]
             ),
         )
-        return int(sequence)
+        return self._integer("revoke", sequence)
+
+    def _integer(self, operation: str, value: object) -> int:
+        if isinstance(value, int | bytes | str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise self._garbled(operation, value)
+
+    def _garbled(self, operation: str, reply: object) -> SharedStoreDown:
+        """A reply of the wrong shape (something else than Redis answers at that address, or a
+        proxy in between garbles it): counted and logged as Redis being down, never a crash."""
+        self._failed(operation, TypeError(f"unexpected {type(reply).__name__} reply"))
+        return SharedStoreDown()
 
     async def drop_revocations(self, fields: Sequence[str]) -> None:
         if fields:
@@ -329,7 +358,8 @@ class SharedStore:
     async def purge_indexed(self, indexes: Sequence[str]) -> int:
         """Delete every record listed in the index sets; the number deleted."""
         keys = [self.key("idx", i) for i in indexes]
-        return int(await self._run("purge", lambda: self._purge_indexed(keys=keys, args=[])))
+        purged = await self._run("purge", lambda: self._purge_indexed(keys=keys, args=[]))
+        return self._integer("purge", purged)
 
     async def purge_all(self) -> int:
         """Delete every record and index under the prefix (SCAN, in batches)."""

@@ -3,6 +3,7 @@ real Redis case is ``tests/integration/test_scaleout.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,9 @@ class Store:
     async def release_lock(self, name: str, owner: str) -> None:
         if self.locks.get(name) == owner:
             del self.locks[name]
+
+    async def aclose(self) -> None:
+        return None
 
 
 class Shared:
@@ -110,3 +114,40 @@ async def test_a_failing_block_still_releases_the_lock() -> None:
         async with cluster(store, clock).exclusive("provision", "iss", "bob", "ns"):
             raise RuntimeError("create failed")
     assert store.locks == {}
+
+
+async def test_the_revocation_sync_outlives_an_unexpected_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One unexpected error ended the sync task for good, silently: that replica then stopped
+    learning of revocations."""
+    calls: asyncio.Queue[int] = asyncio.Queue()
+    turns: asyncio.Queue[None] = asyncio.Queue()
+
+    class Flaky:
+        count = 0
+
+        async def sync(self) -> None:
+            self.count += 1
+            calls.put_nowait(self.count)
+            if self.count == 2:  # the first sync of the loop
+                raise ValueError("a garbled reply")
+
+    async def sleep(seconds: float) -> None:
+        await turns.get()
+
+    revocations: Any = Flaky()
+    shared: Any = Shared(Store())
+    following = Cluster(revocations=revocations, shared=shared, sleep=sleep)
+    await following.start()
+    assert await calls.get() == 1  # at start
+    try:
+        async with asyncio.timeout(10):  # a sync task that died never calls again
+            for expected in (2, 3):
+                turns.put_nowait(None)
+                assert await calls.get() == expected
+        assert following._task is not None
+        assert not following._task.done()
+        assert "revocation sync failed (ValueError); retrying" in caplog.text
+    finally:
+        await following.aclose()

@@ -134,3 +134,48 @@ async def test_a_failing_call_gives_its_slot_back_and_marks_redis_down() -> None
     clock.now += 10.0
     assert await store.get("tok", "x") == b"value"
     assert store.up
+
+
+@pytest.fixture
+async def not_redis() -> AsyncIterator[str]:
+    """Something else at the Redis URL (a wrong port, a proxy): it answers +OK to everything."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(b"+OK\r\n" * max(1, data.count(b"*")))  # a reply per command
+                await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["sequence", "revocations", "take", "add_revocation", "purge_indexed"],
+)
+async def test_replies_of_the_wrong_shape_are_redis_down_not_a_crash(
+    not_redis: str, call: str
+) -> None:
+    """They escaped as ValueError or AttributeError (ending the revocation sync for good), or,
+    for the rate limit, read as 'wait 75 s' (the bytes of OK)."""
+    metrics = Metrics()
+    store = SharedStore(RedisSettings(), Secret(not_redis), clock=lambda: 0.0, metrics=metrics)
+    calls = {
+        "sequence": store.sequence,
+        "revocations": store.revocations,
+        "take": lambda: store.take("bucket", 1.0, 5),
+        "add_revocation": lambda: store.add_revocation("field", b"value"),
+        "purge_indexed": lambda: store.purge_indexed(["index"]),
+    }
+    try:
+        with pytest.raises(SharedStoreDown):
+            await calls[call]()
+        assert not store.up
+        assert store.errors == 1
+    finally:
+        await store.aclose()

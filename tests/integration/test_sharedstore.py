@@ -72,11 +72,11 @@ async def test_indexed_store_with_ttl_and_purge(store: SharedStore) -> None:
 
 
 async def test_store_refused_after_a_revocation(store: SharedStore) -> None:
-    assert await store.add_revocation("all", b"entry") == 1
-    assert await store.sequence() == 1
+    sequence = await store.add_revocation("all", b"entry")
+    assert await store.sequence() == sequence
     assert await store.revocations() == {"all": b"entry"}
     assert not await store.put_indexed("r", b"x", ttl_ms=1000, indexes=[], sequence=0)
-    assert await store.put_indexed("r", b"x", ttl_ms=1000, indexes=[], sequence=1)
+    assert await store.put_indexed("r", b"x", ttl_ms=1000, indexes=[], sequence=sequence)
     await store.drop_revocations(["all"])
     assert await store.revocations() == {}
 
@@ -159,3 +159,28 @@ async def test_a_burst_larger_than_the_pool_queues_instead_of_failing(
         assert store.errors == 0
     finally:
         await store.aclose()
+
+
+async def test_a_lost_sequence_never_repeats_a_number_a_replica_saw(
+    store: SharedStore, redis_server: RedisServer
+) -> None:
+    """Redis without persistence forgets the sequence on a restart. Counting up from 1 again,
+    it came back to the number a replica last saw, and that replica then took the new
+    revocations for ones it had: it never refused the revoked user."""
+    seen = await store.add_revocation("before", b"x")
+    assert await store.sequence() == seen
+    redis_server.kill()
+    redis_server.start()
+    deadline = time.monotonic() + 10
+    while True:  # until the store notices Redis is back (its retry pause is 50 ms)
+        try:
+            await store.ping()
+            break
+        except SharedStoreDown:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    assert await store.sequence() == 0  # forgotten
+    after = await store.add_revocation("after", b"y")
+    assert after not in (0, seen)
+    assert await store.sequence() == after
+    assert await store.add_revocation("next", b"z") == after + 1
