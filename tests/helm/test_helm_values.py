@@ -181,6 +181,14 @@ def test_schema_closes_every_object() -> None:
             {"extraEnv": [{"name": "BROKER_SMITHERY_API_KEY", "value": "sk-live"}]},
             "at '/extraEnv/0/name'",
         ),
+        (
+            {"extraEnv": [{"name": "BROKER_ADMIN_TOKEN", "value": "admin-in-clear"}]},
+            "at '/extraEnv/0'",
+        ),
+        (
+            {"extraEnv": [{"name": "BROKER_TELEMETRY_HASH_KEY", "value": "hash-in-clear"}]},
+            "at '/extraEnv/0'",
+        ),
         ({"networkPolicy.egress.smithery.ipBlocks": [{"cidr": "any"}]}, "at '/networkPolicy"),
     ],
     ids=[
@@ -197,6 +205,8 @@ def test_schema_closes_every_object() -> None:
         "comma-in-origin",
         "misspelled-issuer-field",
         "api-key-in-env",
+        "admin-token-in-env",
+        "hash-key-in-env",
         "not-a-cidr",
     ],
 )
@@ -220,3 +230,11 @@ def test_app_version_is_the_project_version() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert chart["apiVersion"] == "v2"
     assert chart["appVersion"] == project["version"]
+
+
+def test_a_secret_setting_from_a_secret_is_accepted(helm: Helm) -> None:
+    reference = {"secretKeyRef": {"name": "broker-admin", "key": "token"}}
+    settings = {"extraEnv": [{"name": "BROKER_ADMIN_TOKEN", "valueFrom": reference}]}
+    result = helm.run(*template_args([ci_values("default")], settings))
+    assert result.returncode == 0, result.stderr
+    assert "name: broker-admin" in result.stdout
