@@ -9,7 +9,7 @@ No HTTP here (``routes/``) and no direct Smithery or cache-library calls (``upst
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -131,8 +131,17 @@ class Issuance:
                 span.set_attribute("broker.policy.revision", policy_set.revision)
                 span.set_attribute("broker.rules.matched", list(plan.rule_ids))
                 span.set_attribute("broker.constraints.digest", plan.digest)
-        if self.revocations is not None:
-            self.revocations.check(principal, plan.rule_ids)
+        revocations = self.revocations
+        if revocations is not None:
+            revocations.check(principal, plan.rule_ids)
+
+        def mint() -> Awaitable[MintedToken]:
+            # Again here: a revocation may have come in while this waited for another
+            # replica's mint (the lock wait) or for a slot.
+            if revocations is not None:
+                revocations.check(principal, plan.rule_ids)
+            return self._mint(plan)
+
         key = CacheKey(principal.issuer, principal.subject, plan.digest_bytes, policy_set.revision)
         with telemetry.span("broker.cache.lookup") as span:
             limit = self.mint_limit
@@ -140,7 +149,7 @@ class Issuance:
             if shared is None:
                 entry, hit = await self.cache.get_or_mint(
                     key,
-                    lambda: self._mint(plan),
+                    mint,
                     None
                     if limit is None
                     else lambda: limit.check(principal.issuer, principal.subject),
@@ -152,7 +161,7 @@ class Issuance:
                     lambda: shared.fetch_or_mint(
                         key,
                         plan.rule_ids,
-                        lambda: self._mint(plan),
+                        mint,
                         None
                         if limit is None
                         else lambda: limit.acquire(principal.issuer, principal.subject),
@@ -162,6 +171,8 @@ class Issuance:
             if span is not None:
                 span.set_attribute("broker.cache.hit", hit)
                 span.set_attribute("broker.token.fingerprint", telemetry.fingerprint(entry.token))
+        if revocations is not None:  # revoked while the token was being fetched or minted
+            revocations.check(principal, plan.rule_ids)
         self.metrics.inc("broker_token_decisions_total", (("result", "allow"), ("reason", "")))
         if audit_log.enabled and not (for_proxy and hit):  # nobody reads it, or nothing new
             audit(

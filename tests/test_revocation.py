@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from broker.config import AdminSettings, Secret
+from broker.revocation import Scope
 from tests.inprocess import Harness, harness
 
 ADMIN = "admin-token-revoke-0123"
@@ -202,4 +203,32 @@ async def test_revoke_without_admin_credential_denied() -> None:
             "/v1/admin/revoke", json={"all": True}, headers=h.auth("alice", email_verified=True)
         )
         assert user.status_code == 401
+        assert (await token(h, "alice")).status_code == 200
+
+
+async def test_a_revocation_during_the_mint_refuses_the_token_it_brings() -> None:
+    """Revoked while this request's token was being minted (or awaited from another replica):
+    the request is refused, not served the new token."""
+
+    class RevokingDuringMint(httpx.AsyncBaseTransport):
+        def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+            self.inner = inner
+            self.state: Any = None
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/tokens" and self.state is not None:
+                await self.state.issuance.revocations.revoke(Scope(subject="mallory"), 600)
+            return await self.inner.handle_async_request(request)
+
+    transports: list[RevokingDuringMint] = []
+
+    def revoking(app: Any) -> RevokingDuringMint:
+        transports.append(RevokingDuringMint(httpx.ASGITransport(app=app)))
+        return transports[0]
+
+    async with harness(upstream=revoking, admin=ADMIN_SETTINGS) as h:
+        transports[0].state = h.state
+        assert_revoked(await token(h, "mallory"))
+        transports[0].state = None
+        assert_revoked(await token(h, "mallory"))  # and refused from then on
         assert (await token(h, "alice")).status_code == 200
