@@ -396,11 +396,12 @@ def settings_problems(settings: Settings) -> list[str]:
     if not 0 <= settings.cache.refresh_margin_ratio < 1:
         problems.append("BROKER_CACHE_REFRESH_MARGIN_RATIO: must be in [0, 1)")
     problems.extend(_redis_problems(settings))
-    for origin in settings.cors.origins:
-        if origin != "*" and not origin.startswith(("https://", "http://")):
-            problems.append(
-                f"BROKER_CORS_ORIGINS: {origin!r} is not an origin like https://app.example"
-            )
+    problems.extend(
+        f"BROKER_CORS_ORIGINS: {origin!r} is not an origin like https://app.example "
+        "(scheme and host, no path; no wildcard but a lone *)"
+        for origin in settings.cors.origins
+        if origin != "*" and not _is_origin(origin)
+    )
     if settings.telemetry.subject not in ("raw", "hash", "omit"):
         problems.append("BROKER_TELEMETRY_SUBJECT: must be raw, hash or omit")
     if not 0 <= settings.telemetry.metrics_port < 65536:
@@ -421,6 +422,18 @@ def settings_problems(settings: Settings) -> list[str]:
     if not 0 < settings.server.port < 65536:
         problems.append("BROKER_SERVER_PORT: must be a TCP port number")
     return problems
+
+
+def _is_origin(origin: str) -> bool:
+    """An exact browser origin: Litestar reads a ``*`` inside one as a pattern, so
+    ``https://app.example.*`` would admit ``https://app.example.attacker.net``."""
+    parts = urlsplit(origin)
+    return (
+        parts.scheme in ("https", "http")
+        and bool(parts.hostname)
+        and "*" not in origin
+        and not (parts.path or parts.query or parts.fragment or "@" in parts.netloc)
+    )
 
 
 def _redis_problems(settings: Settings) -> list[str]:

@@ -103,6 +103,26 @@ def test_cross_field_checks() -> None:
     assert "BROKER_CACHE_REFRESH_MARGIN_RATIO: must be in [0, 1)" in text
 
 
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://app.example.*",
+        "https://*.example.com",
+        "https://app.example/",
+        "app.example",
+        "https://user@app.example",
+        "https://app.example/path",
+    ],
+)
+def test_cors_origins_are_exact(origin: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BROKER_CORS_ORIGINS": f"https://ok.example,{origin}"})
+    assert caught.value.problems == (
+        f"BROKER_CORS_ORIGINS: {origin!r} is not an origin like https://app.example "
+        "(scheme and host, no path; no wildcard but a lone *)",
+    )
+
+
 def test_missing_secret_file_is_a_clear_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"BROKER_SMITHERY_API_KEY_FILE": str(tmp_path / "missing")})
