@@ -61,13 +61,17 @@ def test_every_container_is_hardened_and_writes_only_tmp(ci_rendered: dict[str, 
 def test_probes_use_livez_and_readyz_on_port_8080(ci_rendered: dict[str, Rendered]) -> None:
     rendered = ci_rendered["default"]
     container = rendered.container()
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
     assert "command" not in container  # the image's ENTRYPOINT, broker
-    (port,) = rendered.one("Service")["spec"]["ports"]
-    assert port["targetPort"] == "http"
+    api, metrics = rendered.one("Service")["spec"]["ports"]
+    assert api["targetPort"] == "http"
+    assert metrics["targetPort"] == "metrics"
 
 
 def test_no_service_links_and_no_api_token(ci_rendered: dict[str, Rendered]) -> None:
@@ -196,7 +200,10 @@ def test_network_policy_default_rules(ci_rendered: dict[str, Rendered]) -> None:
     spec = policy["spec"]
     assert spec["podSelector"] == {"matchLabels": SELECTOR}
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    assert spec["ingress"] == [
+        {"ports": [{"protocol": "TCP", "port": 8080}]},
+        {"ports": [{"protocol": "TCP", "port": 9090}]},
+    ]
     dns, smithery = spec["egress"]
     assert dns == {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
     assert smithery == {

@@ -10,7 +10,7 @@ from typing import Final
 import kubernetes_validate
 import pytest
 
-from tests.helm.chart import CHART, HELM_VERSION, Helm, Manifest, Rendered, ci_values
+from tests.helm.chart import CHART, HELM_VERSION, Helm, Manifest, Rendered, ci_values, template_args
 from tests.helm.conftest import CI_NAMES
 
 pytestmark = pytest.mark.integration
@@ -110,13 +110,27 @@ def test_service_monitor_scrapes_metrics(ci_rendered: dict[str, Rendered]) -> No
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["apps"]}
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint == {
-        "port": "http",
+        "port": "metrics",
         "path": "/metrics",
         "scheme": "http",
         "interval": "15s",
         "scrapeTimeout": "5s",
     }
-    assert [port["name"] for port in service["spec"]["ports"]] == ["http"]
+    assert [port["name"] for port in service["spec"]["ports"]] == ["http", "metrics"]
+    env = {e["name"]: e.get("value") for e in rendered.container()["env"]}
+    assert env["BROKER_TELEMETRY_METRICS_PORT"] == "9090"  # /metrics leaves the API port
+
+
+def test_metrics_on_the_api_port_when_asked(helm: Helm) -> None:
+    result = helm.run(
+        *template_args(
+            [ci_values("default")], {"metrics.port": 0, "metrics.serviceMonitor.enabled": True}
+        )
+    )
+    assert result.returncode == 0, result.stderr
+    assert "BROKER_TELEMETRY_METRICS_PORT" not in result.stdout
+    assert "name: metrics" not in result.stdout
+    assert "- port: http\n      path: /metrics" in result.stdout
 
 
 def test_notes_explain_access_tokens_and_readiness(helm: Helm) -> None:

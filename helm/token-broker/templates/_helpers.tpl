@@ -192,6 +192,10 @@ Environment of the broker and of the init container. The API key is only ever a 
 {{- end }}
 - name: BROKER_PRECHECK_EXEMPT_LIFECYCLE
   value: {{ .Values.precheck.exemptLifecycle | toString | quote }}
+{{- if .Values.metrics.port }}
+- name: BROKER_TELEMETRY_METRICS_PORT
+  value: {{ .Values.metrics.port | toString | quote }}
+{{- end }}
 {{- if .Values.redis.enabled }}
 - name: BROKER_CACHE_BACKEND
   value: redis
