@@ -209,8 +209,12 @@ class Revocations:
         shared = self._shared
         if shared is not None:
             try:
-                await shared.store.add_revocation(field, _ENCODER.encode(entry))
+                # Purge first, then record: once other replicas see the entry they purge their
+                # memory and read Redis again, where the old tokens must be gone already (the
+                # other order let one read an old token back in between; with no refusal
+                # period, nothing then stopped it being served).
                 purged_shared = await shared.purge(scope.subject, scope.rule)
+                await shared.store.add_revocation(field, _ENCODER.encode(entry))
             except SharedStoreDown:
                 raise SharedRevocationError(
                     "Revoked on this replica only: Redis is unavailable. Retry the request."

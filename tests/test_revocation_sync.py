@@ -22,8 +22,10 @@ class FakeRevocationStore:
     entries: dict[str, bytes] = field(default_factory=dict)
     seq: int = 0
     dropped: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
 
     async def add_revocation(self, field_name: str, value: bytes) -> int:
+        self.calls.append("record")
         self.entries[field_name] = value
         self.seq += 1
         return self.seq
@@ -46,6 +48,7 @@ class FakeShared:
     purges: list[tuple[str | None, str | None]] = field(default_factory=list)
 
     async def purge(self, subject: str | None, rule: str | None) -> int:
+        self.store.calls.append("purge")
         self.purges.append((subject, rule))
         return 0
 
@@ -132,3 +135,17 @@ async def test_revocation_fields_name_no_subject() -> None:
     assert "mallory" not in name
     assert "idp.test" not in name
     assert b"mallory" not in shared.store.entries[name]
+
+
+@pytest.mark.parametrize("scope", [Scope(subject="alice"), Scope(rule="own"), Scope()])
+async def test_redis_is_purged_before_the_revocation_is_recorded(scope: Scope) -> None:
+    """Other replicas act on the record: they purge their memory and read Redis again. Were
+    the record first, one could read an old token back from Redis before the purge reached it,
+    and with no refusal period (seconds 0) serve it."""
+    shared = FakeShared(FakeRevocationStore())
+    clock = Clock()
+    revocations = Revocations(
+        cache=TokenCache(clock=clock), clock=clock, default_seconds=600, shared=shared
+    )
+    await revocations.revoke(scope, 0)
+    assert shared.store.calls == ["purge", "record"]
