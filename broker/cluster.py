@@ -83,10 +83,11 @@ class Cluster:
     @contextlib.asynccontextmanager
     async def exclusive(self, kind: str, *parts: str) -> AsyncIterator[None]:
         """Run the block while holding a lock every replica respects, named by a keyed hash of
-        ``kind`` and ``parts`` (``SET NX PX`` in Redis, ``lock_seconds`` at most, released by
-        its owner only). Another replica's hold is waited out for ``lock_wait_seconds``, then
-        ``ClusterBusyError`` (503). With the memory backend, or while Redis is unavailable, the
-        block runs without it: callers keep their own lock for this process."""
+        ``kind`` and ``parts`` (``SET NX PX`` in Redis for ``lock_seconds``, extended by its
+        owner every third of that while the block runs, released by its owner only). Another
+        replica's hold is waited out for ``lock_wait_seconds``, then ``ClusterBusyError`` (503).
+        With the memory backend, or while Redis is unavailable, the block runs without it:
+        callers keep their own lock for this process."""
         store, keyring = self.store, self.keyring
         if store is None or keyring is None:
             yield
@@ -108,12 +109,32 @@ class Cluster:
                 delay = min(delay * 2, MAX_POLL_SECONDS)
         except SharedStoreDown:
             held = False  # Redis unavailable: this replica alone, as for rate limits
+        renewal = asyncio.create_task(self._renew(kind, name, owner, ttl_ms)) if held else None
         try:
             yield
         finally:
+            if renewal is not None:
+                renewal.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewal
             if held:
                 with contextlib.suppress(SharedStoreDown):
                     await store.release_lock(name, owner)
+
+    async def _renew(self, kind: str, name: str, owner: str, ttl_ms: int) -> None:
+        """Keep a held lock for as long as its block runs: a block slower than the lock's time
+        (a create that pages through a user's connections at Smithery) would otherwise let
+        another replica in beside it."""
+        store = self.store
+        assert store is not None
+        while True:
+            await asyncio.sleep(ttl_ms / 3000)  # real time: the lock expires in Redis's
+            try:
+                if not await store.extend_lock(name, owner, ttl_ms):
+                    logger.warning("cluster lock (%s) expired while held", kind)
+                    return
+            except SharedStoreDown:
+                continue  # counted and logged by the store; try again
 
     async def start(self) -> None:
         if self.shared is not None:

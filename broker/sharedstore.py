@@ -61,6 +61,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS[1] lock; ARGV[1] owner, ARGV[2] ttl ms: a longer hold, for its owner only.
+_EXTEND: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # A token bucket on Redis' clock (one clock for every replica). KEYS[1] bucket;
 # ARGV[1] rate per second, ARGV[2] burst. Returns {1, "0"} or {0, seconds to wait}.
 _TAKE: Final = """
@@ -160,6 +166,7 @@ class SharedStore:
         self._busy_logged_at: float | None = None
         self._store = self._client.register_script(_STORE)
         self._release = self._client.register_script(_RELEASE)
+        self._extend = self._client.register_script(_EXTEND)
         self._take = self._client.register_script(_TAKE)
         self._revoke = self._client.register_script(_REVOKE)
         self._purge_indexed = self._client.register_script(_PURGE_INDEXED)
@@ -294,6 +301,14 @@ class SharedStore:
         await self._run(
             "unlock", lambda: self._release(keys=[self.key("lock", name)], args=[owner])
         )
+
+    async def extend_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Hold the lock ``ttl_ms`` more from now; False when this owner no longer holds it."""
+        extended = await self._run(
+            "lock",
+            lambda: self._extend(keys=[self.key("lock", name)], args=[owner, max(1, ttl_ms)]),
+        )
+        return self._integer("lock", extended) == 1
 
     async def take(self, name: str, rate_per_second: float, burst: int) -> float | None:
         """One token from a shared bucket: None when taken, else the seconds to wait."""

@@ -22,6 +22,8 @@ class Store:
     locks: dict[str, str] = field(default_factory=dict)
     down: bool = False
     attempts: int = 0
+    extended: list[str] = field(default_factory=list)
+    extended_enough: asyncio.Event | None = None
 
     async def acquire_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
         self.attempts += 1
@@ -35,6 +37,12 @@ class Store:
     async def release_lock(self, name: str, owner: str) -> None:
         if self.locks.get(name) == owner:
             del self.locks[name]
+
+    async def extend_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
+        self.extended.append(name)
+        if self.extended_enough is not None and len(self.extended) >= 2:
+            self.extended_enough.set()
+        return self.locks.get(name) == owner
 
     async def aclose(self) -> None:
         return None
@@ -151,3 +159,18 @@ async def test_the_revocation_sync_outlives_an_unexpected_failure(
         assert "revocation sync failed (ValueError); retrying" in caplog.text
     finally:
         await following.aclose()
+
+
+async def test_a_block_slower_than_the_lock_keeps_it() -> None:
+    """The lock is extended while the block runs: a create that pages through a user's
+    connections can take longer than the lock's time, and another replica got in beside it."""
+    store = Store(extended_enough=asyncio.Event())
+    clock = Clock()
+    slow = cluster(store, clock)
+    slow.lock_seconds = 0.03  # extended every 10 ms (real time: Redis expires it so)
+    async with slow.exclusive("provision", "iss", "alice"):
+        async with asyncio.timeout(10):  # without renewal this would never be set
+            await store.extended_enough.wait()
+        (name,) = store.locks
+        assert set(store.extended) == {name}
+    assert store.locks == {}  # released, and the renewal was cancelled and awaited on exit

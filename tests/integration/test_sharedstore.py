@@ -49,6 +49,16 @@ async def test_lock_is_exclusive_and_released_only_by_its_owner(store: SharedSto
     assert await store.acquire_lock("k", "owner-b", 10_000)
 
 
+async def test_only_the_owner_extends_a_lock(store: SharedStore) -> None:
+    assert await store.acquire_lock("k", "owner-a", 50)
+    assert not await store.extend_lock("k", "owner-b", 60_000)
+    assert await store.extend_lock("k", "owner-a", 60_000)
+    await asyncio.sleep(0.1)  # past the first 50 ms
+    assert not await store.acquire_lock("k", "owner-b", 10_000)  # still held: extended
+    await store.release_lock("k", "owner-a")
+    assert not await store.extend_lock("k", "owner-a", 60_000)  # released: nothing to extend
+
+
 async def test_lock_expires(store: SharedStore) -> None:
     assert await store.acquire_lock("short", "a", 50)
     deadline = time.monotonic() + 5
