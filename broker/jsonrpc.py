@@ -133,11 +133,11 @@ def check_message(message: Any) -> Mapping[str, Any]:
     if not isinstance(message.get("method"), str):
         raise InvalidMessageError('"method" must be a string.')
     if "id" in message and not (
-        message["id"] is None
-        or isinstance(message["id"], str)
+        isinstance(message["id"], str)
         or (isinstance(message["id"], int) and not isinstance(message["id"], bool))
     ):
-        raise InvalidMessageError('"id" must be a string or an integer.')
+        # MCP narrows JSON-RPC here: a request's id MUST NOT be null (Smithery refuses it too).
+        raise InvalidMessageError('"id" must be a string or an integer (never null, in MCP).')
     return message
 
 

@@ -111,6 +111,7 @@ def test_a_document_deeper_than_python_can_parse_is_too_deep_not_a_crash() -> No
         ({"jsonrpc": "2.0", "id": 1, "method": 7}, "invalid_jsonrpc"),
         ({"jsonrpc": "2.0", "id": 1, "result": {}}, "invalid_jsonrpc"),
         ({"jsonrpc": "2.0", "id": 1.5, "method": "ping"}, "invalid_jsonrpc"),
+        ({"jsonrpc": "2.0", "id": None, "method": "ping"}, "invalid_jsonrpc"),  # MCP: not null
         ({"jsonrpc": "2.0", "id": True, "method": "ping"}, "invalid_jsonrpc"),
         ({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}, "invalid_jsonrpc"),
     ],
