@@ -15,6 +15,7 @@ render constraints (``constraints.py``) and does not evaluate JSON-RPC requests 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -442,13 +443,10 @@ class _FileChecker:
             items = [self._convert(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
             return _Located([i for i in items if i is not None], line, column)
         assert isinstance(node, yaml.ScalarNode)
-        try:
-            value = yaml.SafeLoader("").construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.problem(path, f"invalid value: {exc}", _Located(None, line, column))
+        value, problem = _scalar(node)
+        if problem is not None:
+            self.problem(path, problem, _Located(None, line, column))
             return None
-        if isinstance(value, float) and value != value:  # .nan
-            value = "NaN"
         return _Located(value, line, column)
 
     # -- schema
@@ -592,7 +590,9 @@ class _FileChecker:
                 condition,
             )
             return []
-        assert isinstance(value, dict)
+        if not isinstance(value, dict):
+            self.problem(path, "must be a string, number, boolean or {operator: value}", condition)
+            return []
         if not value:
             self.problem(path, f"empty condition; use one of {', '.join(CONDITION_OPS)}", condition)
             return []
@@ -1061,6 +1061,49 @@ def render_probe(template: Template) -> str:
     """The pattern with each placeholder replaced by an escaped sample value, for validation."""
     return "".join(
         part if isinstance(part, str) else rpcmatch.escape_literal("x") for part in template.parts
+    )
+
+
+_YAML: Final = "tag:yaml.org,2002:"
+_INTEGER: Final = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,30})")
+_FLOAT: Final = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_YAML_11_KINDS: Final = {
+    "bool": "a boolean",
+    "int": "a number",
+    "float": "a number",
+    "null": "null",
+    "timestamp": "a date",
+}
+
+
+def _scalar(node: yaml.ScalarNode) -> tuple[Any, str | None]:
+    """A scalar as YAML 1.2's core schema reads it: quoted text is a string; plain text is
+    ``true``/``false``, ``null``/``~``/empty, a decimal integer or float, or else a string.
+
+    PyYAML reads YAML 1.1, where ``on``, ``yes``, ``010`` (octal 8), ``0x1F``, ``1:30`` (90)
+    and ``2024-01-01`` (a date) are not the text they look like: such a value is refused with
+    a request to quote it, never silently converted. Tags other than the core ones
+    (``!!binary``, ``!!python/...``, ``!!set``) are refused too."""
+    tag, text = node.tag, node.value
+    if not tag.startswith(_YAML):
+        return None, f"the tag {tag!r} is not supported; write plain values"
+    kind = tag.removeprefix(_YAML)
+    if kind == "str":
+        return text, None
+    if kind not in _YAML_11_KINDS or node.style is not None:  # !!binary, or !!int "8"
+        return None, f"the tag !!{kind} is not supported; write plain values"
+    lowered = text.lower()
+    if lowered in ("true", "false") and text in ("true", "false", "True", "False", "TRUE", "FALSE"):
+        return lowered == "true", None
+    if text in ("", "~", "null", "Null", "NULL"):
+        return None, None
+    if _INTEGER.fullmatch(text):
+        return int(text), None
+    if _FLOAT.fullmatch(text) and math.isfinite(float(text)):
+        return float(text), None
+    return None, (
+        f"{text!r} is read as {_YAML_11_KINDS[kind]} by YAML 1.1 and as text by YAML 1.2: "
+        "quote it (numbers: plain decimal, finite)"
     )
 
 

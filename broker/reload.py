@@ -64,6 +64,16 @@ class PolicyReloader:
                 for problem in exc.problems:
                     logger.error("  %s", problem)  # noqa: TRY400
                 return False
+            except Exception as exc:  # a bug in the loader: refuse the set, keep serving
+                self.failures += 1
+                self._fingerprint = fingerprint
+                self.last_error = f"the policy files could not be loaded ({type(exc).__name__})"
+                logger.exception(
+                    "policy reload (%s) failed, still serving revision %s",
+                    reason,
+                    self.current().revision,
+                )
+                return False
             self._fingerprint = fingerprint
             self.last_error = None
             old = self.current().revision
@@ -109,7 +119,12 @@ class PolicyReloader:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval_seconds)
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # the watch must outlive any one failure
+                # A watch that ended would keep the old rules, revoked access included, for
+                # good and without a word.
+                logger.exception("policy watch failed; looking again at the next interval")
 
 
 def fingerprint_dir(directory: str) -> tuple[Any, ...]:

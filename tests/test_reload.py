@@ -163,3 +163,38 @@ async def test_claims_two_issuers_share_are_warned_at_start_and_after_a_reload(
         create_app(settings, dev_signer=SIGNER, telemetry=Telemetry())
     assert "policy warning: " in caplog.text
     assert "users of two issuers with the same claim value share these connections" in caplog.text
+
+
+async def test_a_date_in_a_condition_is_a_refused_set_not_a_dead_watch(
+    broker: tuple[Harness, Path],
+) -> None:
+    """YAML 1.1 read the date as a date, which the loader did not expect (an AssertionError):
+    the reload task died, and no later change, removals of access included, was ever applied."""
+    h, directory = broker
+    good = h.state.policy_set.revision
+    (directory / "zz-dated.yaml").write_text(
+        "rules:\n  - id: dated\n    when: {claims: {start: 2024-01-01}}\n"
+        "    grant: {namespaces: my-app}\n"
+    )
+    assert not await h.state.reloader.reload()
+    assert h.state.policy_set.revision == good
+    assert h.state.reloader.last_error.startswith("1 problem(s)")
+
+
+async def test_an_unexpected_loader_failure_keeps_the_last_good_set(
+    broker: tuple[Harness, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h, directory = broker
+    good = h.state.policy_set.revision
+
+    def broken(_: str) -> None:
+        raise RuntimeError("a bug in the loader")
+
+    monkeypatch.setattr("broker.reload.load_policy_dir", broken)
+    (directory / "own.yaml").write_text(variant(10))
+    assert not await h.state.reloader.reload()
+    assert h.state.policy_set.revision == good
+    assert h.state.reloader.last_error == "the policy files could not be loaded (RuntimeError)"
+    monkeypatch.undo()
+    assert await h.state.reloader.reload()  # fixed: the next look applies the change
+    assert h.state.policy_set.revision != good
