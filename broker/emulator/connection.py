@@ -112,8 +112,19 @@ def decode_upsert_request(body: bytes) -> UpsertConnectionRequest:
     except msgspec.DecodeError as error:
         raise ValidationFailedError(f"Malformed JSON body: {error}") from None
     if not isinstance(request.mcp_url, UnsetType):
-        parts = urlsplit(request.mcp_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        url = request.mcp_url
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            parts = None
+        # Whitespace or controls: JavaScript's new URL() refuses them (format: uri).
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url)
+        ):
             raise ValidationFailedError("Expected an http(s) URL - at `$.mcpUrl`")
     return request
 

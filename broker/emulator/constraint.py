@@ -73,6 +73,8 @@ class MintRequest:
 # no spaces, no compound "1h30m"): the OpenAPI documents only these forms.
 _TTL_PATTERN = re.compile(r"([0-9]+)([smhd]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_MAX_TTL_DIGITS = 6
+"""86400 seconds has 5 digits: a number of more significant digits is over 24 h in any unit."""
 
 
 def decode_mint_request(body: bytes) -> MintRequest:
@@ -128,7 +130,12 @@ def parse_ttl_ms(ttl: str | float, path: str) -> int:
                 f'Invalid ttl {ttl!r}: expected seconds or a duration like "30s", "15m", '
                 f'"2h", "1d" - at `{path}`'
             )
-        seconds: float = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        digits = match.group(1).lstrip("0") or "0"
+        if len(digits) > _MAX_TTL_DIGITS:  # past 24 h in any unit (and past what int() reads)
+            raise InvalidRequestError(
+                f"Invalid ttl: must be at most 24 hours ({MAX_TTL_SECONDS} seconds) - at `{path}`"
+            )
+        seconds: float = int(digits) * _UNIT_SECONDS[match.group(2)]
     else:
         seconds = ttl
     if not math.isfinite(seconds) or seconds <= 0:

@@ -152,6 +152,10 @@ def test_delete_then_get_not_found(client: TestClient[Any]) -> None:
         pytest.param(b"{}", id="create_without_url"),
         pytest.param(b'{"mcpUrl": "not a url"}', id="url_without_scheme"),
         pytest.param(b'{"mcpUrl": "ftp://x.example/"}', id="url_not_http"),
+        pytest.param(b'{"mcpUrl": "http://[::1"}', id="url_python_cannot_parse"),  # was a 500
+        pytest.param(b'{"mcpUrl": "https://x.example:99999/"}', id="url_port_out_of_range"),
+        pytest.param(b'{"mcpUrl": "https://exa mple.com/"}', id="url_with_a_space"),
+        pytest.param(b'{"mcpUrl": "https://x.example/\\u0000"}', id="url_with_a_control"),
         pytest.param(b'{"mcpUrl": "https://x.example/", "name": ""}', id="empty_name"),
         pytest.param(b'{"mcpUrl": "https://x.example/", "name": "' + b"n" * 256 + b'"}', id="long"),
         pytest.param(b'{"mcpUrl": "https://x.example/", "headers": {"a": 1}}', id="header_int"),

@@ -49,13 +49,17 @@ def test_to_epoch_ms_rounds_down() -> None:
         ("5h", 18_000_000),
         ("1d", 86_400_000),
         (86_400, 86_400_000),
+        ("0" * 5000 + "1", 1000),  # leading zeros: more digits than int() reads (was a 500)
     ],
 )
 def test_parse_ttl(ttl: str | float, ttl_ms: int) -> None:
     assert parse_ttl_ms(ttl, "$.ttl") == ttl_ms
 
 
-@pytest.mark.parametrize("ttl", [0, -1, 86_400.001, "0s", "1.0", "1 h", "1H", "h1", "+5", "1e3"])
+@pytest.mark.parametrize(
+    "ttl",
+    [0, -1, 86_400.001, "0s", "1.0", "1 h", "1H", "h1", "+5", "1e3", "9" * 5000, "1" + "0" * 6],
+)
 def test_parse_ttl_rejected(ttl: str | float) -> None:
     with pytest.raises(InvalidRequestError, match=r"at `\$\.ttl`"):
         parse_ttl_ms(ttl, "$.ttl")
