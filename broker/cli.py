@@ -33,7 +33,7 @@ from broker.config import (
     unknown_env_names,
 )
 from broker.errors import BrokerError, ConfigError, PolicyError
-from broker.explain import explain, format_text
+from broker.explain import effective_issuer, explain, format_text
 from broker.identity import DevSigner
 from broker.jwks import setup_verifier
 from broker.policy import PolicySet, load_policy_dir
@@ -370,10 +370,14 @@ def policy_explain(args: argparse.Namespace) -> int:
         raise ConfigError([str(p) for p in exc.problems]) from None
     target = Target(args.namespace, metadata) if args.namespace else None
     try:
+        issuer = effective_issuer(args.issuer, claims)
+    except BrokerError as exc:
+        raise ConfigError([f"--issuer: {exc.detail}"]) from None
+    try:
         result = explain(
             policy_set,
             claims,
-            issuer=args.issuer,
+            issuer=issuer,
             request=request,
             target=target,
             exempt_lifecycle=_exempt_lifecycle(),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.constraints import plan_mint, render_rules
+from broker.errors import InvalidRequestError
 from broker.jsonrpc import check_message
 from broker.policy import PolicySet
 from broker.precheck import Decision, Target, compile_constraints, decide
@@ -54,6 +55,18 @@ class Explanation:
         return out
 
 
+def effective_issuer(issuer: str, claims: Mapping[str, Any]) -> str:
+    """``issuer``, or else the claims' ``iss``; ``InvalidRequestError`` when they differ."""
+    claimed = claims.get("iss")
+    if not isinstance(claimed, str) or not claimed:
+        return issuer
+    if issuer and issuer != claimed:
+        raise InvalidRequestError(
+            f"The issuer {issuer!r} is not the claims' iss {claimed!r}: give one of them."
+        )
+    return claimed
+
+
 def explain(
     policy_set: PolicySet,
     claims: Mapping[str, Any],
@@ -65,9 +78,13 @@ def explain(
 ) -> Explanation:
     """Evaluate ``policy_set`` for these claims; with ``request`` and ``target``, decide it too.
 
-    Raises ``CallerError`` subclasses for an invalid JSON-RPC ``request``.
+    The issuer is ``issuer``, or else the claims' ``iss``, as the verifier would see it (an
+    explanation that ignored the ``iss`` would report no rule where ``/v1/tokens`` applies one).
+
+    Raises ``CallerError`` subclasses for an invalid JSON-RPC ``request``, or an ``issuer`` that
+    contradicts the claims' ``iss``.
     """
-    rendering = render_rules(policy_set, issuer, claims)
+    rendering = render_rules(policy_set, effective_issuer(issuer, claims), claims)
     constraints = plan_mint(rendering.applied).constraints if rendering.applied else ()
     decision = None
     if request is not None:

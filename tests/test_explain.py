@@ -15,8 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from broker.errors import InvalidRequestError  # noqa: E402
 from broker.explain import explain, format_text  # noqa: E402
-from broker.policy import load_policy_dir  # noqa: E402
+from broker.policy import load_policy_dir, load_policy_sources  # noqa: E402
 from broker.precheck import Target  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "fixtures" / "explain"
@@ -72,3 +73,22 @@ if __name__ == "__main__":
         text_out, json_out = render(case_name)
         (GOLDEN / f"{case_name}.txt").write_text(text_out)
         (GOLDEN / f"{case_name}.json").write_text(json_out)
+
+
+TENANT_RULE = (
+    b"rules:\n  - id: tenant-a-admins\n"
+    b"    when: {issuer: 'https://a.example/', claims: {role: admin}}\n"
+    b"    grant: {namespaces: a}\n"
+)
+
+
+def test_the_claims_iss_is_the_issuer_when_none_is_given() -> None:
+    """/v1/tokens applies issuer conditions to the token's iss; an explanation that ignored
+    it reported no rule for a user the broker serves."""
+    policy_set = load_policy_sources([("t.yaml", TENANT_RULE)])
+    claims = {"iss": "https://a.example/", "sub": "u1", "role": "admin"}
+    assert list(explain(policy_set, claims, issuer="").applied) == ["tenant-a-admins"]
+    same = explain(policy_set, claims, issuer="https://a.example/")
+    assert list(same.applied) == ["tenant-a-admins"]
+    with pytest.raises(InvalidRequestError, match="is not the claims' iss"):
+        explain(policy_set, claims, issuer="https://b.example/")
