@@ -1022,6 +1022,15 @@ class _FileChecker:
             position = found.end()
         if position < len(text):
             parts.append(text[position:])
+        if regex and not _placeholders_stand_as_text(parts):
+            self.problem(
+                path,
+                "a {claims...} placeholder must stand where its value reads as plain text: "
+                "not inside [...], a {n,m} repeat, or after an escape that takes more "
+                "characters (\\x, \\u, \\c, \\k, \\p, a backreference)",
+                at,
+            )
+            return None
         if not regex:
             for literal in (p for p in parts if isinstance(p, str)):
                 stray = _BRACED.search(literal)
@@ -1131,6 +1140,75 @@ def _top_level_alternation(pattern: str) -> bool:
             return True
         index += 1
     return False
+
+
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
+
+
+def _escape_end(part: str, index: int) -> tuple[int, bool]:
+    r"""Where the escape at ``part[index]`` (a backslash) ends, and whether it is still open:
+    whether a character right after it could continue it (``\x4`` + ``1``, ``\1`` + ``0``,
+    ``\u{4`` + ``1}``), as a claim's value would if a placeholder came next."""
+    kind = part[index + 1]
+    at = index + 2
+    if kind.isdigit():  # a backreference or octal escape reads every digit that follows
+        while at < len(part) and part[at].isdigit():
+            at += 1
+        return at, True
+    if kind == "u" and at < len(part) and part[at] == "{":
+        close = part.find("}", at)
+        return (len(part), True) if close < 0 else (close + 1, False)
+    if kind in "xu":
+        wanted = 2 if kind == "x" else 4
+        taken = 0
+        while at < len(part) and taken < wanted and part[at] in _HEX:
+            at, taken = at + 1, taken + 1
+        return at, taken < wanted
+    if kind == "c":
+        if at < len(part) and part[at].isalpha():
+            return at + 1, False
+        return at, True
+    opener, closer = {"p": ("{", "}"), "P": ("{", "}"), "k": ("<", ">")}.get(kind, ("", ""))
+    if opener and at < len(part) and part[at] == opener:
+        close = part.find(closer, at)
+        return (len(part), True) if close < 0 else (close + 1, False)
+    return at, bool(opener) and at == len(part)
+
+
+def _placeholders_stand_as_text(parts: list[str | ClaimRef]) -> bool:
+    r"""Whether each placeholder of a regex template sits where a literal reads as itself.
+
+    A claim's value is escaped (``rpcmatch.escape_literal``), but digits, ``,`` and ``-`` need
+    no escaping as text and are syntax in three places: inside a class (``[{claims.x}]`` with
+    ``a-z`` is a range), inside a repeat (``x{{claims.n}}`` with ``1,`` is ``x{1,}``), and right
+    after an escape that reads on (``\x4{claims.h}``, ``\1{claims.n}``). Such a placeholder is
+    refused at load."""
+    in_class = False
+    in_repeat = False  # after an unescaped "{", while digits and "," follow
+    open_escape = False  # the text so far ends inside an escape that reads on
+    for part in parts:
+        if isinstance(part, ClaimRef):
+            if in_class or in_repeat or open_escape:
+                return False
+            continue
+        index = 0
+        while index < len(part):
+            char = part[index]
+            if char == "\\" and index + 1 < len(part):
+                index, open_escape = _escape_end(part, index)
+                in_repeat = False
+                continue
+            open_escape = False
+            if in_class:
+                in_class = char != "]"
+            elif char == "[":
+                in_class = True
+            elif char == "{":
+                in_repeat = True
+            elif not (in_repeat and (char.isdigit() or char == ",")):
+                in_repeat = False
+            index += 1
+    return True
 
 
 def _escaped(text: str, index: int) -> bool:

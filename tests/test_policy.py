@@ -312,3 +312,44 @@ def test_denial_reasons_are_specific() -> None:
 )
 def test_scalar_equality_is_json_typed(left: Any, right: Any, same: bool) -> None:
     assert same_scalar(left, right) is same
+
+
+PLACEHOLDER_CONTEXT = (
+    "a {claims...} placeholder must stand where its value reads as plain text: not inside "
+    "[...], a {n,m} repeat, or after an escape that takes more characters "
+    "(\\x, \\u, \\c, \\k, \\p, a backreference)"
+)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "refused"),
+    [
+        (r"^x{{claims.n}}$", True),  # n = "1," makes x{1,}: a repeat, not the text x{1,}
+        (r"^x{1,{claims.n}}$", True),
+        (r"^[{claims.sub}]+$", True),  # sub = "a-z" makes a range
+        (r"^\x4{claims.h}$", True),  # h = "1" completes \x41
+        (r"^\1{claims.n}$", True),  # n = "0" makes \10
+        (r"^\c{claims.a}$", True),
+        (r"^user-{claims.sub}$", False),
+        (r"^[a-z]{claims.sub}$", False),
+        (r"^x{1,2}{claims.sub}$", False),
+        (r"^\x41{claims.sub}$", False),
+        (r"^\cA{claims.sub}$", False),
+        (r"^\[{claims.sub}\]$", False),
+        (r"^a\{{claims.sub}$", False),
+        (r"^{claims.org}/{claims.team}$", False),
+    ],
+)
+def test_placeholders_only_where_a_value_reads_as_text(pattern: str, refused: bool) -> None:
+    """The claim's value is escaped, but digits, ',' and '-' are text only in a literal
+    position: elsewhere a user's claim could widen the pattern."""
+    source = (
+        "rules:\n  - id: r\n    grant:\n      namespaces: a\n"
+        f"      rpcReqMatch: {{params.name: '{pattern}'}}\n"
+    )
+    if not refused:
+        load_policy_sources([("p.yaml", source.encode())])
+        return
+    with pytest.raises(PolicyError) as caught:
+        load_policy_sources([("p.yaml", source.encode())])
+    assert [p.message for p in caught.value.problems] == [PLACEHOLDER_CONTEXT]
