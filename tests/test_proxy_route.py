@@ -402,3 +402,30 @@ async def test_audit_records_each_call_and_only_the_mint_of_its_token(proxy: Pro
     ]
     assert records[1]["cache_hit"] is False
     assert {r["result"] for r in records if r["event"] == "proxy.decision"} == {"allow"}
+
+
+async def test_smithery_authorization_required_reaches_the_mcp_client_as_is() -> None:
+    """A connection waiting for the user's OAuth consent: the emulator's documented 401
+    ``-32001`` with the setup page comes back through the proxy unchanged."""
+    async with harness() as h:
+        await h.create_connection(
+            "my-app",
+            "support-oauth",
+            mcpUrl="https://oauth.example.com/mcp",
+            metadata={"connectionId": "support-github"},
+        )
+        response = await h.client.post(
+            "/v1/mcp/my-app/support-oauth",
+            content=CALL_GET_ISSUE,
+            headers={
+                **h.auth("sam", **SUPPORT),
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+            },
+        )
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] == -32001
+    assert error["data"] == {
+        "authorizationUrl": "https://smithery.ai/connect/setup/my-app/support-oauth"
+    }

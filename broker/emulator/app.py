@@ -197,7 +197,8 @@ def _json_rpc_error(
 ) -> Response[ErrorResponse]:
     return Response(
         ErrorResponse(
-            id=error.request_id, error=ErrorObject(code=error.rpc_code, message=error.message)
+            id=error.request_id,
+            error=ErrorObject(code=error.rpc_code, message=error.message, data=error.data),
         ),
         status_code=error.status_code,
         media_type=MediaType.JSON,

@@ -104,6 +104,8 @@ class JsonRpcEndpointError(EmulatorError):
     status_code = 500
     code = "internal_error"
     rpc_code = -32603
+    data: dict[str, str] | None = None
+    """The error object's ``data``, where Smithery documents one."""
 
     def __init__(
         self,
@@ -165,6 +167,22 @@ class McpConnectionNotFoundError(JsonRpcEndpointError):
 
     def __init__(self, *, request_id: RequestId | None) -> None:
         super().__init__("Connection not found", request_id=request_id)
+
+
+class McpAuthorizationRequiredError(JsonRpcEndpointError):
+    """The connection's MCP server needs the user's OAuth consent first (``status`` is
+    ``auth_required``): 401 ``-32001 Authorization required`` with ``data.authorizationUrl``,
+    as documented (SMITHERY-SEMANTICS.md, "The MCP endpoint"; ``AuthRequiredError``).
+    OPEN: whether Smithery checks this before or after the token's constraints; the emulator
+    checks it after them, so a token learns nothing about a connection it may not use."""
+
+    status_code = 401
+    code = "authorization_required"
+    rpc_code = -32001
+
+    def __init__(self, authorization_url: str, *, request_id: RequestId | None) -> None:
+        super().__init__("Authorization required", request_id=request_id)
+        self.data = {"authorizationUrl": authorization_url}
 
 
 class McpMethodNotAllowedError(JsonRpcEndpointError):

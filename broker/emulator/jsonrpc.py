@@ -47,11 +47,12 @@ class RpcMessage:
         )
 
 
-class ErrorObject(msgspec.Struct, frozen=True):
-    """JSON-RPC 2.0 ``error`` member."""
+class ErrorObject(msgspec.Struct, frozen=True, omit_defaults=True):
+    """JSON-RPC 2.0 ``error`` member (``data`` only where Smithery documents one)."""
 
     code: int
     message: str
+    data: dict[str, str] | None = None
 
 
 class ErrorResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -54,3 +54,25 @@ def test_configured_oauth_hosts() -> None:
         assert create(client, "b", "https://oauth.example.com/mcp")["status"] == {
             "state": "connected"
         }
+
+
+def test_a_connection_awaiting_oauth_answers_authorization_required() -> None:
+    """SMITHERY-SEMANTICS.md, "The MCP endpoint": 401 ``-32001`` (``AuthRequiredError``, with
+    ``data.authorizationUrl``) until the user completes the server's OAuth consent."""
+    with TestClient(create_emulator_app(API_KEY)) as client:
+        setup = create(client, "c1", "https://oauth.example.com/mcp")["status"]["setupUrl"]
+        response = client.post(
+            "/connect/ns/c1/mcp",
+            content=b'{"jsonrpc": "2.0", "id": 7, "method": "tools/list"}',
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 401
+        assert response.json() == {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "error": {
+                "code": -32001,
+                "message": "Authorization required",
+                "data": {"authorizationUrl": setup},
+            },
+        }

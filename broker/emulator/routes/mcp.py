@@ -17,7 +17,9 @@ The checks, in order (each step's error is a JSON-RPC error object except the 40
    included (``scope.py``; patterns evaluated by node, ``rpc_oracle.py``), else 403 ``-32003``.
    With the lifecycle exemption on, ``initialize``/``ping``/``notifications/*`` skip
    ``rpcReqMatch`` only;
-6. the message is forwarded (``relay.py``): 502 if the connection has no ``mcpUrl`` or its server
+6. the connection is not waiting for the user's OAuth consent (``status`` ``auth_required``),
+   else 401 ``-32001 Authorization required`` with ``data.authorizationUrl`` (its setup page);
+7. the message is forwarded (``relay.py``): 502 if the connection has no ``mcpUrl`` or its server
    cannot be reached.
 
 Injected faults (``faults.py``, family ``mcp``) apply before step 1, outside this handler.
@@ -33,8 +35,10 @@ from litestar import Request, post, route
 from litestar.enums import HttpMethod
 from litestar.params import FromPath
 from litestar.response import Stream
+from msgspec import UnsetType
 
 from broker.emulator.errors import (
+    McpAuthorizationRequiredError,
     McpBadGatewayError,
     McpConnectionNotFoundError,
     McpForbiddenError,
@@ -90,6 +94,9 @@ async def post_message(
     if not allowed:
         raise _denied(emulator, message)
     emulator.stats.mcp_allowed += 1
+    status = item.connection.status
+    if not isinstance(status, UnsetType) and status.state == "auth_required":
+        raise McpAuthorizationRequiredError(str(status.setup_url), request_id=message.request_id)
 
     mcp_url = item.connection.mcp_url
     if mcp_url is None:
