@@ -91,6 +91,15 @@ def _rule_warnings(rule: Rule) -> Iterator[PolicyProblem]:
     reason = _never_holds(rule.claims)
     if reason is not None:
         yield _warn(rule, ".when.claims", f"the conditions can never hold: {reason}")
+    for path, template in _joined_templates(rule):
+        names = [part.path for part in template.parts if isinstance(part, ClaimRef)]
+        yield _warn(
+            rule,
+            path,
+            f"joins claims {', '.join(names)} in one value: values holding the text between "
+            "them can collide (acme + eng/x and acme/eng + x both give acme/eng/x); give each "
+            "claim a key of its own",
+        )
     for path, claim in _interpolated_claims(grant):
         if claim not in STRING_CLAIMS and not _string_guaranteed(rule.claims, claim):
             yield _warn(
@@ -99,6 +108,26 @@ def _rule_warnings(rule: Rule) -> Iterator[PolicyProblem]:
                 f"claim {claim} is interpolated but not guaranteed to be a string; add "
                 f"{{type: string}} (or equals/in with strings) under when.claims.{claim}",
             )
+
+
+def _joined_templates(rule: Rule) -> Iterator[tuple[str, Template]]:
+    """Namespace and metadata templates of the grant and the provision block holding two or
+    more placeholders (``idPrefix`` has its own separator rule, checked at load)."""
+    grant = rule.grant
+    namespaces = grant.namespaces
+    candidates: list[tuple[str, Template]] = []
+    if isinstance(namespaces, Template):
+        candidates.append((".grant.namespaces", namespaces))
+    elif namespaces is not None:
+        candidates.extend((f".grant.namespaces[{i}]", t) for i, t in enumerate(namespaces))
+    for block in grant.metadata or ():
+        candidates.extend((f".grant.metadata.{key}", t) for key, t in block)
+    if rule.provision is not None:
+        candidates.append((".provision.namespace", rule.provision.namespace))
+        candidates.extend((f".provision.metadata.{key}", t) for key, t in rule.provision.metadata)
+    for path, template in candidates:
+        if sum(isinstance(part, ClaimRef) for part in template.parts) > 1:
+            yield path, template
 
 
 def _covers(value: str | tuple[str, ...] | None, item: str) -> bool:

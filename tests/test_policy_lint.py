@@ -99,6 +99,16 @@ GOOD = "namespaces: a, metadata: {userId: '{claims.sub}'}, ttl: 15m"
                 "when.claims.org"
             ],
         ),
+        (
+            "rules:\n  - {id: r, when: {claims: {org: {type: string}, team: {type: string}}}, "
+            "grant: {namespaces: a, metadata: {scope: '{claims.org}/{claims.team}'}, "
+            "ttl: 15m}}\n",
+            [
+                "w.yaml:2:5: r: $.rules[0].grant.metadata.scope: joins claims org, team in one "
+                "value: values holding the text between them can collide (acme + eng/x and "
+                "acme/eng + x both give acme/eng/x); give each claim a key of its own"
+            ],
+        ),
     ],
     ids=[
         "duplicate",
@@ -110,6 +120,7 @@ GOOD = "namespaces: a, metadata: {userId: '{claims.sub}'}, ttl: 15m"
         "no-metadata",
         "long-execute-ttl",
         "non-string-claim",
+        "joined-claims",
     ],
 )
 def test_warning_kind(text: str, expected: list[str]) -> None:
