@@ -221,21 +221,20 @@ async def test_header_injection_is_refused_before_anything_is_sent() -> None:
     assert server.requests == []
 
 
-async def test_oversized_response_headers_are_a_protocol_error() -> None:
-    huge = b"X-Filler: " + b"a" * (http1.MAX_RESPONSE_HEADER_BYTES + 1) + b"\r\n"
-
+@pytest.mark.parametrize(
+    "reply",
+    [
+        fixed(b"{}", extra=b"X-Filler: " + b"a" * (http1.MAX_RESPONSE_HEADER_BYTES + 1) + b"\r\n"),
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",  # never asked for
+    ],
+    ids=["oversized-headers", "garbage", "unrequested-101"],
+)
+async def test_answers_that_are_not_a_usable_http_answer_are_protocol_errors(
+    reply: bytes,
+) -> None:
     async def answer(server: Server, index: int) -> bytes:
-        return fixed(b"{}", extra=huge)
-
-    async with serve(answer) as server:
-        with pytest.raises(Http1Error) as caught:
-            await pool(server).post("/x", [], b"", read_timeout=5)
-    assert caught.value.reason == "protocol"
-
-
-async def test_garbage_is_a_protocol_error() -> None:
-    async def answer(server: Server, index: int) -> bytes:
-        return b"SMTP ready\r\n\r\n"
+        return reply
 
     async with serve(answer) as server:
         with pytest.raises(Http1Error) as caught:
@@ -540,16 +539,6 @@ async def test_interim_answer_in_its_own_write_is_skipped_too() -> None:
         response = await client.post("/x", [], b"{}", read_timeout=5)
         assert response.status_code == 200
         assert await body_of(response) == b'{"final":true}'
-
-
-async def test_an_unrequested_101_is_a_protocol_error() -> None:
-    async def answer(server: Server, index: int) -> bytes:
-        return b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
-
-    async with serve(answer) as server:
-        with pytest.raises(Http1Error) as caught:
-            await pool(server).post("/x", [], b"{}", read_timeout=5)
-    assert caught.value.reason == "protocol"
 
 
 async def test_a_second_answer_to_one_request_never_reaches_the_next_caller() -> None:
