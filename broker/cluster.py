@@ -109,7 +109,9 @@ class Cluster:
                 delay = min(delay * 2, MAX_POLL_SECONDS)
         except SharedStoreDown:
             held = False  # Redis unavailable: this replica alone, as for rate limits
-        renewal = asyncio.create_task(self._renew(kind, name, owner, ttl_ms)) if held else None
+        renewal = (
+            asyncio.create_task(self._renew(store, kind, name, owner, ttl_ms)) if held else None
+        )
         try:
             yield
         finally:
@@ -121,12 +123,11 @@ class Cluster:
                 with contextlib.suppress(SharedStoreDown):
                     await store.release_lock(name, owner)
 
-    async def _renew(self, kind: str, name: str, owner: str, ttl_ms: int) -> None:
+    @staticmethod
+    async def _renew(store: SharedStore, kind: str, name: str, owner: str, ttl_ms: int) -> None:
         """Keep a held lock for as long as its block runs: a block slower than the lock's time
         (a create that pages through a user's connections at Smithery) would otherwise let
         another replica in beside it."""
-        store = self.store
-        assert store is not None
         while True:
             await asyncio.sleep(ttl_ms / 3000)  # real time: the lock expires in Redis's
             try:

@@ -48,12 +48,11 @@ class PolicyReloader:
             try:
                 new = await asyncio.to_thread(load_policy_dir, self.directory)
             except PolicyError as exc:
-                self.failures += 1
-                self._fingerprint = fingerprint
                 # For /readyz, which anyone may read: a count, not the problems (paths, rule
                 # ids, claim names and values), which go to the log below.
-                self.last_error = (
-                    f"{len(exc.problems)} problem(s) in the policy files; details in the log"
+                self._refused(
+                    fingerprint,
+                    f"{len(exc.problems)} problem(s) in the policy files; details in the log",
                 )
                 logger.error(  # noqa: TRY400 - a refused file is expected; no traceback
                     "policy reload (%s) refused, still serving revision %s: %d problem(s)",
@@ -65,9 +64,9 @@ class PolicyReloader:
                     logger.error("  %s", problem)  # noqa: TRY400
                 return False
             except Exception as exc:  # a bug in the loader: refuse the set, keep serving
-                self.failures += 1
-                self._fingerprint = fingerprint
-                self.last_error = f"the policy files could not be loaded ({type(exc).__name__})"
+                self._refused(
+                    fingerprint, f"the policy files could not be loaded ({type(exc).__name__})"
+                )
                 logger.exception(
                     "policy reload (%s) failed, still serving revision %s",
                     reason,
@@ -90,6 +89,13 @@ class PolicyReloader:
                 for warning in self.warnings(new):
                     logger.warning("  warning: %s", warning)
             return True
+
+    def _refused(self, fingerprint: Any, summary: str) -> None:
+        """The newest files were not swapped in: count it, and look again only once they
+        change."""
+        self.failures += 1
+        self._fingerprint = fingerprint
+        self.last_error = summary
 
     async def check(self) -> None:
         """Reload if the directory changed since the last look."""
