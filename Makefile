@@ -74,6 +74,7 @@ bench-smoke: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run --smoke
 	$(BIN)/python -m bench.proxy_cost --trees . --runs 1 --seconds 1 --fragmented
 	$(BIN)/python -m bench.proxy_cost --trees . --runs 1 --seconds 1 --route precheck
+	$(BIN)/python -m bench.chain_ab --trees . --runs 1 --seconds 1
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

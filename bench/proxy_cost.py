@@ -9,6 +9,7 @@ and R4's event-stream answer), alternates wrk runs between the brokers and repor
 CPU time per call (median of the runs).
 
     python -m bench.proxy_cost --trees /path/to/checkout-a /path/to/checkout-b [-c 8] [--runs 6]
+        [--instructions CALLS] [--fragmented [MS]] [--route proxy|precheck|tokens] [--profile DIR]
 
 A tree is a checkout of this project (``git worktree add /tmp/a <commit>``); its ``broker``
 package is imported from there with this interpreter's installed dependencies. Loopback only.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -37,6 +39,7 @@ import httpx
 from bench.identity import ALGORITHM, AUDIENCE, ISSUER, create_identity
 from bench.loadgen import WrkRun, run_wrk
 from bench.processes import listening_socket
+from bench.profiling import markdown, profile_during
 from bench.stack import API_KEY
 from bench.workload import (
     MCP_HEADERS,
@@ -270,15 +273,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--fragmented",
-        action="store_true",
-        help=f"the stand-in writes the MCP answer's head, event and end "
-        f"{FRAGMENT_GAP_SECONDS * 1000:g} ms apart, as they reach the broker in R4",
+        nargs="?",
+        type=float,
+        const=FRAGMENT_GAP_SECONDS * 1000,
+        metavar="MS",
+        help=f"the stand-in writes the MCP answer's head, event and end MS apart (default "
+        f"{FRAGMENT_GAP_SECONDS * 1000:g} ms), as they reach the broker in R4; with "
+        f"--instructions give more (say 50): callgrind slows the broker down some fifty times",
     )
     parser.add_argument(
         "--route",
         choices=sorted(ROUTES),
         default="proxy",
         help="the call measured: the guarded proxy (default), R3's precheck, or a cached token",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="after measuring, sample each broker with py-spy during one more run and write its "
+        "collapsed stacks and a summary to DIR",
     )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="proxy-cost-"))
@@ -294,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 "import sys, uvloop; from bench.proxy_cost import serve_stand_in; "
                 "uvloop.run(serve_stand_in(int(sys.argv[1]), float(sys.argv[2])))",
                 str(upstream_socket.fileno()),
-                str(FRAGMENT_GAP_SECONDS if args.fragmented else 0.0),
+                str((args.fragmented or 0.0) / 1000),
             ],
             pass_fds=(upstream_socket.fileno(),),
             cwd=ROOT,
@@ -353,6 +367,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"per {args.route} call (runs: {', '.join(f'{v:.0f}' for v in cpu[tree])}), "
                 f"p50 {statistics.median(p50[tree]):.2f} ms"
             )
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            for index, (tree, url, process) in enumerate(brokers):
+                raw = args.profile / f"broker-{index}.pyspy.txt"
+                profile = profile_during(
+                    process.pid, args.seconds, raw, functools.partial(load, url, args.seconds)
+                )
+                summary = markdown(profile, tree, f"{args.route} at c={args.connections}")
+                (args.profile / f"broker-{index}.md").write_text(summary)
+                print(summary)
     return 0
 
 
