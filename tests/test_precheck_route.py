@@ -43,6 +43,7 @@ async def test_support_read_tool_allowed(broker: Harness) -> None:
     )
     assert response.status_code == 200
     assert response.json() == {"allowed": True, "rule": "support-github-readonly", "reasons": []}
+    assert response.headers["cache-control"] == "no-store"
 
 
 async def test_support_destructive_tool_denied_with_reasons(broker: Harness) -> None:
@@ -57,6 +58,7 @@ async def test_support_destructive_tool_denied_with_reasons(broker: Harness) -> 
     body = response.json()
     assert response.status_code == 200
     assert body["allowed"] is False
+    assert response.headers["cache-control"] == "no-store"
     assert body["rule"] is None
     assert body["reasons"] == [
         {

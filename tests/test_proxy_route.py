@@ -98,6 +98,7 @@ async def test_allowed_call_forwards_exact_bytes_with_service_token(proxy: Proxy
     )
     assert response.status_code == 200
     assert response.json()["result"] == {"tools": []}
+    assert response.headers["cache-control"] == "no-store"  # Smithery's answer named none
     [forwarded] = proxy.mcp.seen
     assert forwarded.url.path == "/connect/my-app/support-github/mcp"
     assert forwarded.content == CALL_GET_ISSUE
@@ -128,6 +129,7 @@ async def test_denied_request_is_jsonrpc_error_and_never_forwarded(proxy: Proxy)
         "rpc_pattern_mismatch",
     ]
     assert proxy.mcp.seen == []
+    assert response.headers["cache-control"] == "no-store"
 
 
 async def test_denied_notification_is_403_problem(proxy: Proxy) -> None:
@@ -146,10 +148,13 @@ async def test_event_stream_is_relayed(proxy: Proxy) -> None:
             yield event
 
     proxy.mcp.answer = lambda _: httpx.Response(
-        200, headers={"content-type": "text/event-stream"}, content=chunks()
+        200,
+        headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
+        content=chunks(),
     )
     response = await proxy.post("support-github", CALL_GET_ISSUE)
     assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers.get_list("cache-control") == ["no-cache"]  # Smithery's, as it is
     assert response.content == b"".join(events)
 
 

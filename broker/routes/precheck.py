@@ -15,7 +15,7 @@ from broker.precheck import Target
 from broker.routes.body import convert_body, read_strict_json
 from broker.routes.caller import limited_caller
 from broker.routes.names import NAME_PATTERN
-from broker.routes.responses import JsonBody
+from broker.routes.responses import NO_STORE, JsonBody
 from broker.state import BrokerState
 
 _ENCODE: Final = msgspec.json.Encoder().encode
@@ -88,4 +88,4 @@ async def precheck(request: Request[Any, Any, Any]) -> ASGIApp:
         rule=decision.rule,
         reasons=[Reason(**d.as_json()) for d in decision.reasons],
     )
-    return JsonBody(_ENCODE(answer))
+    return JsonBody(_ENCODE(answer), NO_STORE)  # a decision about this caller only

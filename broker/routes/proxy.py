@@ -5,7 +5,8 @@ Authenticate, decide, then forward the very bytes that were checked to Smithery'
 (``application/json`` or ``text/event-stream``) without buffering it. A denied request gets a
 JSON-RPC error (HTTP 200, code -32003, the reasons in ``data``) so MCP clients keep their
 session; a denied notification gets 403 problem details. Smithery enforces the same constraints
-again. GET and DELETE are 405, like Smithery's stateless endpoint.
+again. GET and DELETE are 405, like Smithery's stateless endpoint. Denials, and answers for which
+Smithery names no ``Cache-Control``, are ``no-store``: they are about one user.
 
 The hottest MCP path is a plain ASGI handler: Litestar routes to it and its middleware (CORS,
 tracing, the metrics hook, the problem-details exception handlers) wraps it as any route, but
@@ -29,7 +30,7 @@ from broker.errors import RequestDeniedError
 from broker.jsonrpc import check_message, decode_strict, is_notification
 from broker.routes.body import receive_body, require_json
 from broker.routes.names import check_name
-from broker.routes.responses import JsonBody, Relay, request_headers
+from broker.routes.responses import NO_STORE, JsonBody, Relay, request_headers
 from broker.state import BrokerState
 
 PATH: Final = "/v1/mcp/{namespace:str}/{connection_id:str}"
@@ -150,7 +151,7 @@ async def _serve(
             id=message.get("id"),
             error=JsonRpcError(FORBIDDEN_CODE, FORBIDDEN_MESSAGE, {"reasons": reasons}),
         )
-        await JsonBody(msgspec.json.encode(denial))(scope, receive, send)
+        await JsonBody(msgspec.json.encode(denial), NO_STORE)(scope, receive, send)
         return
     issued = await broker.issuance.issue(principal, for_proxy=True)
     forwarded = [("content-type", content_type or "application/json")]
@@ -165,8 +166,11 @@ async def _serve(
         if span is not None:
             span.set_attribute("http.response.status_code", upstream.status_code)
     headers = [(name, value) for name, value in upstream.headers if name in RETURNED_HEADERS]
-    if not any(name == b"content-type" for name, _ in headers):
+    names = {name for name, _ in headers}
+    if b"content-type" not in names:
         headers.append((b"content-type", b"application/json"))
+    if b"cache-control" not in names:  # a user's tool results: no cache may keep them
+        headers.extend(NO_STORE)
     relay = Relay(
         upstream.status_code,
         headers,
