@@ -81,6 +81,7 @@ def _depth(value: Any) -> int:
         '[[[]], [], [[[{"x": [0]}]]], 3]',
         '{"params": {"arguments": {"deep": [[{"k": [[]]}]]}}, "id": 1}',
         '[1, "two", null, [true, [false]]]',
+        '{"a": "[[[[{{{{", "b": [["]]]]}}"]]}',  # brackets in strings nest nothing
     ],
 )
 def test_depth_limit_counts_the_deepest_branch(document: str) -> None:
