@@ -209,10 +209,15 @@ class Revocations:
         shared = self._shared
         if shared is not None:
             try:
-                # Purge first, then record: once other replicas see the entry they purge their
-                # memory and read Redis again, where the old tokens must be gone already (the
-                # other order let one read an old token back in between; with no refusal
-                # period, nothing then stopped it being served).
+                # Three steps, in this order:
+                # 1. move the sequence: a mint already running anywhere (under the old sequence)
+                #    can no longer store its token, however late it lands;
+                # 2. purge the records concerned: nothing can put an old token back now;
+                # 3. record the entry (moving the sequence again): other replicas purge their
+                #    memory and read Redis afresh only now, when it holds no old token.
+                # Without step 1 a store could land between the purge and the record; with the
+                # record first, a replica could read an old token back before the purge.
+                await shared.store.block_stores()
                 purged_shared = await shared.purge(scope.subject, scope.rule)
                 await shared.store.add_revocation(field, _ENCODER.encode(entry))
             except SharedStoreDown:

@@ -105,6 +105,12 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[3]) end
 return redis.call('INCR', KEYS[2])
 """
+# KEYS[1] revocation sequence; ARGV[1] a random start. Moves the sequence with no entry: from
+# then on, a mint that started under an earlier sequence is not stored (``_STORE``).
+_BLOCK_STORES: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
+return redis.call('INCR', KEYS[1])
+"""
 SEQUENCE_START_BITS: Final = 52
 """Random starts below 2**52: a repeat is as unlikely as a guess, and INCR stays in range."""
 
@@ -169,6 +175,7 @@ class SharedStore:
         self._extend = self._client.register_script(_EXTEND)
         self._take = self._client.register_script(_TAKE)
         self._revoke = self._client.register_script(_REVOKE)
+        self._block_stores = self._client.register_script(_BLOCK_STORES)
         self._purge_indexed = self._client.register_script(_PURGE_INDEXED)
         self.errors = 0
 
@@ -347,6 +354,15 @@ class SharedStore:
             lambda: self._revoke(
                 keys=[self._revocations_key, self._sequence_key], args=[field, value, start]
             ),
+        )
+        return self._integer("revoke", sequence)
+
+    async def block_stores(self) -> int:
+        """Move the revocation sequence without recording anything: every store of a mint that
+        started before is refused. Returns the new sequence."""
+        start = secrets.randbelow(2**SEQUENCE_START_BITS)
+        sequence = await self._run(
+            "revoke", lambda: self._block_stores(keys=[self._sequence_key], args=[start])
         )
         return self._integer("revoke", sequence)
 

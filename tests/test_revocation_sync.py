@@ -24,6 +24,11 @@ class FakeRevocationStore:
     dropped: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
 
+    async def block_stores(self) -> int:
+        self.calls.append("block")
+        self.seq += 1
+        return self.seq
+
     async def add_revocation(self, field_name: str, value: bytes) -> int:
         self.calls.append("record")
         self.entries[field_name] = value
@@ -97,7 +102,7 @@ async def test_other_replica_applies_purges_and_refuses_then_forgets() -> None:
     with pytest.raises(AccessRevokedError):
         there.check(principal("mallory"))
     there.check(principal("alice"))
-    assert there.sequence == 1
+    assert there.sequence == 2  # moved twice: stores blocked, then the entry recorded
 
     fill(there_cache, clock, "mallory")
     await there.sync()  # same sequence: nothing re-applied
@@ -138,14 +143,18 @@ async def test_revocation_fields_name_no_subject() -> None:
 
 
 @pytest.mark.parametrize("scope", [Scope(subject="alice"), Scope(rule="own"), Scope()])
-async def test_redis_is_purged_before_the_revocation_is_recorded(scope: Scope) -> None:
+async def test_stores_are_blocked_then_redis_purged_then_the_revocation_recorded(
+    scope: Scope,
+) -> None:
     """Other replicas act on the record: they purge their memory and read Redis again. Were
     the record first, one could read an old token back from Redis before the purge reached it,
-    and with no refusal period (seconds 0) serve it."""
+    and with no refusal period (seconds 0) serve it. Were the stores not blocked before the
+    purge, a mint that started earlier could store its token after it (a real-Redis race in
+    tests/integration/test_scaleout.py)."""
     shared = FakeShared(FakeRevocationStore())
     clock = Clock()
     revocations = Revocations(
         cache=TokenCache(clock=clock), clock=clock, default_seconds=600, shared=shared
     )
     await revocations.revoke(scope, 0)
-    assert shared.store.calls == ["purge", "record"]
+    assert shared.store.calls == ["block", "purge", "record"]

@@ -5,16 +5,22 @@ down (fast, typed failure; recovery)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from broker.cache import CacheKey, TokenCache
 from broker.config import RedisSettings, Secret
 from broker.metrics import Metrics
 from broker.ratelimit import RateLimitedError, SharedRateLimiter
+from broker.revocation import Revocations, Scope
+from broker.sealing import Keyring
+from broker.sharedcache import SharedCache
 from broker.sharedstore import SharedStore, SharedStoreDown
+from broker.upstream import MintedToken
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -194,3 +200,78 @@ async def test_a_lost_sequence_never_repeats_a_number_a_replica_saw(
     assert after not in (0, seen)
     assert await store.sequence() == after
     assert await store.add_revocation("next", b"z") == after + 1
+
+
+async def test_a_mint_running_during_a_revocation_leaves_no_token_in_redis(
+    redis_server: RedisServer,
+) -> None:
+    """Replica B starts minting for mallory; replica A revokes mallory (purge only); B's token
+    lands right after A's purge of Redis. A fresh replica C must not be served that token: A
+    moves the sequence before purging, so B's store (started under the old one) is refused."""
+    keyring = Keyring({"k": os.urandom(32)}, "k", os.urandom(32))
+    key = CacheKey("https://idp.test/", "mallory", b"\x01" * 32, "rev-1")
+    stores: list[SharedStore] = []
+
+    def replica() -> tuple[SharedCache, Revocations]:
+        store = SharedStore(
+            RedisSettings(retry_seconds=0.05),
+            Secret(redis_server.url),
+            clock=time.time,
+            metrics=Metrics(),
+        )
+        stores.append(store)
+        cache = TokenCache(clock=time.time)
+        shared = SharedCache(
+            store,
+            keyring,
+            cache,
+            clock=time.time,
+            monotonic=time.monotonic,
+            lock_seconds=10,
+            lock_wait_seconds=2,
+        )
+        revocations = Revocations(
+            cache=cache, clock=time.time, default_seconds=0, namer=keyring.name, shared=shared
+        )
+        shared.sequence = lambda: revocations.sequence
+        return shared, revocations
+
+    (shared_a, revocations_a), (shared_b, _), (shared_c, revocations_c) = (
+        replica(),
+        replica(),
+        replica(),
+    )
+    b_minting, mint_may_end, b_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def old_mint() -> MintedToken:
+        b_minting.set()  # under the old sequence, holding the mint lock
+        await mint_may_end.wait()
+        return MintedToken("OLD-token-minted-before-the-revocation", time.time() + 900)
+
+    async def new_mint() -> MintedToken:
+        return MintedToken("NEW-token", time.time() + 900)
+
+    async def b_mints() -> None:
+        await shared_b.fetch_or_mint(key, ("r",), old_mint)
+        b_done.set()
+
+    purge = shared_a.purge
+
+    async def purge_then_let_b_store(subject: str | None, rule: str | None) -> int:
+        purged = await purge(subject, rule)
+        mint_may_end.set()
+        await b_done.wait()  # B's store has been tried: between the purge and the record
+        return purged
+
+    try:
+        b_task = asyncio.create_task(b_mints())
+        await b_minting.wait()
+        shared_a.purge = purge_then_let_b_store  # type: ignore[method-assign]
+        await revocations_a.revoke(Scope(subject="mallory"), 0)
+        await b_task
+        await revocations_c.sync()
+        served = await shared_c.fetch_or_mint(key, ("r",), new_mint)
+        assert served.token == "NEW-token"
+    finally:
+        for store in stores:
+            await store.aclose()
