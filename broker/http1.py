@@ -13,9 +13,13 @@ Safety rules:
 - the response's headers are capped in size; a malformed response is an error, never a guess;
 - a connection is reused only after a complete response that allows keep-alive, and never once
   the peer has closed it; a failed or abandoned exchange closes its connection;
-- interim (1xx) answers are skipped, as RFC 9110 §15.2 asks of a client; a second answer to one
-  request, or bytes on a connection that carries no exchange, close the connection: a pooled
-  connection serves every user, and such bytes must never reach the next request's caller;
+- interim (1xx) answers are skipped, as RFC 9110 §15.2 asks of a client (one that declares a
+  body is a protocol error); a second answer to one request, or bytes on a connection that
+  carries no exchange, close the connection: a pooled connection serves every user, and such
+  bytes must not reach the next request's caller. What HTTP/1.1 cannot show is an extra answer
+  that arrives only after the connection was given to the next request: answers carry no
+  request id, so that one would be taken for the next caller's. The pool relies on Smithery
+  answering each request once, as it relies on Smithery for the tokens themselves;
 - nothing here logs; errors carry no header values (they may hold tokens).
 """
 
@@ -138,6 +142,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._interim:  # llhttp lets some 1xx codes declare one; RFC 9112 §6.3 allows none
+            raise httptools.HttpParserError("a body in an interim answer")
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered >= READ_HIGH_WATER and not self._paused and self.transport is not None:

@@ -227,8 +227,10 @@ async def test_header_injection_is_refused_before_anything_is_sent() -> None:
         fixed(b"{}", extra=b"X-Filler: " + b"a" * (http1.MAX_RESPONSE_HEADER_BYTES + 1) + b"\r\n"),
         b"SMTP ready\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",  # never asked for
+        # RFC 9112 6.3: an interim answer has no body; its bytes must not join the final one's
+        b"HTTP/1.1 150 Odd\r\nContent-Length: 5\r\n\r\nEVIL!" + fixed(b'{"ok":1}'),
     ],
-    ids=["oversized-headers", "garbage", "unrequested-101"],
+    ids=["oversized-headers", "garbage", "unrequested-101", "interim-with-a-body"],
 )
 async def test_answers_that_are_not_a_usable_http_answer_are_protocol_errors(
     reply: bytes,
