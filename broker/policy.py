@@ -1076,6 +1076,11 @@ def render_probe(template: Template) -> str:
 _YAML: Final = "tag:yaml.org,2002:"
 _INTEGER: Final = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,30})")
 _FLOAT: Final = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_YAML_12_NUMBER: Final = re.compile(
+    r"[-+]?(?:[0-9]+|\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|0o[0-7]+|0x[0-9a-fA-F]+"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+)
+"""Plain text YAML 1.2's core schema reads as a number (its int and float forms)."""
 _YAML_11_KINDS: Final = {
     "bool": "a boolean",
     "int": "a number",
@@ -1090,14 +1095,20 @@ def _scalar(node: yaml.ScalarNode) -> tuple[Any, str | None]:
     ``true``/``false``, ``null``/``~``/empty, a decimal integer or float, or else a string.
 
     PyYAML reads YAML 1.1, where ``on``, ``yes``, ``010`` (octal 8), ``0x1F``, ``1:30`` (90)
-    and ``2024-01-01`` (a date) are not the text they look like: such a value is refused with
-    a request to quote it, never silently converted. Tags other than the core ones
+    and ``2024-01-01`` (a date) are not the text they look like, and ``1e3``, ``+.5`` and
+    ``0o17``, numbers in YAML 1.2, are text: such a value is refused with a request to quote
+    it, never silently converted. Tags other than the core ones
     (``!!binary``, ``!!python/...``, ``!!set``) are refused too."""
     tag, text = node.tag, node.value
     if not tag.startswith(_YAML):
         return None, f"the tag {tag!r} is not supported; write plain values"
     kind = tag.removeprefix(_YAML)
     if kind == "str":
+        if node.style is None and _YAML_12_NUMBER.fullmatch(text):  # 1e3, +.5, 0o17
+            return None, (
+                f"{text!r} is read as text by YAML 1.1 and as a number by YAML 1.2: quote it "
+                "(numbers: plain decimal, finite)"
+            )
         return text, None
     if kind not in _YAML_11_KINDS or node.style is not None:  # !!binary, or !!int "8"
         return None, f"the tag !!{kind} is not supported; write plain values"
@@ -1110,6 +1121,8 @@ def _scalar(node: yaml.ScalarNode) -> tuple[Any, str | None]:
         return int(text), None
     if _FLOAT.fullmatch(text) and math.isfinite(float(text)):
         return float(text), None
+    if _FLOAT.fullmatch(text) or text.lstrip("+-").lower() in (".inf", ".nan"):
+        return None, f"{text!r} is not a finite number: quote it to mean the text"
     return None, (
         f"{text!r} is read as {_YAML_11_KINDS[kind]} by YAML 1.1 and as text by YAML 1.2: "
         "quote it (numbers: plain decimal, finite)"
