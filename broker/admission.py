@@ -38,6 +38,8 @@ from broker.upstream import SmitheryClient
 
 COMPILED_CACHE_ENTRIES: Final = 4096
 CONNECTION_CACHE_ENTRIES: Final = 10_000
+READERS_PER_CONNECTION: Final = 1024
+"""Callers remembered per cached connection; past that the entry starts over (reads again)."""
 TOKEN_CACHE_ENTRIES: Final = 10_000
 _NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
 """A connection that does not exist (or carries no metadata)."""
@@ -55,7 +57,9 @@ class Admission:
     revocations: Revocations | None = None
     """Asked by ``admit``: a revoked subject (or rule) is refused, not decided."""
     _compiled: BoundedCache[tuple[str, str, str], CompiledConstraints] | None = None
-    _connections: TimedCache[tuple[str, str], Mapping[str, Any]] | None = None
+    _connections: TimedCache[tuple[str, str], dict[tuple[str, str], Mapping[str, Any]]] | None = (
+        None
+    )
     _by_token: BoundedCache[tuple[str, bytes], CompiledConstraints] | None = None
 
     def __post_init__(self) -> None:
@@ -92,33 +96,45 @@ class Admission:
         return compiled
 
     async def target(
-        self, constraints: CompiledConstraints, namespace: str, connection_id: str
+        self,
+        principal: Principal,
+        constraints: CompiledConstraints,
+        namespace: str,
+        connection_id: str,
     ) -> Target:
         """The connection as a decision sees it: its metadata, read from Smithery (API key) and
-        cached briefly.
+        cached briefly, per caller.
 
         Whether a connection exists is not the caller's to learn beyond their rules' reach, as
         at Smithery, which answers 404 for a connection a token cannot see. So the connection
         is read only when some rule passes namespace, resource and operation, and one that
         does not exist has no metadata: it fails every metadata-scoped rule exactly as another
-        user's connection does (the same answer, and, cached alike, the same time).
+        user's connection does (the same answer, and, cached alike, the same time). The cache
+        remembers what each caller read: shared between callers, an answer from memory would
+        tell one user that another used that connection id within the cache window.
         """
         if not reaches_namespace(constraints, namespace):
             return Target(namespace, _NO_METADATA)
         assert self._connections is not None
         key = (namespace, connection_id)
-        metadata = self._connections.get(key)
+        reader = (principal.issuer, principal.subject)
+        readers = self._connections.get(key)
+        metadata = None if readers is None else readers.get(reader)
         if metadata is None:
             try:
                 connection = await self.upstream.fetch_connection(namespace, connection_id)
                 metadata = connection.metadata or _NO_METADATA
             except ConnectionNotFoundError:
                 metadata = _NO_METADATA
-            self._connections.put(key, metadata)
+            readers = self._connections.get(key)  # a write may have cleared it meanwhile
+            if readers is None or len(readers) >= READERS_PER_CONNECTION:
+                readers = {}
+                self._connections.put(key, readers)
+            readers[reader] = metadata
         return Target(namespace, metadata)
 
     def forget_connection(self, namespace: str, connection_id: str) -> None:
-        """A connection was created, changed or deleted here: read it afresh next time."""
+        """A connection was created, changed or deleted here: every caller reads it afresh."""
         assert self._connections is not None
         self._connections.discard((namespace, connection_id))
 

@@ -186,6 +186,22 @@ async def test_an_unknown_connection_is_denied_exactly_like_someone_elses(proxy:
     assert reads == ["GET /connect/my-app/alice-github", "GET /connect/my-app/nope"]
 
 
+async def test_what_one_caller_read_is_not_what_another_is_answered_from(proxy: Proxy) -> None:
+    """Connection metadata is cached per caller. Shared, an id another user had just used
+    answered from memory and an unused one waited for Smithery: the time told sam which of
+    alice's connection ids were in use."""
+    alice = {"email_verified": True}
+    used = await proxy.post("alice-github", CALL_GET_ISSUE, sub="alice", claims=alice)
+    assert used.status_code == 200
+    assert "error" not in used.json()
+    probe = await proxy.post("alice-github", CALL_GET_ISSUE)  # sam, of support
+    assert probe.json()["error"]["code"] == -32003
+    again = await proxy.post("alice-github", CALL_GET_ISSUE)  # sam's own read is cached
+    assert again.json() == probe.json()
+    reads = [call for call in proxy.mcp.other if call.startswith("GET /connect/")]
+    assert reads == ["GET /connect/my-app/alice-github"] * 2  # alice's read, then sam's own
+
+
 async def test_no_connection_is_read_where_no_rule_of_the_caller_reaches(proxy: Proxy) -> None:
     response = await proxy.broker.client.post(
         "/v1/mcp/finance/payroll",

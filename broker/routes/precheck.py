@@ -73,7 +73,7 @@ async def precheck(request: Request[Any, Any, Any]) -> ASGIApp:
     target = Target(envelope.namespace, envelope.metadata)
     if envelope.connectionId is not None:
         target = await broker.admission.target(
-            constraints, envelope.namespace, envelope.connectionId
+            principal, constraints, envelope.namespace, envelope.connectionId
         )
     decision = broker.admission.decide(
         principal,

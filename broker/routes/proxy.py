@@ -133,7 +133,7 @@ async def _serve(
     )
     require_json(content_type)
     message = check_message(decode_strict(body, max_depth=limits.max_depth))
-    target = await broker.admission.target(constraints, namespace, connection_id)
+    target = await broker.admission.target(principal, constraints, namespace, connection_id)
     decision = broker.admission.decide(
         principal,
         constraints,
