@@ -1026,8 +1026,8 @@ class _FileChecker:
             self.problem(
                 path,
                 "a {claims...} placeholder must stand where its value reads as plain text: "
-                "not inside [...], a {n,m} repeat, or after an escape that takes more "
-                "characters (\\x, \\u, \\c, \\k, \\p, a backreference)",
+                "not inside [...], a {n,m} repeat, a group's (? or (?<name>, or after an "
+                "escape that takes more characters (\\x, \\u, \\c, \\k, \\p, a backreference)",
                 at,
             )
             return None
@@ -1194,16 +1194,21 @@ def _placeholders_stand_as_text(parts: list[str | ClaimRef]) -> bool:
     A claim's value is escaped (``rpcmatch.escape_literal``), but digits, ``,`` and ``-`` need
     no escaping as text and are syntax in three places: inside a class (``[{claims.x}]`` with
     ``a-z`` is a range), inside a repeat (``x{{claims.n}}`` with ``1,`` is ``x{1,}``), and right
-    after an escape that reads on (``\x4{claims.h}``, ``\1{claims.n}``). Such a placeholder is
-    refused at load."""
+    after an escape that reads on (``\x4{claims.h}``, ``\1{claims.n}``). Nor is any character
+    text where a group's kind or name is read: ``(?{claims.x}`` with ``=`` is a lookahead,
+    ``(?<{claims.x}>`` with ``!`` a lookbehind, and a name (there or in ``\k<...>``) is not a
+    literal at all. Such a placeholder is refused at load."""
     in_class = False
     in_repeat = False  # after an unescaped "{", while digits and "," follow
     open_escape = False  # the text so far ends inside an escape that reads on
+    text = ""  # the template so far, each placeholder as one letter
     for part in parts:
         if isinstance(part, ClaimRef):
-            if in_class or in_repeat or open_escape:
+            if in_class or in_repeat or open_escape or _in_group_head(text):
                 return False
+            text += "x"
             continue
+        text += part
         index = 0
         while index < len(part):
             char = part[index]
@@ -1222,6 +1227,15 @@ def _placeholders_stand_as_text(parts: list[str | ClaimRef]) -> bool:
                 in_repeat = False
             index += 1
     return True
+
+
+_GROUP_HEAD: Final = re.compile(r"(?:\(\?|\(\?<[^>]*|\\k<[^>]*)\Z")
+r"""Text ending where a group's kind or name is read: ``(?``, ``(?<name`` or ``\k<name``."""
+
+
+def _in_group_head(text: str) -> bool:
+    found = _GROUP_HEAD.search(text)
+    return found is not None and not _escaped(text, found.start())
 
 
 def _escaped(text: str, index: int) -> bool:

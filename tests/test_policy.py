@@ -316,8 +316,8 @@ def test_scalar_equality_is_json_typed(left: Any, right: Any, same: bool) -> Non
 
 PLACEHOLDER_CONTEXT = (
     "a {claims...} placeholder must stand where its value reads as plain text: not inside "
-    "[...], a {n,m} repeat, or after an escape that takes more characters "
-    "(\\x, \\u, \\c, \\k, \\p, a backreference)"
+    "[...], a {n,m} repeat, a group's (? or (?<name>, or after an escape that takes more "
+    "characters (\\x, \\u, \\c, \\k, \\p, a backreference)"
 )
 
 
@@ -330,6 +330,11 @@ PLACEHOLDER_CONTEXT = (
         (r"^\x4{claims.h}$", True),  # h = "1" completes \x41
         (r"^\1{claims.n}$", True),  # n = "0" makes \10
         (r"^\c{claims.a}$", True),
+        (r"^(?<{claims.x}>a)$", True),  # x = "!" makes a lookbehind, any name no text
+        (r"^(?<n{claims.x}>a)$", True),
+        (r"^(?{claims.x}a)$", True),  # x = "=" makes a lookahead
+        (r"^(?<n>{claims.sub})$", False),
+        (r"^\(?<{claims.sub}$", False),  # an escaped parenthesis: text
         (r"^user-{claims.sub}$", False),
         (r"^[a-z]{claims.sub}$", False),
         (r"^x{1,2}{claims.sub}$", False),
