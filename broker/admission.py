@@ -61,6 +61,8 @@ class Admission:
         None
     )
     _by_token: BoundedCache[tuple[str, bytes], CompiledConstraints] | None = None
+    _forgotten: int = 0
+    """Counts ``forget_connection`` calls: a read that a write overtook is not cached."""
 
     def __post_init__(self) -> None:
         self._compiled = BoundedCache(COMPILED_CACHE_ENTRIES)
@@ -121,21 +123,24 @@ class Admission:
         readers = self._connections.get(key)
         metadata = None if readers is None else readers.get(reader)
         if metadata is None:
+            forgotten = self._forgotten
             try:
                 connection = await self.upstream.fetch_connection(namespace, connection_id)
                 metadata = connection.metadata or _NO_METADATA
             except ConnectionNotFoundError:
                 metadata = _NO_METADATA
-            readers = self._connections.get(key)  # a write may have cleared it meanwhile
-            if readers is None or len(readers) >= READERS_PER_CONNECTION:
-                readers = {}
-                self._connections.put(key, readers)
-            readers[reader] = metadata
+            if forgotten == self._forgotten:  # else a write came in meanwhile: maybe read stale
+                readers = self._connections.get(key)
+                if readers is None or len(readers) >= READERS_PER_CONNECTION:
+                    readers = {}
+                    self._connections.put(key, readers)
+                readers[reader] = metadata
         return Target(namespace, metadata)
 
     def forget_connection(self, namespace: str, connection_id: str) -> None:
         """A connection was created, changed or deleted here: every caller reads it afresh."""
         assert self._connections is not None
+        self._forgotten += 1
         self._connections.discard((namespace, connection_id))
 
     def _audit(

@@ -334,7 +334,8 @@ class Provisioning:
             finally:
                 if not lock.locked():
                     self._locks.pop(lock_key, None)
-            self.changed(namespace, connection_id)
+                # Also when the write failed: Smithery may have applied it before a timeout.
+                self.changed(namespace, connection_id)
             decision.action = "create" if created else "update"
             return document, created
 
@@ -391,8 +392,10 @@ class Provisioning:
         with self._decision("delete", principal, namespace, connection_id) as decision:
             entitlement = decision.entitle(self.policy())
             await self._owned(entitlement, namespace, connection_id)
-            await self.upstream.delete_connection(namespace, connection_id)
-            self.changed(namespace, connection_id)
+            try:
+                await self.upstream.delete_connection(namespace, connection_id)
+            finally:  # also when it failed: Smithery may have deleted before a timeout
+                self.changed(namespace, connection_id)
 
     async def _owned(
         self, entitlement: Entitlement, namespace: str, connection_id: str

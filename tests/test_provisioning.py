@@ -1,4 +1,5 @@
-"""The ``provision`` block: loading, rendering per user, target and ownership checks (pure)."""
+"""The ``provision`` block: loading, rendering per user, target and ownership checks (pure), and
+that a write, even a failed one, has the connection read afresh for decisions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import pytest
 
 from broker.constraints import render_rules
-from broker.errors import InvalidRequestError
+from broker.errors import InvalidRequestError, UpstreamTimeoutError
 from broker.policy import PolicySet, Provision, load_policy_dir, load_policy_sources
 from broker.provisioning import (
     check_mcp_url,
@@ -186,3 +187,45 @@ def test_shipped_example_grant_and_provision_agree() -> None:
     assert (
         select_entitlement(shipped, ISSUER, {"sub": "m", "email_verified": False}, "my-app") is None
     )
+
+
+class FailingSmithery:
+    """Smithery that may have applied a write, then timed out answering it."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    async def fetch_connection_document(self, namespace: str, connection_id: str) -> Any:
+        return None
+
+    async def list_connections(self, *args: Any, **kwargs: Any) -> Any:
+        from broker.upstream import ConnectionPage
+
+        return ConnectionPage(connections=[], nextCursor=None)
+
+    async def put_connection(self, namespace: str, connection_id: str, body: Any) -> Any:
+        self.written.append(connection_id)
+        raise UpstreamTimeoutError("Smithery did not answer in time.")
+
+
+async def test_a_write_that_failed_still_has_the_connection_read_afresh() -> None:
+    from broker.identity import Principal
+    from broker.provisioning import ConnectionRequest, Provisioning
+
+    forgotten: list[tuple[str, str]] = []
+    smithery = FailingSmithery()
+    provisioning = Provisioning(
+        policy=policy,
+        upstream=smithery,  # type: ignore[arg-type]
+        changed=lambda namespace, connection_id: forgotten.append((namespace, connection_id)),
+    )
+    alice = Principal(ISSUER, "alice", {"sub": "alice"}, 2e9)
+    with pytest.raises(UpstreamTimeoutError):
+        await provisioning.put(
+            alice,
+            "my-app",
+            "alice-x",
+            ConnectionRequest(mcpUrl="https://server.smithery.ai/github"),
+        )
+    assert smithery.written == ["alice-x"]
+    assert forgotten == [("my-app", "alice-x")]
