@@ -20,14 +20,13 @@ import asyncio
 import contextlib
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.identity import create_identity
 from bench.loadgen import run_wrk
-from bench.processes import listening_socket, start_server
+from bench.processes import serve_in_process, start_server
 from bench.proxy_cost import broker_env
 from bench.stack import API_KEY, broker_command, post_token, start_demo_mcp
 from bench.workload import DIRECT_PATH, MCP_HEADERS, PROXY_PATH, SUPPORT_CLAIMS, TOOLS_CALL
@@ -59,7 +58,7 @@ class _Pipe(asyncio.Protocol):
             self.other.transport.close()
 
 
-async def serve_relay(fd: int, port: int) -> None:
+async def serve_relay(fd: int, port: str) -> None:
     """Relay each connection accepted on ``fd`` to 127.0.0.1:``port``, byte for byte."""
     loop = asyncio.get_running_loop()
 
@@ -69,7 +68,7 @@ async def serve_relay(fd: int, port: int) -> None:
             self.connecting = loop.create_task(self._connect())
 
         async def _connect(self) -> None:
-            _, back = await loop.create_connection(lambda: _Pipe(self), "127.0.0.1", port)
+            _, back = await loop.create_connection(lambda: _Pipe(self), "127.0.0.1", int(port))
             assert back.transport is not None
             for data in self.early:
                 back.transport.write(data)
@@ -113,22 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             broker.check("/readyz")
             token = post_token(broker.url, jwt).json()["token"]
             targets[tree] = (broker.url + PROXY_PATH, f"Bearer {jwt}")
-        relay_socket = listening_socket()
-        exits.callback(relay_socket.close)
-        relay = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys, uvloop; from bench.chain_ab import serve_relay; "
-                "uvloop.run(serve_relay(int(sys.argv[1]), int(sys.argv[2])))",
-                str(relay_socket.fileno()),
-                emulator.url.rsplit(":", 1)[1],
-            ],
-            pass_fds=(relay_socket.fileno(),),
-            cwd=ROOT,
+        relay_url, _ = serve_in_process(
+            exits, "bench.chain_ab:serve_relay", emulator.url.rsplit(":", 1)[1], cwd=ROOT
         )
-        exits.callback(relay.kill)
-        relay_url = f"http://127.0.0.1:{relay_socket.getsockname()[1]}"
         targets["direct"] = (emulator.url + DIRECT_PATH, f"Bearer {token}")
         targets["relay"] = (relay_url + DIRECT_PATH, f"Bearer {token}")
 

@@ -8,10 +8,12 @@ makes the next connection fail immediately instead of hanging in the backlog.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +154,31 @@ def listening_socket() -> socket.socket:
     sock.bind((LOOPBACK, 0))
     sock.listen(BACKLOG)
     return sock
+
+
+def serve_in_process(
+    exits: contextlib.ExitStack, function: str, *args: str, cwd: Path
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Run ``function`` (``"module:name"``, an ``async def name(fd, *args)`` that serves on the
+    listening socket ``fd``) under uvloop in a child process on a fresh loopback socket; its URL.
+    ``exits`` kills it."""
+    sock = listening_socket()
+    exits.callback(sock.close)
+    module, _, name = function.partition(":")
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, uvloop; from {module} import {name}; "
+            f"uvloop.run({name}(int(sys.argv[1]), *sys.argv[2:]))",
+            str(sock.fileno()),
+            *args,
+        ],
+        pass_fds=(sock.fileno(),),
+        cwd=cwd,
+    )
+    exits.callback(child.kill)
+    return f"http://{LOOPBACK}:{sock.getsockname()[1]}", child
 
 
 def start_server(

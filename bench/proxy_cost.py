@@ -38,7 +38,7 @@ import httpx
 
 from bench.identity import ALGORITHM, AUDIENCE, ISSUER, create_identity
 from bench.loadgen import WrkRun, run_wrk
-from bench.processes import listening_socket
+from bench.processes import listening_socket, serve_in_process
 from bench.profiling import markdown, profile_during
 from bench.stack import API_KEY
 from bench.workload import (
@@ -123,10 +123,10 @@ class StandIn(asyncio.Protocol):
             asyncio.get_running_loop().call_later(self.gap, self._answer, parts[1:])
 
 
-async def serve_stand_in(fd: int, gap: float = 0.0) -> None:
+async def serve_stand_in(fd: int, gap: str = "0") -> None:
     import socket
 
-    StandIn.gap = gap
+    StandIn.gap = float(gap)
 
     sock = socket.socket(fileno=fd)
     server = await asyncio.get_running_loop().create_server(StandIn, sock=sock)
@@ -300,21 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     jwt = identity.jwt("sam", claims=SUPPORT_CLAIMS)
     route = ROUTES[args.route]
     with contextlib.ExitStack() as exits:
-        upstream_socket = listening_socket()
-        stand_in = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys, uvloop; from bench.proxy_cost import serve_stand_in; "
-                "uvloop.run(serve_stand_in(int(sys.argv[1]), float(sys.argv[2])))",
-                str(upstream_socket.fileno()),
-                str((args.fragmented or 0.0) / 1000),
-            ],
-            pass_fds=(upstream_socket.fileno(),),
+        upstream, _ = serve_in_process(
+            exits,
+            "bench.proxy_cost:serve_stand_in",
+            str((args.fragmented or 0.0) / 1000),
             cwd=ROOT,
         )
-        exits.callback(stand_in.kill)
-        upstream = f"http://127.0.0.1:{upstream_socket.getsockname()[1]}"
         if args.instructions:
             if shutil.which("valgrind") is None:
                 print("--instructions needs valgrind (Debian package valgrind)")
