@@ -8,7 +8,9 @@ under one total deadline, a circuit breaker, and a cap on concurrent calls.
   does not fit in the deadline the call gives up at once with the server's value.
 * The breaker opens after ``failure_threshold`` consecutive failed calls: then calls fail at once
   with 503 and ``Retry-After`` until ``open_seconds`` have passed; one probe call is let through
-  (half-open), and its outcome closes or reopens the breaker.
+  (half-open), and its outcome closes or reopens the breaker. Any answer from Smithery counts as
+  its being up, a refusal or a 404 too; a probe that ends with no answer (the caller went away,
+  an unexpected error) lets the next call probe instead, so the breaker never stays open.
 
 Time and sleeping are injected, so tests run every path without waiting. No HTTP here.
 """
@@ -23,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
-from broker.errors import UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
+from broker.errors import CallerError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
 
 logger = logging.getLogger("broker.resilience")
 T = TypeVar("T")
@@ -63,20 +65,25 @@ class CircuitBreaker:
             return "open"
         return "half_open"
 
-    def before_call(self) -> None:
-        """Raise at once while open (or while the half-open probe is already out)."""
+    def before_call(self) -> bool:
+        """Raise at once while open (or while the half-open probe is already out); True when
+        this call is the half-open probe."""
         state = self.state
         if state == "closed":
-            return
+            return False
         if state == "half_open" and not self.probing:
             self.probing = True
-            return
+            return True
         assert self.opened_at is not None
         wait = self.open_seconds - (self.clock() - self.opened_at)
         raise UpstreamUnavailableError(
             "Smithery is failing; the broker is not calling it for now.",
             retry_after_seconds=max(1, math.ceil(wait)),
         )
+
+    def release_probe(self) -> None:
+        """The probe ended without an answer either way: the next call probes."""
+        self.probing = False
 
     def success(self) -> None:
         if self.opened_at is not None:
@@ -112,26 +119,34 @@ class ResilientCaller:
 
     async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
         deadline = self.clock() + self.policy.deadline_seconds
-        self.breaker.before_call()
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                result = await self._attempt(attempt, deadline)
-            except RETRYABLE as exc:
-                delay = self._delay(tries, exc)
-                if tries > self.policy.retries or self.clock() + delay >= deadline:
-                    self.breaker.failure()
+        probe = self.breaker.before_call()
+        settled = False
+        try:
+            tries = 0
+            while True:
+                tries += 1
+                try:
+                    result = await self._attempt(attempt, deadline)
+                except RETRYABLE as exc:
+                    delay = self._delay(tries, exc)
+                    if tries > self.policy.retries or self.clock() + delay >= deadline:
+                        settled = True
+                        self.breaker.failure()
+                        raise
+                    self.retries_made += 1
+                    await self.sleep(delay)
+                    continue
+                except (UpstreamError, CallerError):
+                    # A refusal, a malformed answer, a 404: Smithery is up; no retry, no trip.
+                    settled = True
+                    self.breaker.success()
                     raise
-                self.retries_made += 1
-                await self.sleep(delay)
-                continue
-            except UpstreamError:
-                # A refusal or a malformed answer: Smithery is up; do not retry, do not trip.
+                settled = True
                 self.breaker.success()
-                raise
-            self.breaker.success()
-            return result
+                return result
+        finally:
+            if probe and not settled:  # cancelled, or an unexpected error: no verdict
+                self.breaker.release_probe()
 
     async def _attempt(self, attempt: Callable[[], Awaitable[T]], deadline: float) -> T:
         remaining = deadline - self.clock()

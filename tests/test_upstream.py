@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from broker.config import Secret, SmitherySettings
 from broker.errors import (
+    ConnectionNotFoundError,
     UpstreamProtocolError,
     UpstreamRejectedError,
     UpstreamTimeoutError,
@@ -244,6 +246,77 @@ async def test_failed_probe_reopens_breaker() -> None:
         await upstream.mint_token(POLICY)  # the probe fails
     assert upstream.caller.breaker.state == "open"
     assert flaky.calls == 3
+
+
+def opened_breaker(handler: Any, now: list[float]) -> SmitheryClient:
+    """A client whose breaker opened on one failure; ``handler`` answers after that."""
+    calls = [0]
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        calls[0] += 1
+        if calls[0] == 1:
+            return httpx.Response(503)
+        result = handler(request)
+        return (await result) if asyncio.iscoroutine(result) else result
+
+    upstream = SmitheryClient(
+        SmitherySettings(
+            base_url="https://s.test",
+            api_key=Secret(API_KEY),
+            retries=0,
+            breaker_failure_threshold=1,
+            breaker_open_seconds=10,
+        ),
+        transport=httpx.MockTransport(answer),
+        sleep=no_sleep,
+        clock=lambda: now[0],
+    )
+    return upstream
+
+
+async def test_a_probe_answered_404_closes_the_breaker() -> None:
+    """Any caller can make the half-open probe a read of a connection that does not exist.
+    The 404 is Smithery answering: the breaker closes (it stayed open until a restart)."""
+    now = [0.0]
+
+    def healthy(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tokens":
+            return httpx.Response(200, json={"token": "ok", "expiresAt": "2030-01-01T00:00:00Z"})
+        return httpx.Response(404, json={"error": "not_found"})
+
+    upstream = opened_breaker(healthy, now)
+    with pytest.raises(UpstreamUnavailableError):
+        await upstream.mint_token(POLICY)
+    now[0] += 10
+    with pytest.raises(ConnectionNotFoundError):
+        await upstream.fetch_connection("ns", "nope")  # the probe
+    assert upstream.caller.breaker.state == "closed"
+    assert (await upstream.mint_token(POLICY)).token == "ok"
+
+
+async def test_a_probe_whose_caller_went_away_lets_the_next_call_probe() -> None:
+    now = [0.0]
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow_then_healthy(request: httpx.Request) -> httpx.Response:
+        if not release.is_set():
+            started.set()
+            await release.wait()
+        return httpx.Response(200, json={"token": "ok", "expiresAt": "2030-01-01T00:00:00Z"})
+
+    upstream = opened_breaker(slow_then_healthy, now)
+    with pytest.raises(UpstreamUnavailableError):
+        await upstream.mint_token(POLICY)
+    now[0] += 10
+    probe = asyncio.create_task(upstream.mint_token(POLICY))
+    await started.wait()
+    probe.cancel()  # the client disconnected
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    release.set()
+    assert (await upstream.mint_token(POLICY)).token == "ok"  # this one probes, and closes it
+    assert upstream.caller.breaker.state == "closed"
 
 
 async def test_upstream_cookies_never_ride_along_on_later_requests() -> None:
