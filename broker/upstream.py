@@ -189,7 +189,9 @@ class SmitheryClient:
             limits=limits,
             trust_env=False,
             follow_redirects=False,
-            transport=self._transport,
+            transport=_BoundedTransport(self._transport, MAX_CONNECTION_LIST_BYTES),
+            # Read as sent: a compressed answer could grow past every size limit once decoded.
+            headers={"Accept-Encoding": "identity"},
             # One client serves every user: a cookie set by an upstream answer must never ride
             # along on another user's request. This jar accepts none.
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
@@ -498,6 +500,48 @@ class SmitheryClient:
         return McpAnswer(response.status_code, headers, _quiet(_raw(response)), response.aclose)
 
 
+class _BoundedStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream, limit: int) -> None:
+        self._stream = stream
+        self._limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._stream:
+            size += len(chunk)
+            if size > self._limit:
+                raise UpstreamProtocolError("Smithery's answer is larger than the broker reads.")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _BoundedTransport(httpx.AsyncBaseTransport):
+    """Smithery's answers to the API calls are read whole, so reading stops at ``limit`` bytes
+    (each call checks its own, smaller limit after that), and an answer compressed against the
+    client's ``Accept-Encoding: identity`` is refused before anything is decoded."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, limit: int) -> None:
+        self._transport = transport
+        self._limit = limit
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._transport.handle_async_request(request)
+        coding = response.headers.get("content-encoding", "").strip().lower()
+        if coding not in ("", "identity"):
+            await response.aclose()
+            raise UpstreamProtocolError("Smithery compressed an answer the broker asked plain.")
+        response.stream = _BoundedStream(
+            response.stream,  # type: ignore[arg-type]
+            self._limit,
+        )
+        return response
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
 @dataclass(frozen=True, slots=True)
 class McpAnswer:
     """Smithery's answer to an MCP message: status, headers (lower-case names) and the body as
@@ -589,7 +633,11 @@ def _error_code(content: bytes) -> str:
     return code if _SAFE_ERROR_CODE.fullmatch(code) else "unrecognised"
 
 
+_SECONDS: Final = re.compile(r"[0-9]{1,9}")
+"""Delay-seconds as RFC 9110 writes them (ASCII digits: ``isdigit`` also takes ``²``)."""
+
+
 def _retry_after(value: str | None) -> int:
-    if value is not None and value.strip().isdigit():
+    if value is not None and _SECONDS.fullmatch(value.strip()):
         return max(1, min(int(value.strip()), MAX_RETRY_AFTER_SECONDS))
     return DEFAULT_RETRY_AFTER_SECONDS

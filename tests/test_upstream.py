@@ -18,7 +18,7 @@ from broker.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from broker.upstream import SmitheryClient, parse_timestamp
+from broker.upstream import MAX_CONNECTION_LIST_BYTES, SmitheryClient, parse_timestamp
 
 API_KEY = "sk-test-SECRET-123"
 POLICY = [{"namespaces": "my-app", "ttl": 900}]
@@ -74,12 +74,19 @@ async def test_smithery_refusal_is_upstream_rejected_without_body(
 
 @pytest.mark.parametrize(
     ("status", "retry_after", "expected"),
-    [(503, "7", 7), (500, None, 1), (429, "2", 2), (502, "soon", 1)],
+    [
+        (503, "7", 7),
+        (500, None, 1),
+        (429, "2", 2),
+        (502, "soon", 1),
+        (429, "\u00b2", 1),  # a digit to str.isdigit, not to int(): it was a 500
+        (503, "9" * 5000, 1),  # more digits than int() converts
+    ],
 )
 async def test_overload_and_server_errors_are_unavailable_with_retry_after(
     status: int, retry_after: str | None, expected: int
 ) -> None:
-    headers = {"Retry-After": retry_after} if retry_after else {}
+    headers = {"Retry-After": retry_after.encode("latin-1")} if retry_after else {}
     with pytest.raises(UpstreamUnavailableError) as caught:
         await client(lambda _: httpx.Response(status, headers=headers)).mint_token(POLICY)
     assert caught.value.status == 503
@@ -117,6 +124,35 @@ async def test_malformed_success_body_is_502(body: bytes) -> None:
     with pytest.raises(UpstreamProtocolError) as caught:
         await client(lambda _: httpx.Response(200, content=body)).mint_token(POLICY)
     assert caught.value.status == 502
+
+
+async def test_an_answer_past_the_size_limit_is_not_read_on() -> None:
+    """Answers to API calls are read whole; reading stops at the limit instead of holding
+    whatever Smithery (or something posing as it) sends, within the deadline."""
+    sent = [0]
+
+    async def endless() -> Any:
+        while True:
+            sent[0] += 1
+            yield b"x" * 65536
+
+    with pytest.raises(UpstreamProtocolError) as caught:
+        await client(lambda _: httpx.Response(200, content=endless())).mint_token(POLICY)
+    assert caught.value.status == 502
+    assert sent[0] * 65536 <= MAX_CONNECTION_LIST_BYTES + 65536
+
+
+async def test_a_compressed_answer_is_refused_before_decoding() -> None:
+    """The client asks for identity; a gzip answer could grow past every limit once decoded."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"\x1f\x8b")
+
+    with pytest.raises(UpstreamProtocolError):
+        await client(handler).mint_token(POLICY)
+    assert seen[0].headers["accept-encoding"] == "identity"
 
 
 async def test_missing_api_key_never_calls_smithery() -> None:
