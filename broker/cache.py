@@ -23,7 +23,7 @@ from typing import Final, Generic, NamedTuple, Protocol, TypeVar
 
 import cachetools
 
-from broker.errors import UpstreamError
+from broker.errors import UpstreamError, UpstreamProtocolError
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -276,6 +276,8 @@ class TokenCache:
             getattr(minted, "minted_at", None) or minted_at,
             rules,
         )
+        if entry.expires_at <= self._clock():  # useless to anyone: say so, do not hand it out
+            raise UpstreamProtocolError("Smithery answered with a token that has already expired.")
         if generation == self._generation and self.servable(entry, minted_at):
             self._entries[key] = entry
         return entry

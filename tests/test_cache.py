@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from broker.cache import CacheKey, TokenCache
-from broker.errors import UpstreamUnavailableError
+from broker.errors import UpstreamProtocolError, UpstreamUnavailableError
 
 
 @dataclass
@@ -97,6 +97,14 @@ async def test_token_shorter_than_margin_is_returned_but_not_cached() -> None:
     mint = Minter(clock, lifetime=30)  # below the 60 s margin
     entry, _ = await cache.get_or_mint(key(), mint)
     assert entry.token == "tok-1"
+    assert len(cache) == 0
+
+
+async def test_a_token_minted_already_expired_is_an_upstream_error() -> None:
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    with pytest.raises(UpstreamProtocolError):
+        await cache.get_or_mint(key(), Minter(clock, lifetime=0))
     assert len(cache) == 0
 
 
