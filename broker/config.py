@@ -130,7 +130,7 @@ class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     jwks_refetch_interval_seconds: int = 30
     """A token with an unknown ``kid`` triggers at most one JWKS refetch per issuer per interval."""
     http_timeout_seconds: float = 5.0
-    """Time allowed for each discovery or JWKS request to the identity provider."""
+    """Time allowed for each discovery or JWKS request to the identity provider, body included."""
     verified_cache_entries: int = 10_000
     """Verified JWTs remembered (by hash, until ``exp``), so a repeated token skips the signature
     check. 0 disables the cache."""

@@ -34,6 +34,8 @@ from broker.errors import AuthenticationError, ConfigError, UnknownKeyError
 MAX_TOKEN_BYTES: Final = 16 * 1024
 """Bearer tokens larger than this are refused before any parsing."""
 MAX_JWKS_BYTES: Final = 1024 * 1024
+MAX_JWKS_KEYS: Final = 100
+"""Keys read from one key set (identity providers publish a handful); past that, ignored."""
 _ENCODE: Final = msgspec.json.Encoder().encode
 
 # Which JWK key types can verify which algorithm family (RFC 7518 §6).
@@ -335,7 +337,10 @@ def parse_jwks(
     problems: list[str] = []
     keys: list[VerificationKey] = []
     implementations = get_default_algorithms()
-    for index, jwk in enumerate(data["keys"]):
+    listed = data["keys"]
+    if len(listed) > MAX_JWKS_KEYS:
+        problems.append(f"JWKS: {len(listed)} keys; only the first {MAX_JWKS_KEYS} are read")
+    for index, jwk in enumerate(listed[:MAX_JWKS_KEYS]):
         where = f"JWKS keys[{index}]"
         if not isinstance(jwk, dict):
             problems.append(f"{where}: must be an object")

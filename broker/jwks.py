@@ -8,8 +8,10 @@ async httpx, and hands the parsed keys to the ``Verifier``. Keys are kept for th
 when the identity provider is down. A token with an unknown ``kid`` may trigger one refetch per
 issuer per interval, shared by concurrent requests, so forged kids cannot cause a fetch storm.
 
-Only https URLs are fetched, except on loopback hosts (dev and tests). Nothing here verifies
-tokens (``identity``) or knows about requests (``authentication``).
+Only https URLs are fetched, except on loopback hosts (dev and tests), and a discovered
+``jwks_uri`` only with the issuer's own scheme. Each fetch has one deadline, body included; a key
+set is read up to 100 keys. Nothing here verifies tokens (``identity``) or knows about requests
+(``authentication``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ logger = logging.getLogger("broker.jwks")
 DISCOVERY_PATH: Final = "/.well-known/openid-configuration"
 MAX_DISCOVERY_BYTES: Final = 256 * 1024
 RETRY_AFTER_FAILURE_SECONDS: Final = 10.0
+LOGGED_KEY_PROBLEMS: Final = 5
+"""Problems with a key set's keys logged one by one per refresh; the rest are counted."""
 MAX_LOOP_SLEEP_SECONDS: Final = 60.0
 _MAX_AGE: Final = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.IGNORECASE)
 
@@ -184,8 +188,14 @@ class JwksManager:
             state.discovered = True
         document, cache_control = await self._get_json(state.jwks_uri, MAX_JWKS_BYTES)
         keys, problems = parse_jwks(document, state.config.algorithms)
-        for problem in problems:
+        for problem in problems[:LOGGED_KEY_PROBLEMS]:
             logger.warning("jwks %s: skipped a key: %s", issuer, problem)
+        if len(problems) > LOGGED_KEY_PROBLEMS:
+            logger.warning(
+                "jwks %s: %d more key problem(s) not logged",
+                issuer,
+                len(problems) - LOGGED_KEY_PROBLEMS,
+            )
         if not keys:
             raise IdentityProviderError("the JWKS holds no key usable with the allowed algorithms")
         return keys, cache_ttl_seconds(cache_control, self._auth)
@@ -233,13 +243,21 @@ class JwksManager:
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not is_fetchable(jwks_uri):
             raise IdentityProviderError("discovery document has no usable https jwks_uri")
+        if urlsplit(jwks_uri).scheme != urlsplit(config.issuer).scheme:
+            # Plain http is for a loopback issuer (dev, tests): an https issuer's document must
+            # not send the broker to http on its own loopback.
+            raise IdentityProviderError("discovery document has no usable https jwks_uri")
         return jwks_uri
 
     async def _get_json(self, url: str, limit_bytes: int) -> tuple[Any, str | None]:
         if not is_fetchable(url):
             raise IdentityProviderError(f"refusing to fetch {url}: https is required")
         try:
-            async with self._client.stream("GET", url) as response:
+            # The whole fetch, not each read: a body that trickles in must not hold it longer.
+            async with (
+                asyncio.timeout(self._auth.http_timeout_seconds),
+                self._client.stream("GET", url) as response,
+            ):
                 if response.status_code != 200:
                     raise IdentityProviderError(f"GET {url} answered {response.status_code}")
                 body = bytearray()
@@ -248,7 +266,7 @@ class JwksManager:
                     if len(body) > limit_bytes:
                         raise IdentityProviderError(f"GET {url}: body exceeds {limit_bytes} bytes")
                 cache_control = response.headers.get("cache-control")
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             raise IdentityProviderError(f"GET {url} timed out") from None
         except httpx.HTTPError as exc:
             raise IdentityProviderError(f"GET {url} failed: {type(exc).__name__}") from None

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+from typing import Any
 
+import httpx
 import pytest
 
 from broker.authentication import Authenticator
 from broker.config import AuthSettings
 from broker.errors import AuthenticationError
-from broker.jwks import JwksManager, cache_ttl_seconds, is_fetchable, setup_verifier
+from broker.jwks import (
+    LOGGED_KEY_PROBLEMS,
+    JwksManager,
+    cache_ttl_seconds,
+    is_fetchable,
+    setup_verifier,
+)
 from tests.idp_fake import AUDIENCE, ISSUER, Clock, FakeIdP
 
 AUTH = AuthSettings(issuer=ISSUER, audience=(AUDIENCE,), algorithms=("RS256",))
@@ -58,6 +68,70 @@ async def test_plain_http_jwks_uri_is_refused() -> None:
     manager, _ = build(idp, clock)
     assert not await manager.refresh(ISSUER)
     assert "/jwks" not in idp.requests
+    await manager.aclose()
+
+
+async def test_an_https_issuer_cannot_send_the_broker_to_http_on_loopback() -> None:
+    """Plain http is allowed for loopback issuers (dev, tests); from an https issuer's document
+    it would be a blind request to the broker's own loopback."""
+    idp, clock = FakeIdP(jwks_uri="http://127.0.0.1:9901/admin"), Clock()
+    idp.add_key("k1")
+    manager, _ = build(idp, clock)
+    assert not await manager.refresh(ISSUER)
+    assert idp.requests == ["/.well-known/openid-configuration"]
+    await manager.aclose()
+
+
+async def test_a_key_set_that_trickles_in_times_out_as_a_whole() -> None:
+    """The timeout bounds the whole fetch, not each read: one byte at a time held a refresh,
+    and every request waiting on an unknown kid, for as long as the IdP liked."""
+    idp, clock = FakeIdP(), Clock()
+    idp.add_key("k1")
+    body = json.dumps(idp.jwks()).encode()
+
+    async def trickle() -> Any:
+        for byte in body:
+            await asyncio.sleep(0.05)
+            yield bytes([byte])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jwks":
+            return httpx.Response(200, content=trickle())
+        return idp.handler(request)
+
+    auth = AuthSettings(
+        issuer=ISSUER, audience=(AUDIENCE,), algorithms=("RS256",), http_timeout_seconds=0.3
+    )
+    verifier, remote = setup_verifier(auth)
+    manager = JwksManager(
+        verifier, remote, auth, clock=clock, transport=httpx.MockTransport(handler)
+    )
+    assert not await manager.refresh(ISSUER)
+    assert manager.status()[ISSUER]["lastError"] == "GET https://idp.test/jwks timed out"
+    await manager.aclose()
+
+
+async def test_a_key_set_of_junk_logs_a_few_problems_and_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    idp, clock = FakeIdP(), Clock()
+    idp.add_key("k1")
+    good = idp.jwks()["keys"]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jwks":
+            return httpx.Response(200, json={"keys": good + [0] * 50_000})
+        return idp.handler(request)
+
+    verifier, remote = setup_verifier(AUTH)
+    manager = JwksManager(
+        verifier, remote, AUTH, clock=clock, transport=httpx.MockTransport(handler)
+    )
+    with caplog.at_level(logging.WARNING, logger="broker.jwks"):
+        assert await manager.refresh(ISSUER)  # the good key comes first, and is used
+    skipped = [r for r in caplog.records if "skipped a key" in r.getMessage()]
+    assert len(skipped) == LOGGED_KEY_PROBLEMS
+    assert any("more key problem(s) not logged" in r.getMessage() for r in caplog.records)
     await manager.aclose()
 
 
