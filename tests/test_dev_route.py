@@ -153,3 +153,11 @@ def test_console_script_uses_the_served_client(dev: TestClient[Any]) -> None:
 )
 def test_only_the_console_files_are_served(dev: TestClient[Any], path: str) -> None:
     assert dev.get(path).status_code == 404
+
+
+def test_a_login_body_that_is_not_utf8_is_a_400(dev: TestClient[Any]) -> None:
+    response = dev.post(
+        "/dev/login", content=b'{"sub":"\xff"}', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_json"

@@ -76,6 +76,7 @@ async def test_token_response_headers_and_body() -> None:
         ({"Content-Type": "application/json"}, b"{", 400, "invalid_json"),
         ({"Content-Type": "application/json"}, b'{"rules":[]}', 400, "invalid_request"),
         ({"Content-Type": "application/json"}, b'{"rules":["nope"]}', 400, None),
+        ({"Content-Type": "application/json"}, b'{"rules":["\xff"]}', 400, "invalid_json"),
     ],
 )
 async def test_token_request_body_errors_are_problems(
