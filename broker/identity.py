@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from broker.errors import AuthenticationError, ConfigError, UnknownKeyError
 MAX_TOKEN_BYTES: Final = 16 * 1024
 """Bearer tokens larger than this are refused before any parsing."""
 MAX_JWKS_BYTES: Final = 1024 * 1024
+_COMPACT_JWS: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 MAX_JWKS_KEYS: Final = 100
 """Keys read from one key set (identity providers publish a handful); past that, ignored."""
 _ENCODE: Final = msgspec.json.Encoder().encode
@@ -164,9 +166,11 @@ class Verifier:
         """
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthenticationError("oversized")
-        segments = token.split(".")
-        if len(segments) != 3 or not all(segments[:2]):
+        if _COMPACT_JWS.fullmatch(token) is None:
+            # base64url without padding (RFC 7515 §2): "=" or other characters would give one
+            # token several accepted spellings, each its own cache entry and audit identity.
             raise AuthenticationError("malformed")
+        segments = token.split(".")
         header = _decode_segment(segments[0])
         rules = self._issuer_for(segments[1])
         algorithm = header.get("alg")

@@ -153,6 +153,26 @@ async def test_modified_signature_rejected(front: Front, caplog: pytest.LogCaptu
     await front.assert_refused(f"{header}.{payload}.{flipped}", "bad_signature", caplog)
 
 
+@pytest.mark.parametrize("padding", ["=", "==", "%3D"])
+async def test_padded_base64_rejected(
+    front: Front, caplog: pytest.LogCaptureFixture, padding: str
+) -> None:
+    """RFC 7515 base64url has no padding: "==" after the signature was accepted, one token
+    with several spellings (each its own cache entry)."""
+    await front.assert_refused(front.sign() + padding, "malformed", caplog)
+
+
+async def test_two_authorization_headers_rejected(front: Front) -> None:
+    """Which one counts would differ between the broker and a proxy in front of it."""
+    for first, second in ((front.sign(), "x"), ("x", front.sign())):
+        response = await front.client.post(
+            "/v1/tokens",
+            headers=[("Authorization", f"Bearer {first}"), ("Authorization", f"Bearer {second}")],
+        )
+        assert response.status_code == 401, response.text
+        assert response.json()["code"] == "invalid_token"
+
+
 async def test_modified_payload_rejected(front: Front, caplog: pytest.LogCaptureFixture) -> None:
     header, _, signature = front.sign().split(".")
     forged = b64json(front.claims(sub="admin"))

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from broker.errors import AuthenticationError
 from broker.routes.responses import JsonBody, Relay, request_headers
 from tests.inprocess import harness
 
@@ -18,16 +19,22 @@ def test_request_headers_reads_first_value_of_each_in_one_pass() -> None:
     scope = {
         "headers": [
             (b"content-type", b"application/json"),
-            (b"authorization", b"Bearer first"),
-            (b"authorization", b"Bearer second"),
+            (b"accept", b"application/json"),
+            (b"accept", b"text/event-stream"),
             (b"x-other", b"\xe9"),
         ]
     }
-    assert request_headers(scope, b"authorization", b"content-length", b"x-other") == [  # type: ignore[arg-type]
-        "Bearer first",  # like Litestar's Headers.get: the first of duplicated headers
+    assert request_headers(scope, b"accept", b"content-length", b"x-other") == [  # type: ignore[arg-type]
+        "application/json",  # like Litestar's Headers.get: the first of duplicated headers
         None,
         "\xe9",  # latin-1, as ASGI servers hand header bytes over
     ]
+
+
+def test_a_second_authorization_header_is_refused() -> None:
+    scope = {"headers": [(b"authorization", b"Bearer first"), (b"authorization", b"Bearer 2")]}
+    with pytest.raises(AuthenticationError):
+        request_headers(scope, b"authorization")  # type: ignore[arg-type]
 
 
 async def test_json_body_sends_status_headers_and_bytes() -> None:

@@ -23,6 +23,7 @@ from broker.precheck import Target
 from broker.revocation import Scope
 from broker.routes.body import read_body, require_json
 from broker.routes.names import NAME_PATTERN
+from broker.routes.responses import request_headers
 from broker.state import BrokerState
 
 
@@ -79,7 +80,7 @@ def require_admin(broker: BrokerState, authorization: str | None) -> None:
 async def explain_route(
     request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
 ) -> dict[str, Any]:
-    require_admin(broker, request.headers.get("authorization"))
+    require_admin(broker, request_headers(request.scope, b"authorization")[0])
     require_json(request.headers.get("content-type"))
     parsed = decode_strict(
         await read_body(request, broker.settings.server.body_timeout_seconds),
@@ -112,7 +113,7 @@ async def explain_route(
 async def revoke_route(
     request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
 ) -> RevokeResponse:
-    require_admin(broker, request.headers.get("authorization"))
+    require_admin(broker, request_headers(request.scope, b"authorization")[0])
     require_json(request.headers.get("content-type"))
     parsed = decode_strict(
         await read_body(request, broker.settings.server.body_timeout_seconds), max_depth=4

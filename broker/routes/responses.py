@@ -16,6 +16,8 @@ from typing import Any, Final
 
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
+from broker.errors import AuthenticationError
+
 RawHeaders = tuple[tuple[bytes, bytes], ...]
 NO_STORE: Final = ((b"cache-control", b"no-store"),)
 
@@ -65,13 +67,18 @@ class JsonBody:
 
 def request_headers(scope: Scope, *names: bytes) -> list[str | None]:
     """The first value of each of ``names`` (lower-case) among the raw request headers, in one
-    pass and without building Litestar's header container; ``None`` for an absent header."""
+    pass and without building Litestar's header container; ``None`` for an absent header.
+
+    A second ``Authorization`` is refused (401): a proxy in front that reads the other one
+    would see another user than the broker does."""
     found: list[str | None] = [None] * len(names)
     for name, value in scope["headers"]:
         if name in names:
             index = names.index(name)
             if found[index] is None:
                 found[index] = value.decode("latin-1")
+            elif name == b"authorization":
+                raise AuthenticationError("duplicate_header")
     return found
 
 
