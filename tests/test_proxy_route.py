@@ -114,6 +114,32 @@ async def test_allowed_call_forwards_exact_bytes_with_service_token(proxy: Proxy
     ]
 
 
+async def test_smithery_is_told_the_body_is_json_whatever_json_type_came_in(proxy: Proxy) -> None:
+    response = await proxy.post(
+        "support-github", CALL_GET_ISSUE, **{"Content-Type": "application/foo+json; charset=utf-8"}
+    )
+    assert response.status_code == 200
+    [forwarded] = proxy.mcp.seen
+    assert forwarded.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"MCP-Protocol-Version": "2025-06-18; drop"},
+        {"MCP-Protocol-Version": "latest"},
+        {"Accept": "application/json\x7f"},
+    ],
+)
+async def test_odd_mcp_headers_are_400_and_not_forwarded(
+    proxy: Proxy, headers: dict[str, str]
+) -> None:
+    response = await proxy.post("support-github", CALL_GET_ISSUE, **headers)
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
+    assert proxy.mcp.seen == []
+
+
 async def test_denied_request_is_jsonrpc_error_and_never_forwarded(proxy: Proxy) -> None:
     body = (
         b'{"jsonrpc":"2.0","id":"x-9","method":"tools/call","params":{"name":"delete_repository"}}'

@@ -83,15 +83,18 @@ class McpRelay:
             for name, value in connection_headers.items()
             if name.lower() not in _NOT_FROM_CONNECTION
         }
+        # Bytes, so nothing a caller or a connection holds makes the encoding fail (a 500): the
+        # stored headers came as JSON text (UTF-8), the caller's as the bytes it sent.
+        forwarded = {name.encode(): value.encode() for name, value in headers.items()}
         for name in FORWARDED_REQUEST_HEADERS:
             value = request_headers.get(name)
             if value is not None:
-                headers[name] = value
+                forwarded[name.encode()] = value.encode("latin-1")  # as the caller sent them
         # Ask for no compression; a server that compresses anyway is decoded (aiter_bytes), as
         # only Content-Type is relayed back.
-        headers["accept-encoding"] = "identity"
+        forwarded[b"accept-encoding"] = b"identity"
         client = self._client_for_use()
-        request = client.build_request("POST", url, content=body, headers=headers)
+        request = client.build_request("POST", url, content=body, headers=forwarded)
         try:
             response = await client.send(request, stream=True)
         except httpx.TransportError as error:

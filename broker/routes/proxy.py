@@ -17,6 +17,7 @@ Litestar's request model, parameter parsing, dependency injection and response r
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import msgspec
@@ -26,7 +27,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from broker.errors import RequestDeniedError
+from broker.errors import InvalidRequestError, RequestDeniedError
 from broker.jsonrpc import check_message, decode_strict, is_notification
 from broker.routes.body import receive_body, require_json
 from broker.routes.names import check_name
@@ -49,6 +50,9 @@ _HEADERS: Final = (
     b"accept",
     b"mcp-protocol-version",
 )
+_PROTOCOL_VERSION: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+"""MCP protocol versions are dates (YYYY-MM-DD)."""
+_VISIBLE_ASCII: Final = re.compile(r"[\x20-\x7e]*")
 _NO_CONTENT: Final = JsonBody(b"", ((b"allow", b"OPTIONS, POST"),), status=204)
 
 
@@ -154,10 +158,15 @@ async def _serve(
         await JsonBody(msgspec.json.encode(denial), NO_STORE)(scope, receive, send)
         return
     issued = await broker.issuance.issue(principal, for_proxy=True)
-    forwarded = [("content-type", content_type or "application/json")]
+    # The body was read as UTF-8 JSON, and that is what Smithery is told it is.
+    forwarded = [("content-type", "application/json")]
     if accept is not None:
+        if not _VISIBLE_ASCII.fullmatch(accept):
+            raise InvalidRequestError("The Accept header must be printable ASCII.")
         forwarded.append(("accept", accept))
     if protocol is not None:
+        if not _PROTOCOL_VERSION.fullmatch(protocol):
+            raise InvalidRequestError("MCP-Protocol-Version must be a date such as 2025-06-18.")
         forwarded.append(("mcp-protocol-version", protocol))
     with broker.telemetry.span("broker.proxy.forward") as span:
         upstream = await broker.upstream.open_mcp(

@@ -258,6 +258,19 @@ def test_forwards_exact_bytes_and_protocol_headers_only(
 
 
 @pytest.mark.usefixtures("alice")
+def test_header_bytes_outside_ascii_are_relayed_not_a_500(
+    client: TestClient[Any], target: McpTarget
+) -> None:
+    headers = {**bearer(API_KEY), "MCP-Protocol-Version": b"2025-06-18\xff"}
+    response = client.post("/connect/app/alice/mcp", content=LIST, headers=headers)  # type: ignore[arg-type]
+    assert response.status_code == 200, response.text
+    [received] = target.received
+    # Litestar's test client sends the value UTF-8 encoded; those bytes are relayed as they came.
+    sent = "2025-06-18\xff".encode()
+    assert received.header("mcp-protocol-version") == sent.decode("latin-1")
+
+
+@pytest.mark.usefixtures("alice")
 def test_forwarding_omits_protocol_headers_the_client_omitted(
     client: TestClient[Any], target: McpTarget
 ) -> None:
