@@ -166,7 +166,7 @@ class UpstreamRejectedError(UpstreamError):
     title = "Upstream rejected the request"
 
     def __init__(self, upstream_status: int, upstream_code: str) -> None:
-        super().__init__("Smithery rejected the token request; see the broker's logs.")
+        super().__init__("Smithery rejected the broker's request; see the broker's logs.")
         self.upstream_status = upstream_status
         self.upstream_code = upstream_code
 

@@ -325,6 +325,9 @@ class SmitheryClient:
         response = await self._send("GET", path, "list connections", params=query)
         if response.status_code == 404:
             raise ConnectionNotFoundError("No such namespace.")
+        if response.status_code == 400 and any(name == "cursor" for name, _ in params):
+            # The caller's cursor, most likely: theirs to fix, not an operator's alarm.
+            raise InvalidRequestError("Smithery did not accept the cursor: pass a nextCursor.")
         _raise_for_status(response, "list connections")
         if len(response.content) > MAX_CONNECTION_LIST_BYTES:
             raise UpstreamProtocolError("Smithery's connection list is too large.")

@@ -259,6 +259,7 @@ async def test_create_without_url_is_400() -> None:
         {"limit": "0" * 5000},
         {"limit": ""},
         {"metadata.userId": "bob"},
+        {"cursor": "!!"},  # Smithery refuses it: the caller's mistake, not a 502 and an alert
     ],
 )
 async def test_bad_list_query_is_400(query: dict[str, str]) -> None:
