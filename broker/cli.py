@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import msgspec
 import uvicorn
@@ -38,6 +38,9 @@ from broker.identity import DevSigner
 from broker.jwks import setup_verifier
 from broker.policy import PolicySet, load_policy_dir
 from broker.policy_lint import lint_policy_set
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp
 from broker.policy_testing import load_cases, run_cases
 from broker.precheck import Target
 from broker.telemetry import setup_logging
@@ -464,12 +467,17 @@ def dev(*, host: str, port: int, upstream_port: int, mcp_port: int, policies: st
     broker_app = create_app(settings, policy_set=policy_set, dev_signer=signer)
     emulator_app = create_emulator_app(api_key=DEV_API_KEY)
     mcp_url = f"http://{host}:{mcp_port}/mcp"
+    from broker.app import HeaderLimit
+    from broker.headtimeout import head_timeout_protocol
+
+    limits = settings.server  # the header size and head deadline of `broker serve`, on all three
     servers = [
         uvicorn.Server(
             uvicorn.Config(
-                app,
+                HeaderLimit(cast("ASGIApp", app), limits.max_header_bytes),
                 host=host,
                 port=app_port,
+                http=head_timeout_protocol(limits.head_timeout_seconds),
                 log_level="warning",
                 lifespan="on",
                 access_log=False,

@@ -137,3 +137,12 @@ def test_dev_emulator_accepts_dev_api_key(dev: Dev) -> None:
             json={"policy": [{"namespaces": "my-app"}]},
         )
         assert minted.status_code == 200
+
+
+def test_dev_servers_keep_the_header_limit_of_serve(dev: Dev) -> None:
+    """All three dev servers refuse oversized headers as `broker serve` does (431, problem)."""
+    with httpx.Client(timeout=30, trust_env=False) as http:
+        for url in (f"{dev.broker}/livez", f"{dev.upstream}/health"):
+            response = http.get(url, headers={"X-Big": "a" * 100_000})
+            assert response.status_code == 431, url
+            assert response.json()["code"] == "headers_too_large"
