@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, get_args, get_origin, get_type_hints
@@ -327,6 +328,9 @@ def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
     return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
 
 
+_BEARER_CREDENTIAL: Final = re.compile(r"[\x21-\x7e]+")
+
+
 def settings_problems(settings: Settings) -> list[str]:
     """Cross-field checks that hold in every mode."""
     problems: list[str] = []
@@ -335,6 +339,14 @@ def settings_problems(settings: Settings) -> list[str]:
     if settings.smithery.connect_timeout_seconds <= 0 or settings.smithery.timeout_seconds <= 0:
         problems.append("BROKER_SMITHERY_*TIMEOUT_SECONDS: must be greater than 0")
     smithery = settings.smithery
+    for name, secret in (
+        ("BROKER_SMITHERY_API_KEY", smithery.api_key),
+        ("BROKER_ADMIN_TOKEN", settings.admin.token),
+    ):
+        # Sent or compared as a bearer credential: a control or a space in it would make the
+        # HTTP library refuse the header with an error that quotes it (into traces).
+        if secret is not None and not _BEARER_CREDENTIAL.fullmatch(secret.reveal()):
+            problems.append(f"{name}: must be printable ASCII without spaces (the value is secret)")
     if smithery.retries < 0 or smithery.retries > 10:
         problems.append("BROKER_SMITHERY_RETRIES: must be between 0 and 10")
     if not 0 < smithery.retry_base_delay_seconds <= smithery.retry_max_delay_seconds:

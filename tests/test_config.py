@@ -59,6 +59,25 @@ def test_api_key_from_file(tmp_path: Path) -> None:
     assert settings.smithery.api_key.reveal() == "sk-from-file"
 
 
+@pytest.mark.parametrize("value", ["sk-line-one\nline-two", "sk with space", "sk-\x00", "sk-é"])
+def test_a_credential_that_cannot_be_a_bearer_header_is_refused_without_its_value(
+    tmp_path: Path, value: str
+) -> None:
+    """An HTTP library refuses such a header with an error quoting it, which a tracing
+    instrumentation records: the key ended up in exported spans."""
+    key_file = tmp_path / "key"
+    key_file.write_text(value + "\n")
+    for environ in (
+        {"BROKER_SMITHERY_API_KEY_FILE": str(key_file)},
+        {"BROKER_ADMIN_TOKEN_FILE": str(key_file)},
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load_settings(environ)
+        [problem] = caught.value.problems
+        assert problem.endswith("must be printable ASCII without spaces (the value is secret)")
+        assert value.strip() not in problem
+
+
 def test_secret_never_printed() -> None:
     settings = load_settings({"BROKER_SMITHERY_API_KEY": "sk-very-secret"})
     assert "sk-very-secret" not in repr(settings)
