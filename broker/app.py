@@ -59,7 +59,13 @@ from broker.routes import (
 from broker.routes.observability import METRIC_HELP, collect_state_metrics
 from broker.routes.responses import JsonBody
 from broker.state import BrokerState
-from broker.telemetry import Telemetry, audit_log, route_template, setup_telemetry
+from broker.telemetry import (
+    Telemetry,
+    audit_log,
+    redact_server_span,
+    route_template,
+    setup_telemetry,
+)
 from broker.upstream import SmitheryClient
 
 logger = logging.getLogger("broker.app")
@@ -363,6 +369,7 @@ def create_app(
                 OpenTelemetryConfig(
                     tracer_provider=telemetry.provider,
                     scope_span_details_extractor=span_details,
+                    server_request_hook_handler=redact_server_span,
                     exclude_spans=["receive", "send"],
                 )
             )

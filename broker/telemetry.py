@@ -71,6 +71,56 @@ _TEMPLATES: Final = {
 MCP_ROUTE: Final = "/v1/mcp/{namespace}/{connectionId}"
 
 
+_URL_ATTRIBUTES: Final = ("http.url", "url.full")
+_PATH_ATTRIBUTES: Final = ("http.target", "url.path")
+
+
+def _recorded(span: Any, keys: tuple[str, ...]) -> list[str]:
+    attributes = getattr(span, "attributes", None) or {}
+    return [key for key in keys if key in attributes]
+
+
+def redact_server_span(span: Span | None, scope: Mapping[str, Any]) -> None:
+    """Server spans name the route, never the raw path: connection ids start with their owner's
+    prefix (often the user id), which ``BROKER_TELEMETRY_SUBJECT=hash`` keeps out of traces."""
+    if span is None or not span.is_recording():
+        return
+    route = route_template(str(scope.get("path", "")))
+    for key in _recorded(span, _PATH_ATTRIBUTES):
+        span.set_attribute(key, route)
+    for key in _recorded(span, _URL_ATTRIBUTES):
+        scheme = str(scope.get("scheme", "http"))
+        server = scope.get("server") or ("", None)
+        host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
+        span.set_attribute(key, f"{scheme}://{host}{route}")
+
+
+async def redact_client_span(span: Span | None, request: Any) -> None:
+    """Client spans to Smithery name its route (``upstream_route``) and drop the query: the
+    connection list is filtered by the caller's metadata (``metadata.userId=alice``)."""
+    if span is None or not span.is_recording():
+        return
+    url = getattr(request, "url", None)
+    if url is None:
+        return
+    origin, path = f"{url.scheme}://{url.netloc.decode('ascii')}", url.path
+    for key in _recorded(span, _URL_ATTRIBUTES):
+        span.set_attribute(key, origin + upstream_route(path))
+
+
+def upstream_route(path: str) -> str:
+    """A Smithery API path as its route: namespaces and connection ids may name users."""
+    parts = path.split("/")
+    if len(parts) < 3 or parts[1] != "connect":
+        return path  # /tokens
+    route = "/connect/{namespace}"
+    if len(parts) >= 4:
+        route += "/{connectionId}"
+    if len(parts) >= 5:
+        route += "/" + "/".join(parts[4:])
+    return route
+
+
 def route_template(path: str) -> str:
     """The route a path belongs to, never the raw path (which may carry ids)."""
     template = _TEMPLATES.get(path)

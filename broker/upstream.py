@@ -42,6 +42,7 @@ from broker.errors import (
 )
 from broker.http1 import Http1Error, Http1Pool
 from broker.resilience import ResilientCaller, RetryPolicy
+from broker.telemetry import redact_client_span, upstream_route
 
 logger = logging.getLogger("broker.upstream")
 
@@ -199,7 +200,9 @@ class SmitheryClient:
         if tracer_provider is not None:
             from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-            HTTPXClientInstrumentor.instrument_client(self._client, tracer_provider=tracer_provider)
+            HTTPXClientInstrumentor.instrument_client(
+                self._client, tracer_provider=tracer_provider, request_hook=redact_client_span
+            )
 
     def _timed(self, operation: str, started: float) -> None:
         if self._observe is not None:
@@ -445,7 +448,7 @@ class SmitheryClient:
                 attributes={
                     "http.request.method": "POST",
                     "server.address": self._mcp_host,
-                    "url.path": path,
+                    "url.path": upstream_route(path),
                 },
             )
             carrier: dict[str, str] = {}

@@ -466,6 +466,7 @@ async def test_open_mcp_over_the_network_traces_and_propagates_context() -> None
     assert span.kind is SpanKind.CLIENT
     assert span.attributes is not None
     assert span.attributes["http.response.status_code"] == 200
+    assert span.attributes["url.path"] == "/connect/{namespace}/{connectionId}/mcp"  # no ids
     assert f"traceparent: 00-{span.context.trace_id:032x}-{span.context.span_id:016x}-" in head
     assert "svc-token" not in str(span.attributes)
 

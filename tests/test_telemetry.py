@@ -309,3 +309,30 @@ def test_connection_routes_have_templates() -> None:
     assert route_template("/v1/connections/my-app/alice-x") == (
         "/v1/connections/{namespace}/{connectionId}"
     )
+
+
+async def test_spans_name_routes_and_drop_queries_not_users_ids() -> None:
+    """With subjects hashed, neither a connection id (it starts with its owner's prefix) nor
+    the metadata filter of a connection list (metadata.userId=...) is in a span."""
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(TelemetrySettings(subject="hash"), {}, exporter=exporter)
+    async with harness(telemetry=telemetry) as h:
+        alice = h.auth("alice", email_verified=True)
+        created = await h.client.put(
+            "/v1/connections/my-app/alice-mine",
+            json={"mcpUrl": "https://server.smithery.ai/github/mcp"},
+            headers=alice,
+        )
+        assert created.status_code == 201, created.text
+        listed = await h.client.get("/v1/connections/my-app", headers=alice)
+        assert listed.status_code == 200
+        spans = exporter.get_finished_spans()
+    broker_spans = [s for s in spans if s.instrumentation_scope.name != "emulator"]
+    server = named(spans, "PUT /v1/connections/{namespace}/{connectionId}").attributes or {}
+    assert server["http.target"] == "/v1/connections/{namespace}/{connectionId}"
+    assert "alice" not in str(server["http.url"])
+    clients = [s for s in broker_spans if s.name == "GET" and "http.url" in (s.attributes or {})]
+    assert clients
+    for span in clients:
+        assert "?" not in str(span.attributes["http.url"])  # type: ignore[index]
+    assert "alice" not in " ".join(str((s.attributes or {}).get("http.url")) for s in clients)
