@@ -57,6 +57,7 @@ def spans_of(request: ExportTraceServiceRequest) -> list[dict[str, Any]]:
                             for e in span.events
                         ],
                         "status": span.status.code,
+                        "status_message": span.status.message,
                         "resource": resource,
                     }
                 )
