@@ -230,21 +230,28 @@ async def test_retry_after_is_honoured_and_deadline_respected() -> None:
     assert caught.value.retry_after_seconds == 30
 
 
-async def test_breaker_opens_then_half_open_probe_closes_it() -> None:
-    now = [0.0]
-    flaky = Flaky(*([503] * 5))
-    upstream = SmitheryClient(
+def breaker_client(
+    transport: httpx.AsyncBaseTransport, now: list[float], *, threshold: int, open_seconds: float
+) -> SmitheryClient:
+    """No retries, a breaker that opens after ``threshold`` failures, time in ``now[0]``."""
+    return SmitheryClient(
         SmitherySettings(
             base_url="https://s.test",
             api_key=Secret(API_KEY),
             retries=0,
-            breaker_failure_threshold=5,
-            breaker_open_seconds=10,
+            breaker_failure_threshold=threshold,
+            breaker_open_seconds=open_seconds,
         ),
-        transport=httpx.MockTransport(flaky),
+        transport=transport,
         sleep=no_sleep,
         clock=lambda: now[0],
     )
+
+
+async def test_breaker_opens_then_half_open_probe_closes_it() -> None:
+    now = [0.0]
+    flaky = Flaky(*([503] * 5))
+    upstream = breaker_client(httpx.MockTransport(flaky), now, threshold=5, open_seconds=10)
     for _ in range(5):
         with pytest.raises(UpstreamUnavailableError):
             await upstream.mint_token(POLICY)
@@ -262,18 +269,7 @@ async def test_breaker_opens_then_half_open_probe_closes_it() -> None:
 async def test_failed_probe_reopens_breaker() -> None:
     now = [0.0]
     flaky = Flaky(*([503] * 3))
-    upstream = SmitheryClient(
-        SmitherySettings(
-            base_url="https://s.test",
-            api_key=Secret(API_KEY),
-            retries=0,
-            breaker_failure_threshold=2,
-            breaker_open_seconds=5,
-        ),
-        transport=httpx.MockTransport(flaky),
-        sleep=no_sleep,
-        clock=lambda: now[0],
-    )
+    upstream = breaker_client(httpx.MockTransport(flaky), now, threshold=2, open_seconds=5)
     for _ in range(2):
         with pytest.raises(UpstreamUnavailableError):
             await upstream.mint_token(POLICY)
@@ -285,7 +281,8 @@ async def test_failed_probe_reopens_breaker() -> None:
 
 
 def opened_breaker(handler: Any, now: list[float]) -> SmitheryClient:
-    """A client whose breaker opened on one failure; ``handler`` answers after that."""
+    """A client whose breaker opens on one failure (its first answer); ``handler`` answers
+    after that."""
     calls = [0]
 
     async def answer(request: httpx.Request) -> httpx.Response:
@@ -295,19 +292,7 @@ def opened_breaker(handler: Any, now: list[float]) -> SmitheryClient:
         result = handler(request)
         return (await result) if asyncio.iscoroutine(result) else result
 
-    upstream = SmitheryClient(
-        SmitherySettings(
-            base_url="https://s.test",
-            api_key=Secret(API_KEY),
-            retries=0,
-            breaker_failure_threshold=1,
-            breaker_open_seconds=10,
-        ),
-        transport=httpx.MockTransport(answer),
-        sleep=no_sleep,
-        clock=lambda: now[0],
-    )
-    return upstream
+    return breaker_client(httpx.MockTransport(answer), now, threshold=1, open_seconds=10)
 
 
 async def test_a_probe_answered_404_closes_the_breaker() -> None:
