@@ -38,12 +38,12 @@ from broker.identity import DevSigner
 from broker.jwks import setup_verifier
 from broker.policy import PolicySet, load_policy_dir
 from broker.policy_lint import lint_policy_set
-
-if TYPE_CHECKING:
-    from litestar.types import ASGIApp
 from broker.policy_testing import load_cases, run_cases
 from broker.precheck import Target
 from broker.telemetry import setup_logging
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp
 
 EXIT_OK: Final = 0
 EXIT_INVALID: Final = 2

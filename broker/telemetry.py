@@ -88,11 +88,13 @@ def redact_server_span(span: Span | None, scope: Mapping[str, Any]) -> None:
     route = route_template(str(scope.get("path", "")))
     for key in _recorded(span, _PATH_ATTRIBUTES):
         span.set_attribute(key, route)
-    for key in _recorded(span, _URL_ATTRIBUTES):
-        scheme = str(scope.get("scheme", "http"))
+    urls = _recorded(span, _URL_ATTRIBUTES)
+    if urls:
         server = scope.get("server") or ("", None)
         host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
-        span.set_attribute(key, f"{scheme}://{host}{route}")
+        url = f"{scope.get('scheme', 'http')}://{host}{route}"
+        for key in urls:
+            span.set_attribute(key, url)
 
 
 async def redact_client_span(span: Span | None, request: Any) -> None:

@@ -52,7 +52,6 @@ _HEADERS: Final = (
 )
 _PROTOCOL_VERSION: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 """MCP protocol versions are dates (YYYY-MM-DD)."""
-_VISIBLE_ASCII: Final = re.compile(r"[\x20-\x7e]*")
 _NO_CONTENT: Final = JsonBody(b"", ((b"allow", b"OPTIONS, POST"),), status=204)
 
 
@@ -136,6 +135,7 @@ async def _serve(
         timeout_seconds=broker.settings.server.body_timeout_seconds,
     )
     require_json(content_type)
+    forwarded = _forwarded_headers(accept, protocol)
     message = check_message(decode_strict(body, max_depth=limits.max_depth))
     target = await broker.admission.target(principal, constraints, namespace, connection_id)
     decision = broker.admission.decide(
@@ -158,16 +158,6 @@ async def _serve(
         await JsonBody(msgspec.json.encode(denial), NO_STORE)(scope, receive, send)
         return
     issued = await broker.issuance.issue(principal, for_proxy=True)
-    # The body was read as UTF-8 JSON, and that is what Smithery is told it is.
-    forwarded = [("content-type", "application/json")]
-    if accept is not None:
-        if not _VISIBLE_ASCII.fullmatch(accept):
-            raise InvalidRequestError("The Accept header must be printable ASCII.")
-        forwarded.append(("accept", accept))
-    if protocol is not None:
-        if not _PROTOCOL_VERSION.fullmatch(protocol):
-            raise InvalidRequestError("MCP-Protocol-Version must be a date such as 2025-06-18.")
-        forwarded.append(("mcp-protocol-version", protocol))
     with broker.telemetry.span("broker.proxy.forward") as span:
         upstream = await broker.upstream.open_mcp(
             namespace, connection_id, body, forwarded, issued.token
@@ -189,3 +179,18 @@ async def _serve(
         drained=upstream.drained,
     )
     await relay(scope, receive, send)
+
+
+def _forwarded_headers(accept: str | None, protocol: str | None) -> list[tuple[str, str]]:
+    """The MCP headers passed on, checked like the body before anything is decided. The body
+    is read as UTF-8 JSON, and that is what Smithery is told it is."""
+    forwarded = [("content-type", "application/json")]
+    if accept is not None:
+        if not (accept.isascii() and accept.isprintable()):
+            raise InvalidRequestError("The Accept header must be printable ASCII.")
+        forwarded.append(("accept", accept))
+    if protocol is not None:
+        if not _PROTOCOL_VERSION.fullmatch(protocol):
+            raise InvalidRequestError("MCP-Protocol-Version must be a date such as 2025-06-18.")
+        forwarded.append(("mcp-protocol-version", protocol))
+    return forwarded
