@@ -287,11 +287,11 @@ def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
                 lifespan="off",
             )
         )
-    from broker.app import HeaderLimit
+    from broker.app import guarded
 
     state = app.state.broker
     run_server(
-        HeaderLimit(app, settings.server.max_header_bytes),
+        guarded(app),
         host or settings.server.host,
         port or settings.server.port,
         fd=fd,
@@ -467,14 +467,16 @@ def dev(*, host: str, port: int, upstream_port: int, mcp_port: int, policies: st
     broker_app = create_app(settings, policy_set=policy_set, dev_signer=signer)
     emulator_app = create_emulator_app(api_key=DEV_API_KEY)
     mcp_url = f"http://{host}:{mcp_port}/mcp"
-    from broker.app import HeaderLimit
+    from broker.app import HeaderLimit, guarded
     from broker.headtimeout import head_timeout_protocol
 
-    limits = settings.server  # the header size and head deadline of `broker serve`, on all three
+    # The header size and head deadline of `broker serve` on all three, its in-flight limit on
+    # the broker.
+    limits = settings.server
     servers = [
         uvicorn.Server(
             uvicorn.Config(
-                HeaderLimit(cast("ASGIApp", app), limits.max_header_bytes),
+                app,
                 host=host,
                 port=app_port,
                 http=head_timeout_protocol(limits.head_timeout_seconds),
@@ -485,9 +487,14 @@ def dev(*, host: str, port: int, upstream_port: int, mcp_port: int, policies: st
             )
         )
         for app, app_port in (
-            (emulator_app, upstream_port),
-            (create_demo_mcp_app(host=host), mcp_port),
-            (broker_app, port),
+            (HeaderLimit(cast("ASGIApp", emulator_app), limits.max_header_bytes), upstream_port),
+            (
+                HeaderLimit(
+                    cast("ASGIApp", create_demo_mcp_app(host=host)), limits.max_header_bytes
+                ),
+                mcp_port,
+            ),
+            (guarded(broker_app), port),
         )
     ]
 

@@ -122,6 +122,13 @@ def test_cross_field_checks() -> None:
     assert "BROKER_CACHE_REFRESH_MARGIN_RATIO: must be in [0, 1)" in text
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "100001"])
+def test_in_flight_limit_must_be_positive_and_bounded(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BROKER_SERVER_MAX_IN_FLIGHT": value})
+    assert caught.value.problems == ("BROKER_SERVER_MAX_IN_FLIGHT: must be between 1 and 100000",)
+
+
 @pytest.mark.parametrize(
     "origin",
     [

@@ -216,3 +216,48 @@ async def test_mcp_faults_pass_through_the_proxy_without_retries(
             assert (await faults.stats())["received_mcp"] == before + 1  # never retried
             await faults.set(route="mcp", mode="none")
             assert (await http.post(url, json=call, headers=headers)).status_code == 200
+
+
+async def in_flight(http: httpx.AsyncClient, broker: Process, want: int) -> str:
+    """Scrape ``/metrics`` (never refused) until ``want`` requests are in flight; the text."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = (await http.get(f"{broker.url}/metrics")).text
+        if f"broker_requests_in_flight {want}\n" in text:
+            return text
+        assert time.monotonic() < deadline, f"never {want} in flight:\n{text}"
+
+
+async def test_requests_beyond_the_in_flight_limit_get_503_and_probes_still_answer(
+    start_broker: Any, emulator: Process, keys: Keys
+) -> None:
+    broker = start_broker(
+        emulator.url, BROKER_SERVER_MAX_IN_FLIGHT="1", BROKER_SERVER_BODY_TIMEOUT_SECONDS="60"
+    )
+    host, port = broker.url.removeprefix("http://").rsplit(":", 1)
+    headers = user(keys)
+    # A token request whose body has not come yet holds the only place.
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"POST /v1/tokens HTTP/1.1\r\nHost: {host}\r\nAuthorization: {headers['Authorization']}"
+        "\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    )
+    writer.write(head.encode())
+    await writer.drain()
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+        await in_flight(http, broker, 1)
+        refused = await http.post(f"{broker.url}/v1/tokens", headers=headers)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "overloaded"
+        assert (await http.get(f"{broker.url}/livez")).status_code == 200
+        assert (await http.get(f"{broker.url}/readyz")).status_code == 200
+
+        writer.write(b"{}")  # the held request completes normally
+        status_line = await reader.readline()
+        assert status_line.startswith(b"HTTP/1.1 200"), status_line
+        writer.close()
+        metrics = await in_flight(http, broker, 0)
+        assert "broker_overload_rejections_total 1\n" in metrics
+        assert (await http.post(f"{broker.url}/v1/tokens", headers=headers)).status_code == 200
