@@ -211,12 +211,10 @@ def setup_telemetry(
         logger.info("BROKER_TELEMETRY_HASH_KEY unset: subject hashes change on every restart")
     base = Telemetry(subject_mode=settings.subject, hash_key=key)
     if exporter is None:
-        if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        name = select_trace_exporter(env)
+        if name is None:
             return base
-        exporter = _exporter_from_env(env)
-        if exporter is None:
-            return base
-        processor: Any = BatchSpanProcessor(exporter)
+        processor: Any = BatchSpanProcessor(_create_exporter(name))
     else:
         processor = SimpleSpanProcessor(exporter)
     if "OTEL_PROPAGATORS" not in env:
@@ -233,25 +231,40 @@ def setup_telemetry(
     return base
 
 
-def _exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
-    name = env.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
+def select_trace_exporter(environ: Mapping[str, str]) -> str | None:
+    """The span exporter the ``OTEL_*`` variables ask for: ``otlp``, ``console``, or None (tracing
+    off). Raises ConfigError for one the broker cannot honour.
+
+    ``setup_telemetry`` and ``broker check`` both decide through here, so a setting that would
+    stop ``broker serve`` fails the check (the chart's init container) first.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    name = environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
     if name in ("", "none"):
         return None
     if name == "console":
-        return ConsoleSpanExporter()
+        return name
     if name == "otlp":
-        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
-            "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
-        )
+        # Only the OTLP/HTTP protobuf exporter is installed (no gRPC, no JSON encoding).
+        variable = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        if not environ.get(variable):
+            variable = "OTEL_EXPORTER_OTLP_PROTOCOL"
+        protocol = environ.get(variable, "http/protobuf")
         if protocol.strip() != "http/protobuf":
-            raise ConfigError(
-                [f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported; use http/protobuf"]
-            )
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        # The exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT itself.
-        return OTLPSpanExporter()
+            raise ConfigError([f"{variable}: {protocol!r} is not supported; use http/protobuf"])
+        return name
     raise ConfigError([f"OTEL_TRACES_EXPORTER: {name!r} is not supported; use otlp, console, none"])
+
+
+def _create_exporter(name: str) -> SpanExporter:
+    """The exporter ``select_trace_exporter`` chose."""
+    if name == "console":
+        return ConsoleSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    # The exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT itself.
+    return OTLPSpanExporter()
 
 
 # --- the audit log -------------------------------------------------------------------------------

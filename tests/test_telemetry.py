@@ -13,7 +13,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from broker.config import Secret, TelemetrySettings
-from broker.telemetry import Telemetry, capture_audit, route_template, setup_telemetry
+from broker.errors import ConfigError
+from broker.telemetry import (
+    Telemetry,
+    capture_audit,
+    route_template,
+    select_trace_exporter,
+    setup_telemetry,
+)
 from tests.inprocess import Harness, harness
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -267,6 +274,50 @@ def test_tracing_off_by_default_and_from_otel_variables() -> None:
     assert console.provider is not None
     assert console.provider.resource.attributes["service.name"] == "token-broker"
     console.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("environ", "exporter"),
+    [
+        ({}, None),
+        ({"OTEL_TRACES_EXPORTER": "none"}, None),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, None),
+        ({"OTEL_TRACES_EXPORTER": "grpc", "OTEL_SDK_DISABLED": "true"}, None),
+        ({"OTEL_TRACES_EXPORTER": " Console "}, "console"),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, "otlp"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "otlp"),
+    ],
+)
+def test_trace_exporter_selected_from_otel_variables(
+    environ: dict[str, str], exporter: str | None
+) -> None:
+    assert select_trace_exporter(environ) == exporter
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' is not supported; use http/protobuf",
+        ),
+        (
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json",
+            },
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/json' is not supported",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER: 'zipkin' is not supported"),
+    ],
+)
+def test_unsupported_trace_exporter_refused(environ: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        select_trace_exporter(environ)
+    assert problem in raised.value.problems[0]
+    with pytest.raises(ConfigError):  # serve's setup makes the same decision
+        setup_telemetry(TelemetrySettings(), environ)
 
 
 def test_disabled_span_is_a_shared_noop() -> None:

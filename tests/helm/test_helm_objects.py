@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Final
@@ -13,7 +14,10 @@ from typing import Any, Final
 import pytest
 import yaml
 
+from broker.config import ServerSettings, TelemetrySettings
+from broker.telemetry import setup_telemetry
 from tests.helm.chart import (
+    CHART,
     FULLNAME,
     Helm,
     HelmError,
@@ -30,6 +34,8 @@ pytestmark = pytest.mark.integration
 DEFAULT: Final = ci_values("default")
 SELECTOR: Final = {"app.kubernetes.io/name": "token-broker", "app.kubernetes.io/instance": "tb"}
 API_KEY_PATH: Final = "/etc/token-broker/smithery/api-key"
+#: What the broker waits for in-flight requests after closing its listener, unless set otherwise.
+DRAIN_SECONDS: Final = ServerSettings().drain_timeout_seconds
 
 
 def test_pod_security_context_is_hardened(ci_rendered: dict[str, Rendered]) -> None:
@@ -296,6 +302,7 @@ def test_extra_env_volumes_and_image_digest(ci_rendered: dict[str, Rendered]) ->
 def test_otel_settings_become_standard_variables(ci_rendered: dict[str, Rendered]) -> None:
     env = env_of(ci_rendered["ha"].container())
     assert env["OTEL_SDK_DISABLED"] == "false"
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp"
     assert env["OTEL_SERVICE_NAME"] == "token-broker"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability.svc:4318"
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
@@ -311,6 +318,114 @@ def test_otel_settings_become_standard_variables(ci_rendered: dict[str, Rendered
     default_env = env_of(ci_rendered["default"].container())
     assert default_env["OTEL_SDK_DISABLED"] == "true"
     assert not any(name.startswith("OTEL_") and name != "OTEL_SDK_DISABLED" for name in default_env)
+
+
+def test_enabled_tracing_really_exports(ci_rendered: dict[str, Rendered]) -> None:
+    """The broker's own tracing setup, given the rendered env, builds an exporting provider (the
+    broker's default exporter is none: without OTEL_TRACES_EXPORTER nothing would be sent)."""
+    telemetry = setup_telemetry(TelemetrySettings(), env_of(ci_rendered["ha"].container()))
+    try:
+        assert telemetry.enabled
+    finally:
+        telemetry.shutdown()
+    assert not setup_telemetry(
+        TelemetrySettings(), env_of(ci_rendered["default"].container())
+    ).enabled
+
+
+def test_broker_check_refuses_tracing_serve_cannot_export(helm: Helm, tmp_path: Path) -> None:
+    """A green init container must not be followed by a crashing ``broker serve``."""
+    grpc = [{"name": "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "value": "grpc"}]
+    rendered = helm.template([ci_values("ha")], {"extraEnv": grpc})
+    env = materialize(rendered, "check", tmp_path / "pod")
+    result = run_broker_check(env, tmp_path)
+    assert result.returncode == 2
+    assert "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'grpc' is not supported" in result.stderr
+
+
+def test_shutdown_delay_and_grace_period_are_rendered(ci_rendered: dict[str, Rendered]) -> None:
+    rendered = ci_rendered["default"]
+    for container in rendered.containers():
+        assert env_of(container)["BROKER_SERVER_SHUTDOWN_DELAY_SECONDS"] == "5"
+    grace = rendered.pod_spec["terminationGracePeriodSeconds"]
+    assert grace == 35
+    assert grace >= 5 + DRAIN_SECONDS
+    ha = ci_rendered["ha"]
+    env = env_of(ha.container())
+    assert env["BROKER_SERVER_SHUTDOWN_DELAY_SECONDS"] == "10"
+    assert env["BROKER_SERVER_DRAIN_TIMEOUT_SECONDS"] == "30"
+    assert ha.pod_spec["terminationGracePeriodSeconds"] == 45
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"terminationGracePeriodSeconds": 5 + DRAIN_SECONDS},
+        {"shutdownDelaySeconds": 0, "terminationGracePeriodSeconds": DRAIN_SECONDS},
+        {
+            "extraEnv": [{"name": "BROKER_SERVER_DRAIN_TIMEOUT_SECONDS", "value": "10"}],
+            "terminationGracePeriodSeconds": 15,
+        },
+    ],
+    ids=["exactly-delay-plus-drain", "no-delay", "shorter-drain"],
+)
+def test_grace_period_covering_delay_and_drain_accepted(helm: Helm, settings: Settings) -> None:
+    rendered = helm.template([DEFAULT], settings)
+    assert (
+        rendered.pod_spec["terminationGracePeriodSeconds"]
+        == settings["terminationGracePeriodSeconds"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"terminationGracePeriodSeconds": 4 + DRAIN_SECONDS},
+            f"terminationGracePeriodSeconds: {4 + DRAIN_SECONDS} is shorter than "
+            f"shutdownDelaySeconds (5) plus the drain timeout ({DRAIN_SECONDS}, "
+            f"BROKER_SERVER_DRAIN_TIMEOUT_SECONDS): Kubernetes would kill pods while requests "
+            f"are in flight; set it to at least {5 + DRAIN_SECONDS}",
+        ),
+        ({"shutdownDelaySeconds": 15}, f"set it to at least {15 + DRAIN_SECONDS}"),
+        (
+            {"extraEnv": [{"name": "BROKER_SERVER_DRAIN_TIMEOUT_SECONDS", "value": "40"}]},
+            "plus the drain timeout (40, BROKER_SERVER_DRAIN_TIMEOUT_SECONDS)",
+        ),
+        (
+            {
+                "extraEnv": [
+                    {
+                        "name": "BROKER_SERVER_DRAIN_TIMEOUT_SECONDS",
+                        "valueFrom": {"configMapKeyRef": {"name": "tuning", "key": "drain"}},
+                    }
+                ]
+            },
+            "give BROKER_SERVER_DRAIN_TIMEOUT_SECONDS as a value, not valueFrom",
+        ),
+    ],
+    ids=["grace-too-short", "longer-delay", "longer-drain", "drain-the-chart-cannot-read"],
+)
+def test_grace_period_shorter_than_delay_and_drain_refused(
+    helm: Helm, settings: Settings, message: str
+) -> None:
+    with pytest.raises(HelmError, match=re.escape(message)):
+        helm.template([DEFAULT], settings)
+
+
+def test_chart_docs_describe_policy_hot_reload() -> None:
+    """The broker reloads policies while running (broker/reload.py): the chart's docs must not
+    send operators after a restart, or let them think an edit is not live yet."""
+    for name in (
+        "README.md",
+        "templates/NOTES.txt",
+        "templates/deployment.yaml",
+        "templates/configmap-policies.yaml",
+    ):
+        text = " ".join((CHART / name).read_text().split())
+        assert "reload" in text, name
+        assert "policies once" not in text, name
+        assert "policies and the API key once" not in text, name
 
 
 def test_multi_issuer_values_become_the_broker_config_file(
@@ -372,6 +487,7 @@ def test_service_monitor_only_when_enabled(ci_rendered: dict[str, Rendered]) -> 
             {"autoscaling.enabled": "true", "autoscaling.minReplicas": "9"},
             "minReplicas must not exceed maxReplicas",
         ),
+        ({"metrics.port": 8080}, "metrics.port: 8080 is the API port; choose a port of its own"),
     ],
 )
 def test_inconsistent_values_are_refused(helm: Helm, settings: Settings, message: str) -> None:

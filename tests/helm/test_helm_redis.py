@@ -5,13 +5,18 @@ values are refused, and the real ``broker check`` accepts the rendered configura
 from __future__ import annotations
 
 import base64
+import itertools
 import os
+import re
+import shlex
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.helm.chart import (
+    CHART,
     Helm,
     HelmError,
     Rendered,
@@ -110,6 +115,27 @@ def test_invalid_redis_values_rejected_by_the_schema(
 ) -> None:
     with pytest.raises(HelmError, match=error):
         helm.template([DEFAULT], settings)
+
+
+def _readme_redis_example() -> tuple[str, dict[str, str]]:
+    """The Redis URL and the ``--set`` flags of the chart README's "Scale-out on Redis" example."""
+    section = (CHART / "README.md").read_text().split("## Scale-out on Redis", 1)[1]
+    (block,) = re.findall(r"```sh\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    words = shlex.split(block.replace("\\\n", " "))
+    (url,) = [w.split("url=", 1)[1] for w in words if w.startswith("--from-literal=url=")]
+    flags = [value for flag, value in itertools.pairwise(words) if flag == "--set"]
+    return url, dict(flag.split("=", 1) for flag in flags)
+
+
+def test_readme_redis_example_passes_the_network_policy(helm: Helm) -> None:
+    """Followed as written, the example's pods can reach the Redis of its URL."""
+    url, settings = _readme_redis_example()
+    assert settings["redis.enabled"] == "true"
+    port = urlsplit(url).port or 6379
+    rendered = helm.template([DEFAULT], settings)
+    egress = rendered.one("NetworkPolicy")["spec"]["egress"]
+    allowed = {p["port"] for rule in egress for p in rule["ports"] if p["protocol"] == "TCP"}
+    assert port in allowed
 
 
 def test_broker_check_accepts_the_rendered_redis_configuration(

@@ -5,12 +5,22 @@ are errors) of the oldest and a recent supported Kubernetes."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Final
 
 import kubernetes_validate
 import pytest
 
-from tests.helm.chart import CHART, HELM_VERSION, Helm, Manifest, Rendered, ci_values, template_args
+from tests.helm.chart import (
+    CHART,
+    HELM_VERSION,
+    Helm,
+    Manifest,
+    Rendered,
+    Settings,
+    ci_values,
+    template_args,
+)
 from tests.helm.conftest import CI_NAMES
 
 pytestmark = pytest.mark.integration
@@ -133,18 +143,93 @@ def test_metrics_on_the_api_port_when_asked(helm: Helm) -> None:
     assert "- port: http\n      path: /metrics" in result.stdout
 
 
-def test_notes_explain_access_tokens_and_readiness(helm: Helm) -> None:
+def _notes(helm: Helm, values: Path, settings: Settings | None = None) -> str:
     """NOTES.txt, as ``helm install`` prints it (a client-side dry run needs no cluster)."""
-    values = ci_values("existing-secret-and-configmap")
-    result = helm.run(
-        "install", "tb", str(CHART), "--namespace", "apps", "-f", str(values), "--dry-run=client"
-    )
+    args = template_args([values], settings)
+    args[0] = "install"
+    result = helm.run(*args, "--dry-run=client")
     assert result.returncode == 0, result.stderr
-    notes = result.stdout.split("NOTES:", 1)[1]
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_explain_access_tokens_and_readiness(helm: Helm) -> None:
+    notes = _notes(helm, ci_values("existing-secret-and-configmap"))
     assert "http://tb-token-broker.apps.svc:8080" in notes
     assert "port-forward service/tb-token-broker 8080:8080" in notes
     assert "POST http://127.0.0.1:8080/v1/tokens" in notes
     assert "/readyz answers 503 until" in notes
-    assert "ConfigMap token-broker-policies (policies)" in notes
-    assert "Secret smithery-credentials (Smithery API key)" in notes
     assert "-c check" not in notes  # this scenario has no init container
+
+
+def test_notes_say_policies_reload_and_the_api_key_needs_a_restart(helm: Helm) -> None:
+    notes = _notes(helm, ci_values("existing-secret-and-configmap"))
+    policies, api_key = notes.split("4. Changes the chart cannot see", 1)[1].split("Secret ", 1)
+    assert "ConfigMap token-broker-policies (policies)" in policies
+    assert "every pod reloads the policy files by itself" in policies
+    assert "restart" not in policies.replace("no restart", "")
+    assert api_key.startswith("smithery-credentials (Smithery API key)")
+    assert "read once, at start" in api_key
+    assert "rollout restart deployment/tb-token-broker" in api_key
+
+
+@pytest.mark.parametrize(
+    ("settings", "port_sentence"),
+    [
+        (
+            {},
+            "The NetworkPolicy admits the API on port 8080 from any source\n"
+            "   and /metrics on port 9090 from any source (narrow it with metrics.from); "
+            "nothing else.",
+        ),
+        (
+            {"metrics.port": 0},
+            "The NetworkPolicy admits the API on port 8080 from any source; nothing else.",
+        ),
+    ],
+    ids=["metrics-port", "metrics-on-the-api-port"],
+)
+def test_notes_name_every_port_the_network_policy_admits(
+    helm: Helm, settings: Settings, port_sentence: str
+) -> None:
+    notes = _notes(helm, ci_values("default"), settings)
+    assert port_sentence in notes
+    rendered = helm.template([ci_values("default")], settings)
+    ingress = rendered.one("NetworkPolicy")["spec"]["ingress"]
+    for rule in ingress:
+        for port in rule["ports"]:
+            assert f"port {port['port']} from" in notes
+
+
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ({}, False),
+        ({"replicaCount": 2}, True),
+        ({"autoscaling.enabled": True}, True),
+        (
+            {
+                "replicaCount": 3,
+                "autoscaling.enabled": True,
+                "autoscaling.maxReplicas": 1,
+                "autoscaling.minReplicas": 1,
+            },
+            False,
+        ),
+    ],
+    ids=["one-replica", "two-replicas", "autoscaled", "autoscaled-to-one"],
+)
+def test_notes_warn_about_replicas_without_redis(
+    helm: Helm, settings: Settings, warned: bool
+) -> None:
+    notes = _notes(helm, ci_values("default"), settings)
+    assert ("replicas without redis.enabled" in notes) is warned
+    if warned:
+        assert "POST /v1/admin/revoke revokes on the one pod that received it only" in notes
+        assert "rate limits apply per pod" in notes
+        assert "maxConnections" in notes
+        assert "BROKER_TELEMETRY_HASH_KEY" in notes
+
+
+def test_notes_do_not_warn_with_redis(helm: Helm) -> None:
+    notes = _notes(helm, ci_values("redis"))  # three replicas on Redis
+    assert "without redis.enabled" not in notes

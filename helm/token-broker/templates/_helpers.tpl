@@ -141,6 +141,104 @@ what to set.
 {{- if and .Values.autoscaling.enabled (not (or .Values.autoscaling.targetCPUUtilizationPercentage .Values.autoscaling.targetMemoryUtilizationPercentage)) }}
 {{- fail "autoscaling: set targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" }}
 {{- end }}
+{{- if eq (int .Values.metrics.port) 8080 }}
+{{- fail "metrics.port: 8080 is the API port; choose a port of its own (the default is 9090), or 0 to serve /metrics on the API port" }}
+{{- end }}
+{{- include "token-broker.validateExtraEnv" . }}
+{{- include "token-broker.validateShutdown" . }}
+{{- end }}
+
+{{/*
+The variables the chart sets, each with what to do instead. extraEnv may not name them:
+Kubernetes would silently take the later of two entries with one name.
+*/}}
+{{- define "token-broker.managedEnv" -}}
+BROKER_POLICIES_DIR: set policies or existingPolicyConfigMap (mounted at /etc/token-broker/policies)
+BROKER_SMITHERY_BASE_URL: set smithery.baseUrl
+BROKER_SMITHERY_API_KEY: set smithery.apiKey or smithery.existingSecret (the key is only ever a mounted file)
+BROKER_SMITHERY_API_KEY_FILE: set smithery.apiKey or smithery.existingSecret (the key is only ever a mounted file)
+BROKER_AUTH_CONFIG_FILE: set auth.issuers
+BROKER_AUTH_ISSUER: set auth.issuer
+BROKER_AUTH_AUDIENCE: set auth.audiences
+BROKER_AUTH_ALGORITHMS: set auth.algorithms
+BROKER_AUTH_JWKS_URL: set auth.jwksUrl
+BROKER_AUTH_JWKS_FILE: set auth.jwksFile
+BROKER_AUTH_TYP: set auth.typ
+BROKER_AUTH_SUBJECT_CLAIM: set auth.subjectClaim
+BROKER_AUTH_REQUIRED_CLAIMS: set auth.requiredClaims
+BROKER_CORS_ORIGINS: set cors.origins
+BROKER_PRECHECK_EXEMPT_LIFECYCLE: set precheck.exemptLifecycle
+BROKER_TELEMETRY_METRICS_PORT: set metrics.port
+BROKER_CACHE_BACKEND: set redis.enabled
+BROKER_REDIS_URL: set redis.existingSecret (the URL is only ever a mounted file)
+BROKER_REDIS_URL_FILE: set redis.existingSecret (the URL is only ever a mounted file)
+BROKER_CACHE_ENCRYPTION_KEY: set redis.encryptionKey.existingSecret (the keyring is only ever a mounted file)
+BROKER_CACHE_ENCRYPTION_KEY_FILE: set redis.encryptionKey.existingSecret (the keyring is only ever a mounted file)
+BROKER_REDIS_REQUIRED_FOR_READINESS: set redis.requiredForReadiness
+BROKER_REDIS_KEY_PREFIX: set redis.keyPrefix
+BROKER_SERVER_HOST: the container always listens on 0.0.0.0:8080 (service.port sets the Service's port)
+BROKER_SERVER_PORT: the container always listens on 0.0.0.0:8080 (service.port sets the Service's port)
+BROKER_SERVER_SHUTDOWN_DELAY_SECONDS: set shutdownDelaySeconds
+OTEL_SDK_DISABLED: set otel.enabled
+OTEL_TRACES_EXPORTER: set otel.enabled
+OTEL_SERVICE_NAME: set otel.serviceName
+OTEL_EXPORTER_OTLP_ENDPOINT: set otel.endpoint
+OTEL_EXPORTER_OTLP_PROTOCOL: set otel.protocol
+OTEL_RESOURCE_ATTRIBUTES: set otel.resourceAttributes
+OTEL_TRACES_SAMPLER: set otel.sampler.type
+OTEL_TRACES_SAMPLER_ARG: set otel.sampler.arg
+POD_NAME: the chart sets it for OTEL_RESOURCE_ATTRIBUTES (add attributes with otel.resourceAttributes)
+POD_NAMESPACE: the chart sets it for OTEL_RESOURCE_ATTRIBUTES (add attributes with otel.resourceAttributes)
+{{- end }}
+
+{{/*
+Secret settings extraEnv may carry, only from a Secret (valueFrom.secretKeyRef), or as their
+_FILE variable pointing into a Secret mounted with extraVolumes: a value is in the pod spec and a
+ConfigMap is readable by anyone with the `view` role. (The chart's own secrets, the API key, the
+Redis URL and the keyring, are managed names above: always mounted files.) Checked here, not in
+values.schema.json, because Helm prints a failed schema `not` without saying what is wrong.
+*/}}
+{{- define "token-broker.validateExtraEnv" -}}
+{{- $managed := include "token-broker.managedEnv" . | fromYaml }}
+{{- $secrets := list "BROKER_ADMIN_TOKEN" "BROKER_TELEMETRY_HASH_KEY" }}
+{{- $seen := dict }}
+{{- range $index, $var := .Values.extraEnv }}
+{{- $name := $var.name }}
+{{- with get $managed $name }}
+{{- fail (printf "extraEnv[%d]: %s is managed by the chart: %s" $index $name .) }}
+{{- end }}
+{{- if hasKey $seen $name }}
+{{- fail (printf "extraEnv[%d]: %s is listed twice (Kubernetes would silently use the last one)" $index $name) }}
+{{- end }}
+{{- $_ := set $seen $name true }}
+{{- if and (has $name $secrets) (not (dig "valueFrom" "secretKeyRef" "" $var)) }}
+{{- fail (printf "extraEnv[%d]: %s is a secret: give it as valueFrom.secretKeyRef (a Secret you manage), or set %s_FILE to a file of a Secret mounted with extraVolumes; never as a value or from a ConfigMap" $index $name $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Rolling updates: Kubernetes kills a pod terminationGracePeriodSeconds after SIGTERM, and the
+broker needs shutdownDelaySeconds plus its drain timeout (BROKER_SERVER_DRAIN_TIMEOUT_SECONDS;
+25, ServerSettings.drain_timeout_seconds, unless extraEnv sets it) to finish the requests in
+flight.
+*/}}
+{{- define "token-broker.validateShutdown" -}}
+{{- $drain := 25.0 }}
+{{- range .Values.extraEnv }}
+{{- if eq .name "BROKER_SERVER_DRAIN_TIMEOUT_SECONDS" }}
+{{- if not (hasKey . "value") }}
+{{- fail "extraEnv: give BROKER_SERVER_DRAIN_TIMEOUT_SECONDS as a value, not valueFrom: the chart checks terminationGracePeriodSeconds against it" }}
+{{- end }}
+{{- $drain = float64 .value }}
+{{- end }}
+{{- end }}
+{{- $delay := float64 .Values.shutdownDelaySeconds }}
+{{- $grace := float64 .Values.terminationGracePeriodSeconds }}
+{{- $needed := addf $delay $drain }}
+{{- if lt $grace $needed }}
+{{- fail (printf "terminationGracePeriodSeconds: %v is shorter than shutdownDelaySeconds (%v) plus the drain timeout (%v, BROKER_SERVER_DRAIN_TIMEOUT_SECONDS): Kubernetes would kill pods while requests are in flight; set it to at least %v, or lower the delay or the drain timeout" $grace $delay $drain $needed) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -208,6 +306,8 @@ Environment of the broker and of the init container. The API key is only ever a 
 - name: BROKER_REDIS_KEY_PREFIX
   value: {{ .Values.redis.keyPrefix | quote }}
 {{- end }}
+- name: BROKER_SERVER_SHUTDOWN_DELAY_SECONDS
+  value: {{ .Values.shutdownDelaySeconds | toString | quote }}
 {{- include "token-broker.otelEnv" . }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
@@ -228,6 +328,8 @@ Environment of the broker and of the init container. The API key is only ever a 
       fieldPath: metadata.namespace
 - name: OTEL_SDK_DISABLED
   value: "false"
+- name: OTEL_TRACES_EXPORTER
+  value: otlp
 - name: OTEL_SERVICE_NAME
   value: {{ $otel.serviceName | quote }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
