@@ -113,7 +113,7 @@ def render_grant(grant: Grant, claims: Mapping[str, Any]) -> Constraint:
         rpc = {}
         for key, template in grant.rpc_req_match:
             pattern = _fill(template, claims, regex=True)
-            if len(pattern) > MAX_RPC_PATTERN_CHARS:
+            if rpcmatch.js_length(pattern) > MAX_RPC_PATTERN_CHARS:
                 raise _RenderError(f"rpcReqMatch {key} exceeds {MAX_RPC_PATTERN_CHARS} characters")
             rpc[key] = pattern
         out["rpcReqMatch"] = rpc

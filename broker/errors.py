@@ -157,7 +157,8 @@ class UpstreamError(BrokerError):
 
 
 class UpstreamRejectedError(UpstreamError):
-    """Smithery refused the broker's own request (400/401/403): a broker or key misconfiguration.
+    """Smithery refused the broker's own request (400/401/403, or 404 for a namespace the API
+    key does not own on a connection write): a broker, policy or key misconfiguration.
 
     ``upstream_status`` and ``upstream_code`` are Smithery's status and ``error`` field, for logs.
     """

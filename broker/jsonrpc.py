@@ -25,6 +25,10 @@ from broker.errors import CallerError, InvalidJSONError
 
 DEFAULT_MAX_DEPTH: Final = 64
 LIFECYCLE_METHODS: Final = frozenset({"initialize", "ping"})
+MESSAGE_MEMBERS: Final = frozenset({"jsonrpc", "id", "method", "params"})
+"""The members a request or notification may hold. Smithery's ``JsonRpcRequest`` has
+``additionalProperties: false``: it refuses a message with any other member (``-32600``), so a
+precheck must never call one allowed."""
 
 
 class DuplicateKeyError(CallerError):
@@ -127,7 +131,8 @@ def _too_deep(value: Any, levels: int) -> bool:
 
 
 def check_message(message: Any) -> Mapping[str, Any]:
-    """One JSON-RPC 2.0 request or notification, as MCP sends them; anything else is refused."""
+    """One JSON-RPC 2.0 request or notification, as MCP sends them and Smithery accepts them
+    (no member but ``MESSAGE_MEMBERS``); anything else is refused."""
     if isinstance(message, list):
         raise BatchNotSupportedError("Send one JSON-RPC message per request; batches are refused.")
     if not isinstance(message, dict):
@@ -142,7 +147,19 @@ def check_message(message: Any) -> Mapping[str, Any]:
     ):
         # MCP narrows JSON-RPC here: a request's id MUST NOT be null (Smithery refuses it too).
         raise InvalidMessageError('"id" must be a string or an integer (never null, in MCP).')
+    if message.keys() - MESSAGE_MEMBERS:
+        raise InvalidMessageError(_extra_member(message))
     return message
+
+
+def _extra_member(message: Mapping[str, Any]) -> str:
+    """What is wrong, naming the first member that has no place in a request."""
+    name = next(key for key in message if key not in MESSAGE_MEMBERS)
+    responses = ' ("result" and "error" belong to responses)' if name in ("result", "error") else ""
+    return (
+        f"The key {name[:64]!r} is not a member of a JSON-RPC request or notification, which holds"
+        f' only "jsonrpc", "id", "method" and "params"{responses}.'
+    )
 
 
 def is_notification(message: Mapping[str, Any]) -> bool:

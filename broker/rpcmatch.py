@@ -54,6 +54,7 @@ __all__ = [
     "RpcMismatch",
     "compile_pattern",
     "escape_literal",
+    "js_length",
     "js_string",
     "lookup_path",
 ]
@@ -112,8 +113,10 @@ def _utf16_units(text: str) -> list[int]:
     return [data[i] | data[i + 1] << 8 for i in range(0, len(data), 2)]
 
 
-def _utf16_length(text: str) -> int:
-    """JavaScript's ``text.length``, which is what Smithery's length limits count."""
+def js_length(text: str) -> int:
+    """JavaScript's ``text.length`` (UTF-16 code units: an emoji counts 2), which is what
+    Smithery's length limits count (its schema is zod's, and zod compares ``length``). The
+    broker's one measure for them: ``policy`` and ``constraints`` use it too."""
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
@@ -1101,7 +1104,7 @@ def compile_pattern(source: str) -> Pattern:
 
 @functools.lru_cache(maxsize=1024)
 def _compile_cached(source: str) -> Pattern:
-    length = _utf16_length(source)
+    length = js_length(source)
     if length > MAX_PATTERN_CHARS:
         raise PatternError(
             f"the pattern is {length} characters long; Smithery accepts at most {MAX_PATTERN_CHARS}"
@@ -1300,7 +1303,7 @@ class RpcMatcher:
 def _check_dot_path(key: object) -> tuple[str, ...]:
     if not isinstance(key, str):
         raise PatternError("the dot path must be a string")
-    length = _utf16_length(key)
+    length = js_length(key)
     if length > MAX_DOT_PATH_CHARS:
         raise PatternError(
             f"the dot path is {length} characters long; "

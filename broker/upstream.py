@@ -5,7 +5,8 @@
 once into the broker's error tree:
 
 * 400/401/403 from Smithery → ``UpstreamRejectedError`` (502). Smithery's ``error`` code is kept
-  for the log; its body is never relayed to the broker's caller.
+  for the log; its body is never relayed to the broker's caller. So is a 404 on ``PUT``
+  connection: "Namespace not found or access denied" for the API key (a misconfigured namespace).
 * 429 and 5xx, connection failures → ``UpstreamUnavailableError`` (503 with ``Retry-After``).
 * timeouts → ``UpstreamTimeoutError`` (504).
 
@@ -349,31 +350,48 @@ class SmitheryClient:
         content = msgspec.json.encode(body)
         path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}"
         # PUT is idempotent, so retrying after a lost answer cannot create a second connection.
-        return await self.caller.call(lambda: self._put_connection_once(path, content))
+        return await self.caller.call(lambda: self._put_connection_once(namespace, path, content))
 
     async def _put_connection_once(
-        self, path: str, content: bytes
+        self, namespace: str, path: str, content: bytes
     ) -> tuple[ConnectionDocument, bool]:
         response = await self._send("PUT", path, "PUT connection", content=content)
         if response.status_code == 409:
             raise ConnectionConflictError(
                 "The connection exists with another mcpUrl; delete it first."
             )
+        if response.status_code == 404:
+            # OpenAPI: "404 Namespace not found or access denied". With the API key that is the
+            # operator's configuration (the policy's provision namespace, or the key), not the
+            # caller's request: 502 like any refusal, the namespace named in the log only.
+            code = _error_code(response.content)
+            logger.error(
+                "smithery rejected PUT connection: namespace %r does not exist or the API key"
+                " does not own it (status=404 error=%s); check the policy's provision namespace",
+                namespace,
+                code,
+            )
+            raise UpstreamRejectedError(404, code)
         if response.status_code not in (200, 201):
             _raise_for_status(response, "PUT connection")
         return _read_connection(response), response.status_code == 201
 
     async def delete_connection(self, namespace: str, connection_id: str) -> None:
-        """``DELETE /connect/{ns}/{id}`` with the API key; 404 → connection_not_found."""
+        """``DELETE /connect/{ns}/{id}`` with the API key; 404 → connection_not_found.
+
+        Smithery's 404 here means "Namespace or connection not found": either way there is no
+        such connection to delete, which is what the caller is told (provisioning reads the
+        connection first, so an unowned namespace has already answered 404 to that read).
+        """
         if self._api_key is None:
             raise UpstreamUnavailableError("The Smithery API key is not configured.")
         path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}"
-        await self.caller.call(lambda: self._delete_connection_once(path, connection_id))
+        await self.caller.call(lambda: self._delete_connection_once(path, namespace, connection_id))
 
-    async def _delete_connection_once(self, path: str, connection_id: str) -> None:
+    async def _delete_connection_once(self, path: str, namespace: str, connection_id: str) -> None:
         response = await self._send("DELETE", path, "DELETE connection")
         if response.status_code == 404:
-            raise ConnectionNotFoundError(f"No connection {connection_id!r}.")
+            raise ConnectionNotFoundError(f"No connection {connection_id!r} in {namespace!r}.")
         _raise_for_status(response, "DELETE connection")
 
     async def _send(

@@ -7,7 +7,7 @@ fast; the integration tests run the same pieces as real processes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,12 +72,17 @@ async def harness(
     telemetry: Telemetry | None = None,
     cors_origins: tuple[str, ...] = (),
     admin: AdminSettings | None = None,
+    emulator_options: Mapping[str, Any] | None = None,
     **precheck: Any,
 ) -> AsyncIterator[Harness]:
     """``upstream`` wraps the emulator's ASGI app into the broker's upstream transport;
-    ``telemetry`` traces both the broker and the emulator with its provider."""
+    ``telemetry`` traces both the broker and the emulator with its provider;
+    ``emulator_options`` are more ``create_emulator_app`` arguments (``owned_namespaces``,
+    ``clock``...)."""
     emulator_app = create_emulator_app(
-        api_key=API_KEY, tracer_provider=telemetry.provider if telemetry else None
+        api_key=API_KEY,
+        tracer_provider=telemetry.provider if telemetry else None,
+        **(emulator_options or {}),
     )
     transport = (upstream or (lambda app: httpx.ASGITransport(app=app)))(emulator_app)
     settings = Settings(

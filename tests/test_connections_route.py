@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -322,3 +323,27 @@ async def test_denials_are_audited_with_reason() -> None:
         assert records[-1]["result"] == "deny"
         assert records[-1]["reason"] == "target_not_allowed"
         assert records[-1]["rule"] == "own-connections"
+
+
+async def test_namespace_the_api_key_does_not_own_is_upstream_rejected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The policy provisions in ``my-app``, which this emulator's API key does not own: Smithery
+    answers the PUT "404 Namespace not found or access denied". That is the operator's
+    configuration, not the caller's request: a stable 502 ``upstream_rejected`` (not a 404 the
+    caller would take for their connection), with the namespace named in the log only."""
+    async with harness(emulator_options={"owned_namespaces": ("another-app",)}) as h:
+        with caplog.at_level(logging.ERROR, logger="broker.upstream"):
+            response = await put(h, "alice", "alice-github", mcpUrl=GITHUB)
+        assert response.status_code == 502, response.text
+        assert response.json()["code"] == "upstream_rejected"
+        # Nothing there to delete: the read before the delete already answers 404.
+        deleted = await h.client.delete(
+            f"/v1/connections/{NS}/alice-github", headers=user(h, "alice")
+        )
+        assert deleted.status_code == 404
+        assert deleted.json()["code"] == "connection_not_found"
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "broker.upstream"]
+    assert "namespace 'my-app' does not exist or the API key does not own it" in logged
+    assert "error=not_found" in logged
+    assert API_KEY not in caplog.text + response.text

@@ -139,6 +139,20 @@ def test_rule_needing_unusable_claim_does_not_apply(claims: dict[str, Any], reas
     assert [(s.rule_id, s.reason) for s in rendering.skipped] == [("owner-only", reason)]
 
 
+def test_rendered_pattern_over_smithery_limit_in_utf16_units_does_not_apply() -> None:
+    """Smithery counts ``rpcReqMatch`` patterns as JavaScript does: an emoji is 2 units. 250
+    emoji (within the 256-character claim limit) make ``^...$`` 502 units, which Smithery
+    would refuse: the rule does not apply, rather than failing the whole mint upstream."""
+    claims = {"tenant": "t", "team": "x"}
+    rendering = render_rules(TEMPLATED, ISSUER, {**claims, "sub": "\U0001f600" * 250})
+    assert rendering.applied == ()
+    assert [(s.rule_id, s.reason) for s in rendering.skipped] == [
+        ("owner-only", "rpcReqMatch params.arguments.owner exceeds 500 characters")
+    ]
+    fits = render_rules(TEMPLATED, ISSUER, {**claims, "sub": "\U0001f600" * 249})
+    assert [a.rule_id for a in fits.applied] == ["owner-only"]  # 500 units exactly
+
+
 def test_digest_is_canonical_and_sensitive() -> None:
     a = [{"namespaces": "x", "metadata": {"a": "1", "b": "2"}}]
     b = [{"metadata": {"b": "2", "a": "1"}, "namespaces": "x"}]

@@ -123,8 +123,27 @@ def test_invalid_messages_refused(message: Any, code: str) -> None:
     assert caught.value.code == code
 
 
+@pytest.mark.parametrize(
+    ("message", "named"),
+    [
+        ({"jsonrpc": "2.0", "id": 1, "method": "ping", "result": {}}, "'result'"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "ping", "error": {}}, "'error'"),
+        ({"jsonrpc": "2.0", "method": "notifications/initialized", "foo": 1}, "'foo'"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}, "Params": {}}, "'Params'"),
+    ],
+)
+def test_members_smithery_refuses_are_refused(message: dict[str, Any], named: str) -> None:
+    """Smithery's ``JsonRpcRequest`` has ``additionalProperties: false``: a precheck must not
+    call allowed what Smithery answers ``-32600`` to."""
+    with pytest.raises(CallerError) as caught:
+        check_message(message)
+    assert caught.value.code == "invalid_jsonrpc"
+    assert named in caught.value.detail
+    assert ("belong to responses" in caught.value.detail) == (named in ("'result'", "'error'"))
+
+
 def test_valid_messages_pass() -> None:
-    request = check_message({"jsonrpc": "2.0", "id": "a", "method": "tools/list"})
+    request = check_message({"jsonrpc": "2.0", "id": "a", "method": "tools/list", "params": {}})
     note = check_message({"jsonrpc": "2.0", "method": "notifications/initialized"})
     assert not is_notification(request)
     assert is_notification(note)

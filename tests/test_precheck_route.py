@@ -154,6 +154,12 @@ async def test_unauthenticated_is_401(broker: Harness) -> None:
             b'{"namespace": "my-app", "request": {"jsonrpc": "2.0", "id": 1, "method": null}}',
             "invalid_jsonrpc",
         ),
+        # Smithery refuses members outside JsonRpcRequest: never "allowed" here.
+        (
+            b'{"namespace": "my-app", "request": {"jsonrpc": "2.0", "id": 1, "method": "ping", '
+            b'"result": {}}}',
+            "invalid_jsonrpc",
+        ),
         (
             b'{"namespace": "my-app", "request": ' + b'{"a":' * 80 + b"1" + b"}" * 80 + b"}",
             "too_deep",

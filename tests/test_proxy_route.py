@@ -7,6 +7,7 @@ here by a recorder, so each test can see exactly which bytes and headers reached
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,8 @@ import httpx
 import pytest
 
 from broker.telemetry import capture_audit
-from tests.inprocess import Harness, harness
+from tests.emulator.emulator_harness import FakeClock
+from tests.inprocess import API_KEY, Harness, harness
 
 SUPPORT = {"groups": ["support"]}
 
@@ -279,6 +281,7 @@ async def test_path_injection_refused(proxy: Proxy, connection: str) -> None:
             "duplicate_key",
         ),
         (b'{"jsonrpc":"2.0","id":1}', "invalid_jsonrpc"),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/list","foo":1}', "invalid_jsonrpc"),
         (b"not json", "invalid_json"),
         # A denial echoes the id: an unpaired surrogate there could not be encoded (it was a 500).
         (
@@ -475,4 +478,73 @@ async def test_smithery_authorization_required_reaches_the_mcp_client_as_is() ->
     assert error["code"] == -32001
     assert error["data"] == {
         "authorizationUrl": "https://smithery.ai/connect/setup/my-app/support-oauth"
+    }
+
+
+async def test_smithery_input_required_reaches_the_mcp_client_as_is() -> None:
+    """A connection waiting for the user's inputs: the emulator's documented 409 ``-32002``
+    with ``data: {http, missing}`` comes back through the proxy unchanged."""
+    async with harness() as h:
+        await h.create_connection(
+            "my-app",
+            "support-input",
+            mcpUrl="https://input.example.com/mcp",
+            metadata={"connectionId": "support-github"},
+        )
+        response = await h.client.post(
+            "/v1/mcp/my-app/support-input",
+            content=CALL_GET_ISSUE,
+            headers={
+                **h.auth("sam", **SUPPORT),
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+            },
+        )
+    assert response.status_code == 409
+    assert response.json() == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "error": {
+            "code": -32002,
+            "message": "Input required",
+            "data": {
+                "http": {
+                    "headers": {"X-API-Key": {"label": "API key", "required": True}},
+                    "query": {"workspace": {"label": "Workspace", "required": True}},
+                },
+                "missing": {"headers": ["X-API-Key"], "query": ["workspace"]},
+            },
+        },
+    }
+
+
+async def test_smithery_unauthorized_reaches_the_mcp_client_as_a_json_rpc_error() -> None:
+    """Smithery refuses the service token (here: its clock is a day ahead, so the cached token
+    has expired there): its 401 JSON-RPC error object comes back through the proxy unchanged."""
+    smithery_clock = FakeClock(time.time())
+    async with harness(emulator_options={"clock": smithery_clock}) as h:
+        created = await h.emulator.put(
+            "/connect/my-app/support-github",
+            json={"transport": "uplink", "metadata": {"connectionId": "support-github"}},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        assert created.status_code == 201
+        headers = {
+            **h.auth("sam", **SUPPORT),
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        }
+        # The first call mints and caches the token (no uplink client: Smithery answers 502).
+        path = "/v1/mcp/my-app/support-github"
+        assert (await h.client.post(path, content=CALL_GET_ISSUE, headers=headers)).status_code == (
+            502
+        )
+        smithery_clock.advance(86_400)
+        response = await h.client.post(path, content=CALL_GET_ISSUE, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": -32000, "message": "Invalid API key"},
     }

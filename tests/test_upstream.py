@@ -1,4 +1,5 @@
-"""Upstream client: request shape and the translation of every Smithery answer (MockTransport)."""
+"""Upstream client: request shape and the translation of every Smithery answer (MockTransport,
+and the emulator's ASGI app where its contract is the point)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from broker.config import Secret, SmitherySettings
+from broker.emulator import create_emulator_app
 from broker.errors import (
     ConnectionNotFoundError,
     UpstreamProtocolError,
@@ -399,3 +401,24 @@ async def test_open_mcp_forwards_only_mcp_headers_and_the_service_token() -> Non
     assert request.headers["mcp-protocol-version"] == "2025-06-18"
     assert "cookie" not in request.headers
     assert "x-forwarded-for" not in request.headers
+
+
+async def test_connection_writes_in_an_unowned_namespace_against_the_emulator() -> None:
+    """Smithery's contract, as the emulator serves it: PUT in a namespace the API key does not
+    own is "404 Namespace not found or access denied" (an operator error: rejected, not an
+    off-contract answer); DELETE's 404 is "Namespace or connection not found"."""
+    emulator = create_emulator_app(API_KEY, owned_namespaces=("my-app",))
+    config = SmitherySettings(base_url="http://emulator", api_key=Secret(API_KEY))
+    upstream = SmitheryClient(config, transport=httpx.ASGITransport(app=emulator), sleep=no_sleep)
+    try:
+        body = {"mcpUrl": "https://tools.example.com/mcp"}
+        _, created = await upstream.put_connection("my-app", "c1", body)
+        assert created
+        with pytest.raises(UpstreamRejectedError) as rejected:
+            await upstream.put_connection("elsewhere", "c1", body)
+        assert (rejected.value.upstream_status, rejected.value.upstream_code) == (404, "not_found")
+        with pytest.raises(ConnectionNotFoundError):
+            await upstream.delete_connection("elsewhere", "c1")
+        await upstream.delete_connection("my-app", "c1")
+    finally:
+        await upstream.aclose()

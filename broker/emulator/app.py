@@ -15,6 +15,7 @@ import contextlib
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any, cast
 
 import uvicorn
@@ -26,7 +27,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from broker.emulator.clock import Clock
-from broker.emulator.connection import DEFAULT_OAUTH_HOSTS
+from broker.emulator.connection import DEFAULT_INPUT_HOSTS, DEFAULT_OAUTH_HOSTS
 from broker.emulator.errors import EmulatorError, JsonRpcEndpointError
 from broker.emulator.faults import FaultMiddleware, Faults, call_with_connection
 from broker.emulator.jsonrpc import ErrorObject, ErrorResponse
@@ -35,6 +36,9 @@ from broker.emulator.state import EmulatorState
 from broker.emulator.token import TOKEN_PREFIX, TokenCodec
 
 DEFAULT_API_KEY = "dev-api-key"
+DEFAULT_OWNED_NAMESPACES: tuple[str, ...] = ("my-app",)
+"""The namespace of the example policies (``policies/``), of ``broker dev``'s seeded
+connections and of the bench harness: what the emulator's API key owns unless told otherwise."""
 
 
 def create_emulator_app(
@@ -44,7 +48,9 @@ def create_emulator_app(
     clock: Clock = time.time,
     exempt_lifecycle: bool = False,
     tracer_provider: Any = None,
+    owned_namespaces: Iterable[str] = DEFAULT_OWNED_NAMESPACES,
     oauth_hosts: tuple[str, ...] = DEFAULT_OAUTH_HOSTS,
+    input_hosts: tuple[str, ...] = DEFAULT_INPUT_HOSTS,
 ) -> EmulatorApp:
     """A fresh Smithery stand-in with its own connections, counters and signing key.
 
@@ -61,8 +67,19 @@ def create_emulator_app(
     requests as server spans joined to the caller's trace (W3C ``traceparent``), as Smithery
     would appear in a distributed trace.
 
-    ``oauth_hosts``: connections created for a target whose host contains one of these get
-    ``status: {state: auth_required, setupUrl}`` (OAuth-style servers); others ``connected``.
+    ``owned_namespaces``: the namespaces the API key owns ("Requires API key and namespace
+    ownership"). Connections are created, updated and deleted only there; elsewhere ``PUT``,
+    ``POST`` and ``DELETE`` answer 404 "Namespace not found or access denied", as the OpenAPI
+    documents, and reads find nothing. Tokens may be minted for any namespace.
+
+    ``oauth_hosts``: connections for a target whose host contains one of these get
+    ``status: {state: auth_required, setupUrl}`` (OAuth-style servers), and the MCP endpoint
+    answers them 401 ``-32001``.
+
+    ``input_hosts``: connections for a target whose host contains one of these get
+    ``status: {state: input_required, setupUrl, http, missing}`` until their ``headers`` and
+    ``mcpUrl`` query carry what ``connection.INPUT_PROFILE`` asks for, and the MCP endpoint
+    answers them 409 ``-32002``. Other connections are ``connected``.
 
     The MCP endpoint starts a ``node`` process on first use; it is stopped on shutdown, so run the
     app with its lifespan (uvicorn, or Litestar's test clients as context managers).
@@ -70,12 +87,17 @@ def create_emulator_app(
     if not api_key or api_key.startswith(f"{TOKEN_PREFIX}."):
         # A key shaped like a service token would be checked as a token and never match.
         raise ValueError("api_key must be non-empty and must not look like a service token")
+    if isinstance(owned_namespaces, str):
+        # A lone string would be taken as the set of its characters.
+        raise TypeError("owned_namespaces must be a collection of namespace names")
     state = EmulatorState(
         api_key=api_key,
         codec=TokenCodec(signing_key),
         clock=clock,
         exempt_lifecycle=exempt_lifecycle,
+        owned_namespaces=frozenset(owned_namespaces),
         oauth_hosts=tuple(oauth_hosts),
+        input_hosts=tuple(input_hosts),
     )
 
     def provide_emulator() -> EmulatorState:
@@ -87,6 +109,7 @@ def create_emulator_app(
             connections.list_connections,
             connections.get_connection,
             connections.upsert_connection,
+            connections.create_connection,
             connections.delete_connection,
             mcp.post_message,
             mcp.refuse_session_method,
@@ -152,13 +175,21 @@ def _tracing(tracer_provider: Any) -> list[Any]:
     ]
 
 
-def run_emulator(host: str, port: int, api_key: str, exempt_lifecycle: bool = False) -> None:
+def run_emulator(
+    host: str,
+    port: int,
+    api_key: str,
+    exempt_lifecycle: bool = False,
+    owned_namespaces: Iterable[str] = DEFAULT_OWNED_NAMESPACES,
+) -> None:
     """Serve a fresh emulator with uvicorn until interrupted (blocking).
 
     Requests held by ``latency`` or ``hang`` faults are dropped when shutdown begins: uvicorn
     waits for running requests before the app's own ``on_shutdown``, so that would be too late.
     """
-    app = create_emulator_app(api_key, exempt_lifecycle=exempt_lifecycle)
+    app = create_emulator_app(
+        api_key, exempt_lifecycle=exempt_lifecycle, owned_namespaces=owned_namespaces
+    )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     server = _ReleasingServer(config, app.faults)
     with contextlib.suppress(KeyboardInterrupt):

@@ -25,13 +25,13 @@ MAX_TTL_SECONDS = 24 * 3600
 """Smithery's maximum token lifetime (CreateTokenRequest: "Maximum is 24 hours")."""
 
 MAX_RPC_PATH_CHARS = 200
+"""The longest ``rpcReqMatch`` key, as JavaScript counts (``String.length``, ``js_length``)."""
 MAX_RPC_PATTERN_CHARS = 500
+"""The longest ``rpcReqMatch`` pattern, as JavaScript counts."""
 
 Resource = Literal["connections", "servers", "namespaces", "skills"]
 Operation = Literal["read", "write", "execute"]
 MetadataFilter = dict[str, str]
-RpcPath = Annotated[str, Meta(max_length=MAX_RPC_PATH_CHARS)]
-RpcPattern = Annotated[str, Meta(max_length=MAX_RPC_PATTERN_CHARS)]
 
 
 class Constraint(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
@@ -42,9 +42,9 @@ class Constraint(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_d
     operations: Operation | list[Operation] | UnsetType = UNSET
     metadata: MetadataFilter | list[MetadataFilter] | UnsetType = UNSET
     ttl: str | float | UnsetType = UNSET
-    rpc_req_match: dict[RpcPath, RpcPattern] | UnsetType = msgspec.field(
-        default=UNSET, name="rpcReqMatch"
-    )
+    rpc_req_match: dict[str, str] | UnsetType = msgspec.field(default=UNSET, name="rpcReqMatch")
+    """Key and pattern lengths are checked after decoding (``_check_rpc_req_match``): msgspec's
+    ``max_length`` counts code points, not JavaScript's UTF-16 code units."""
 
 
 class CreateTokenRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -97,6 +97,9 @@ def decode_mint_request(body: bytes) -> MintRequest:
     if not isinstance(request.policy, UnsetType):
         constraints = tuple(request.policy)
         raw_policy = list(raw["policy"])
+    for index, constraint in enumerate(constraints):
+        if not isinstance(constraint.rpc_req_match, UnsetType):
+            _check_rpc_req_match(constraint.rpc_req_match, f"$.policy[{index}].rpcReqMatch")
 
     ttls_ms = [
         parse_ttl_ms(constraint.ttl, f"$.policy[{index}].ttl")
@@ -114,6 +117,28 @@ def decode_mint_request(body: bytes) -> MintRequest:
         if isinstance(request.organization_id, UnsetType)
         else request.organization_id,
     )
+
+
+def js_length(text: str) -> int:
+    """JavaScript's ``text.length``: UTF-16 code units (ECMA-262, the String type). Smithery's
+    schema is zod-generated, and zod's ``max`` compares that, so a character outside the Basic
+    Multilingual Plane (an emoji) counts twice."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def _check_rpc_req_match(rules: dict[str, str], path: str) -> None:
+    """Keys at most ``MAX_RPC_PATH_CHARS`` and patterns at most ``MAX_RPC_PATTERN_CHARS`` long,
+    as JavaScript counts (OpenAPI ``maxLength``)."""
+    for key, pattern in rules.items():
+        if js_length(key) > MAX_RPC_PATH_CHARS:
+            raise InvalidRequestError(
+                f"Expected a key of at most {MAX_RPC_PATH_CHARS} characters - at `{path}`"
+            )
+        if js_length(pattern) > MAX_RPC_PATTERN_CHARS:
+            raise InvalidRequestError(
+                f"Expected a pattern of at most {MAX_RPC_PATTERN_CHARS} characters"
+                f" - at `{path}[{key!r}]`"
+            )
 
 
 def parse_ttl_ms(ttl: str | float, path: str) -> int:

@@ -9,6 +9,8 @@ broker: the emulator is the independent party the broker is checked against.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EmulatorError(Exception):
     """Root of every error the emulator answers on purpose."""
@@ -57,7 +59,8 @@ class UnauthorizedError(EmulatorError):
 
 
 class ForbiddenError(EmulatorError):
-    """A valid bearer whose scope does not allow the request."""
+    """A valid bearer whose scope does not allow a read (the write routes answer 404 instead:
+    ``NamespaceNotFoundError``)."""
 
     status_code = 403
     code = "forbidden"
@@ -68,6 +71,19 @@ class NotFoundError(EmulatorError):
 
     status_code = 404
     code = "not_found"
+
+
+class NamespaceNotFoundError(NotFoundError):
+    """A write (``PUT``/``POST``/``DELETE`` on ``/connect``) in a namespace the API key does not
+    own, or one the bearer's scope may not write to.
+
+    The OpenAPI lists no 403 for these routes: "404 Namespace not found or access denied" (PUT,
+    POST), "404 Namespace or connection not found" (DELETE). One message for both causes, so a
+    token cannot tell an unowned namespace from a missing write scope.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("Namespace not found or access denied")
 
 
 class InjectedStatusError(EmulatorError):
@@ -83,7 +99,8 @@ class InjectedStatusError(EmulatorError):
 
 
 class ConflictError(EmulatorError):
-    """A PUT that would change an existing connection's ``mcpUrl`` (OpenAPI: 409 URL mismatch)."""
+    """A PUT that would change an existing connection's target: its ``mcpUrl``, or its
+    transport (OpenAPI: 409 URL mismatch; ``connection.py`` says when a change is allowed)."""
 
     status_code = 409
     code = "conflict"
@@ -94,7 +111,7 @@ RequestId = str | int | float
 
 
 class JsonRpcEndpointError(EmulatorError):
-    """An answer of ``POST /connect/{ns}/{id}/mcp`` other than 401: a JSON-RPC error object.
+    """An error answer of ``POST /connect/{ns}/{id}/mcp``: a JSON-RPC error object.
 
     Smithery's MCP endpoint answers errors as ``{"jsonrpc": "2.0", "id", "error": {code,
     message}}`` (SMITHERY-SEMANTICS.md, "The MCP endpoint"), not ``{error, message}``. ``app.py``
@@ -104,7 +121,7 @@ class JsonRpcEndpointError(EmulatorError):
     status_code = 500
     code = "internal_error"
     rpc_code = -32603
-    data: dict[str, str] | None = None
+    data: dict[str, Any] | None = None
     """The error object's ``data``, where Smithery documents one."""
 
     def __init__(
@@ -185,11 +202,48 @@ class McpAuthorizationRequiredError(JsonRpcEndpointError):
         self.data = {"authorizationUrl": authorization_url}
 
 
+class McpUnauthorizedError(JsonRpcEndpointError):
+    """A missing or unknown bearer, or a service token that is expired or tampered with, at the
+    MCP endpoint: 401 as on every route, but as a JSON-RPC error object, because the endpoint's
+    errors are JSON-RPC error objects (SMITHERY-SEMANTICS.md, "The MCP endpoint").
+
+    OPEN: Smithery documents only the upstream-OAuth 401 (``-32001 Authorization required``,
+    with ``data.authorizationUrl``). A bad bearer is not that, so it gets ``-32000`` (as the
+    endpoint's other non-protocol errors) and never ``-32001``, which clients take as "send the
+    user to ``authorizationUrl``". Checked before the body is read: the id is null. The message
+    is as generic as the REST routes' 401 (``UnauthorizedError``).
+    """
+
+    status_code = 401
+    code = "unauthorized"
+    rpc_code = -32000
+
+    def __init__(self) -> None:
+        super().__init__("Invalid API key")
+
+
+class McpInputRequiredError(JsonRpcEndpointError):
+    """The connection's MCP server needs inputs the connection does not carry yet (``status``
+    is ``input_required``): 409 ``-32002 Input required`` with ``data: {http, missing}``, as
+    documented (SMITHERY-SEMANTICS.md, "The MCP endpoint"; OpenAPI ``InputRequiredError``).
+    Checked where ``McpAuthorizationRequiredError`` is: after the token's constraints."""
+
+    status_code = 409
+    code = "input_required"
+    rpc_code = -32002
+
+    def __init__(self, data: dict[str, Any], *, request_id: RequestId | None) -> None:
+        super().__init__("Input required", request_id=request_id)
+        self.data = data
+
+
 class McpMethodNotAllowedError(JsonRpcEndpointError):
-    """``GET`` or ``DELETE``: the endpoint is stateless Streamable HTTP, POST only.
+    """Any method but POST (``GET``, ``DELETE``, ``PUT``, ``PATCH``): the endpoint is stateless
+    Streamable HTTP, POST only.
 
     MCP spec (Streamable HTTP): a server that offers no SSE stream answers GET with 405, and one
-    without sessions may answer DELETE with 405.
+    without sessions may answer DELETE with 405. PUT and PATCH mean nothing there at all; they
+    get the same answer so that every 405 of the endpoint has one shape and ``Allow: POST``.
     """
 
     status_code = 405

@@ -1,15 +1,17 @@
 """JSON-RPC at Smithery's MCP endpoint: reading one message, and the error object it answers.
 
 ``decode_message`` accepts exactly one JSON-RPC 2.0 message object with a string ``method`` (a
-request or a notification), as the stateless endpoint takes one message per POST, and keeps the
-body's text for the rpcReqMatch oracle, which parses it itself. Ids are strings or numbers (MCP:
+request or a notification) and no members but ``jsonrpc``, ``id``, ``method`` and ``params``
+(OpenAPI ``JsonRpcRequest``: ``additionalProperties: false``), as the stateless endpoint takes
+one message per POST, and keeps the body's text for the rpcReqMatch oracle, which parses it
+itself. Ids are strings or numbers (MCP:
 never null). It does not decide permissions and does no I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -23,12 +25,14 @@ SMITHERY-SEMANTICS.md: Smithery's own TypeScript client skips ``initialize``).""
 NOTIFICATION_METHOD_PREFIX = "notifications/"
 
 
-class _Envelope(msgspec.Struct, frozen=True):
-    """The members the emulator reads; others (``params``...) are forwarded untouched."""
+class _Envelope(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """OpenAPI ``JsonRpcRequest``: these members and no others. ``params`` is only checked to be
+    JSON; the body is forwarded as it came."""
 
     jsonrpc: Literal["2.0"]
     method: str
     id: RequestId | UnsetType = UNSET
+    params: Any = UNSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +56,7 @@ class ErrorObject(msgspec.Struct, frozen=True, omit_defaults=True):
 
     code: int
     message: str
-    data: dict[str, str] | None = None
+    data: dict[str, Any] | None = None
 
 
 class ErrorResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,8 +72,9 @@ def decode_message(body: bytes) -> RpcMessage:
 
     Raises ``JsonRpcParseError`` when the body is not UTF-8 JSON, and
     ``JsonRpcInvalidRequestError`` when it is JSON but not a single message object with
-    ``"jsonrpc": "2.0"``, a string ``method`` and, if present, a string or number ``id``
-    (batches and responses are refused: JSON-RPC 2.0 section 5, MCP Streamable HTTP).
+    ``"jsonrpc": "2.0"``, a string ``method``, if present a string or number ``id``, and no
+    other member but ``params`` (batches and responses are refused: JSON-RPC 2.0 section 5,
+    MCP Streamable HTTP).
     """
     try:
         text = body.decode("utf-8")
@@ -77,8 +82,18 @@ def decode_message(body: bytes) -> RpcMessage:
     except UnicodeDecodeError:
         raise JsonRpcParseError from None
     except msgspec.ValidationError:
+        # The typed decode stops at the first member it refuses, maybe before a syntax error
+        # further on: only a body that is JSON throughout is an Invalid Request.
+        _require_json(body)
         raise JsonRpcInvalidRequestError from None
     except msgspec.DecodeError:
         raise JsonRpcParseError from None
     request_id = None if isinstance(envelope.id, UnsetType) else envelope.id
     return RpcMessage(method=envelope.method, request_id=request_id, text=text)
+
+
+def _require_json(body: bytes) -> None:
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise JsonRpcParseError from None

@@ -15,7 +15,7 @@ import msgspec
 from litestar.di import NamedDependency
 
 from broker.emulator.clock import Clock, to_epoch_ms
-from broker.emulator.connection import DEFAULT_OAUTH_HOSTS, ConnectionStore
+from broker.emulator.connection import DEFAULT_INPUT_HOSTS, DEFAULT_OAUTH_HOSTS, ConnectionStore
 from broker.emulator.faults import Faults
 from broker.emulator.principal import Principal, authenticate
 from broker.emulator.relay import McpRelay
@@ -27,10 +27,12 @@ class Stats(msgspec.Struct):
     """Counters since start (or the last reset), served by ``GET /_emulator/stats``.
 
     ``tokens_rejected`` counts ``POST /tokens`` requests answered with an error (400 or 401);
-    ``requests_unauthorized`` and ``requests_forbidden`` count 401s and 403s on ``/connect``
-    (the MCP endpoint included). On ``POST /connect/{ns}/{id}/mcp``: ``mcp_allowed`` counts
-    messages the token's scope allowed, ``mcp_denied`` those it refused (403 ``-32003``), and
-    ``mcp_forwarded`` those the MCP server answered (any status).
+    ``requests_unauthorized`` counts 401s on ``/connect`` (the MCP endpoint included), and
+    ``requests_forbidden`` the requests there that the bearer's scope refused: 403s, and the
+    writes answered 404 "access denied" (a namespace the API key does not own is not counted).
+    On ``POST /connect/{ns}/{id}/mcp``: ``mcp_allowed`` counts messages the token's scope
+    allowed, ``mcp_denied`` those it refused (403 ``-32003``), and ``mcp_forwarded`` those the
+    MCP server answered (any status).
 
     ``received_tokens``, ``received_mcp`` and ``received_connections`` count every request that
     reached ``POST /tokens``, ``POST /connect/{ns}/{id}/mcp`` and the ``/connect`` CRUD routes,
@@ -64,8 +66,13 @@ class EmulatorState:
     codec: TokenCodec
     clock: Clock
     exempt_lifecycle: bool = False
+    owned_namespaces: frozenset[str] = frozenset()
+    """The namespaces the API key owns: the only ones connections can be written in."""
     oauth_hosts: tuple[str, ...] = DEFAULT_OAUTH_HOSTS
-    """Created connections whose host contains one of these start ``auth_required``."""
+    """Connections whose host contains one of these are ``auth_required``."""
+    input_hosts: tuple[str, ...] = DEFAULT_INPUT_HOSTS
+    """Connections whose host contains one of these are ``input_required`` until they carry
+    the inputs ``connection.INPUT_PROFILE`` asks for."""
     stats: Stats = field(default_factory=Stats)
     connections: ConnectionStore = field(default_factory=ConnectionStore)
     oracle: RpcMatchOracle = field(default_factory=RpcMatchOracle)

@@ -21,6 +21,8 @@ def demo_mcp_url() -> Iterator[str]:
 
 @pytest.fixture
 def emulator_url() -> Iterator[str]:
-    """A fresh Smithery emulator under uvicorn; yields its base URL."""
-    with LoopbackServer(create_emulator_app(EMULATOR_API_KEY)) as server:
+    """A fresh Smithery emulator under uvicorn, owning ``my-app`` (the dev connections' default)
+    and ``other`` (where a test seeds them too); yields its base URL."""
+    app = create_emulator_app(EMULATOR_API_KEY, owned_namespaces=("my-app", "other"))
+    with LoopbackServer(app) as server:
         yield server.url

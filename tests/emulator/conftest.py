@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import TestClient
 
 from broker.emulator import create_emulator_app
-from tests.emulator.emulator_harness import API_KEY, SIGNING_KEY, FakeClock, Minter
+from tests.emulator.emulator_harness import API_KEY, NAMESPACES, SIGNING_KEY, FakeClock, Minter
 from tests.emulator.loopback import LoopbackServer
 from tests.emulator.mcp_target import McpTarget
 
@@ -22,7 +22,9 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def client(clock: FakeClock) -> Iterator[TestClient[Any]]:
-    app = create_emulator_app(API_KEY, signing_key=SIGNING_KEY, clock=clock)
+    app = create_emulator_app(
+        API_KEY, signing_key=SIGNING_KEY, clock=clock, owned_namespaces=NAMESPACES
+    )
     with TestClient(app) as test_client:
         yield test_client
 

@@ -11,6 +11,8 @@ from litestar.testing import TestClient
 API_KEY = "test-api-key"
 API_KEY_HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 SIGNING_KEY = b"test-signing-key"
+NAMESPACES = ("app", "other")
+"""The namespaces the tests' API key owns (``create_emulator_app(owned_namespaces=...)``)."""
 START_EPOCH_SECONDS = 1_704_067_200.0  # 2024-01-01T00:00:00.000Z
 
 

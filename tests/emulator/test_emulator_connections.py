@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from litestar.testing import TestClient
 
-from tests.emulator.emulator_harness import API_KEY_HEADERS, FakeClock, Minter, bearer
+from broker.emulator import create_emulator_app
+from tests.emulator.emulator_harness import (
+    API_KEY,
+    API_KEY_HEADERS,
+    FakeClock,
+    Minter,
+    bearer,
+    post_mcp,
+    rpc,
+)
+from tests.emulator.mcp_target import McpTarget
 
 ALICE = {"userId": "alice", "team": "eng"}
 BOB = {"userId": "bob", "team": "ops"}
 READ = {"namespaces": "app", "resources": "connections", "operations": "read"}
 WRITE = {"namespaces": "app", "resources": "connections", "operations": "write"}
+ACCESS_DENIED = {"error": "not_found", "message": "Namespace not found or access denied"}
 
 
 def _put(
@@ -110,6 +122,49 @@ def test_update_with_different_url_conflicts(client: TestClient[Any]) -> None:
     assert got["mcpUrl"] == "https://gh.example/mcp"
 
 
+def test_transport_switch_cannot_repoint_secret_headers(client: TestClient[Any]) -> None:
+    """The reviewer's bypass of the 409: http → uplink (the URL dropped) → http with a new URL
+    (nothing left to differ from). Every step that moves the target is a 409, so the stored
+    headers never leave the server they were given for."""
+    body = {"mcpUrl": "https://good.example/mcp", "headers": {"X-API-Key": "secret-key"}}
+    assert _put(client, "sec", body).status_code == 201
+    to_uplink = _put(client, "sec", {"transport": "uplink"})
+    assert to_uplink.status_code == 409
+    assert to_uplink.json()["error"] == "conflict"
+    back = _put(client, "sec", {"transport": "http", "mcpUrl": "https://evil.example/mcp"})
+    assert back.status_code == 409
+    stored = client.get("/connect/app/sec", headers=API_KEY_HEADERS).json()
+    assert (stored["transport"], stored["mcpUrl"]) == ("http", "https://good.example/mcp")
+
+
+def test_uplink_connection_cannot_take_a_url_and_its_headers_stay_home(
+    client: TestClient[Any], target: McpTarget, target_url: str
+) -> None:
+    """An uplink connection's mcpUrl is null: giving one is "a different mcpUrl" (409)."""
+    body = {"transport": "uplink", "headers": {"X-API-Key": "secret-key"}}
+    assert _put(client, "up", body).status_code == 201
+    response = _put(client, "up", {"transport": "http", "mcpUrl": f"{target_url}/json"})
+    assert response.status_code == 409
+    assert post_mcp(client, API_KEY, rpc("ping"), connection_id="up").status_code == 502
+    assert target.received == []
+    stored = client.get("/connect/app/up", headers=API_KEY_HEADERS).json()
+    assert (stored["transport"], stored["mcpUrl"], stored["status"]) == (
+        "uplink",
+        None,
+        {"state": "connected"},
+    )
+
+
+def test_restating_the_same_target_allowed(client: TestClient[Any]) -> None:
+    _create(client, "gh")
+    same = _put(client, "gh", {"transport": "http", "mcpUrl": "https://gh.example/mcp"})
+    assert same.status_code == 200
+    assert _put(client, "local", {"transport": "uplink"}).status_code == 201
+    renamed = _put(client, "local", {"transport": "uplink", "name": "Laptop"})
+    assert renamed.status_code == 200
+    assert renamed.json()["name"] == "Laptop"
+
+
 def test_uplink_connection_has_null_url(client: TestClient[Any]) -> None:
     response = _put(client, "local", {"transport": "uplink"})
     assert response.status_code == 201
@@ -141,6 +196,110 @@ def test_delete_then_get_not_found(client: TestClient[Any]) -> None:
     assert response.status_code == 404
     assert response.json() == {"error": "not_found", "message": "Connection not found"}
     assert client.delete("/connect/app/gh", headers=API_KEY_HEADERS).status_code == 404
+
+
+# --- namespaces the API key owns ----------------------------------------------------------------
+
+
+def test_writes_outside_owned_namespaces_not_found(client: TestClient[Any]) -> None:
+    """OpenAPI: "Requires API key and namespace ownership"; 404 "Namespace not found or access
+    denied" (PUT, POST), "Namespace or connection not found" (DELETE)."""
+    url = {"mcpUrl": "https://x.example/mcp"}
+    for response in (
+        _put(client, "x", url, namespace="nobody"),
+        client.post("/connect/nobody", headers=API_KEY_HEADERS, json=url),
+        client.delete("/connect/nobody/x", headers=API_KEY_HEADERS),
+        client.put("/connect/nobody/x", headers=API_KEY_HEADERS, content=b"{"),  # before body
+    ):
+        assert response.status_code == 404, response.text
+        assert response.json() == ACCESS_DENIED
+    assert client.get("/connect/nobody", headers=API_KEY_HEADERS).json() == {
+        "connections": [],
+        "nextCursor": None,
+    }
+    assert client.get("/_emulator/stats").json()["connections"] == 0
+
+
+def test_owned_namespaces_configured() -> None:
+    app = create_emulator_app("key", owned_namespaces=["team-a"])
+    with TestClient(app) as other:
+        headers = bearer("key")
+        url = {"mcpUrl": "https://x.example/mcp"}
+        assert other.put("/connect/team-a/x", headers=headers, json=url).status_code == 201
+        assert other.put("/connect/app/x", headers=headers, json=url).status_code == 404
+
+
+def test_default_owned_namespace_is_the_example_policies_one() -> None:
+    with TestClient(create_emulator_app("key")) as other:
+        headers = bearer("key")
+        url = {"mcpUrl": "https://x.example/mcp"}
+        assert other.put("/connect/my-app/x", headers=headers, json=url).status_code == 201
+        assert other.put("/connect/app/x", headers=headers, json=url).status_code == 404
+
+
+def test_owned_namespaces_as_one_string_refused() -> None:
+    with pytest.raises(TypeError, match="owned_namespaces"):
+        create_emulator_app("key", owned_namespaces="my-app")
+
+
+# --- POST /connect/{namespace}: create with a generated id ---------------------------------------
+
+
+def test_post_creates_connection_with_generated_id(client: TestClient[Any]) -> None:
+    body = {"mcpUrl": "https://gh.example/mcp", "metadata": ALICE, "headers": {"X-Key": "s3"}}
+    first = client.post("/connect/app", headers=API_KEY_HEADERS, json=body)
+    second = client.post("/connect/app", headers=API_KEY_HEADERS, json=body)
+    assert first.status_code == second.status_code == 201
+    created = first.json()
+    connection_id = created["connectionId"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", connection_id)
+    assert connection_id != second.json()["connectionId"]
+    assert created == {
+        "connectionId": connection_id,
+        "name": connection_id,
+        "mcpUrl": "https://gh.example/mcp",
+        "metadata": ALICE,
+        "transport": "http",
+        "createdAt": "2024-01-01T00:00:00.000Z",
+        "status": {"state": "connected"},
+    }
+    got = client.get(f"/connect/app/{connection_id}", headers=API_KEY_HEADERS)
+    assert got.json() == created
+    assert "s3" not in got.text
+
+
+def test_post_creates_uplink_connection(client: TestClient[Any]) -> None:
+    response = client.post("/connect/app", headers=API_KEY_HEADERS, json={"transport": "uplink"})
+    assert response.status_code == 201
+    assert (response.json()["transport"], response.json()["mcpUrl"]) == ("uplink", None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"{}", id="http_without_url"),
+        pytest.param(b'{"mcpUrl": "ftp://x.example/"}', id="url_not_http"),
+        pytest.param(b'{"mcpUrl": "https://x.example/", "connectionId": "mine"}', id="unknown"),
+        pytest.param(b'{"transport": "uplink", "mcpUrl": "https://x.example/"}', id="uplink_url"),
+    ],
+)
+def test_post_invalid_body_rejected(client: TestClient[Any], body: bytes) -> None:
+    response = client.post("/connect/app", headers=API_KEY_HEADERS, content=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == "validation_error"
+    assert client.get("/connect/app", headers=API_KEY_HEADERS).json()["connections"] == []
+
+
+def test_post_with_token_needs_write_on_the_result(client: TestClient[Any], mint: Minter) -> None:
+    token = bearer(mint({"policy": [{**WRITE, "metadata": {"userId": "alice"}}]}))
+    url = "https://a.example/mcp"
+    mine = client.post("/connect/app", headers=token, json={"mcpUrl": url, "metadata": ALICE})
+    assert mine.status_code == 201
+    theirs = client.post("/connect/app", headers=token, json={"mcpUrl": url, "metadata": BOB})
+    assert theirs.status_code == 404
+    assert theirs.json() == ACCESS_DENIED
+    listed = client.get("/connect/app", headers=API_KEY_HEADERS).json()["connections"]
+    assert [c["connectionId"] for c in listed] == [mine.json()["connectionId"]]
 
 
 @pytest.mark.parametrize(
@@ -316,7 +475,8 @@ def test_child_cannot_widen_operation(client: TestClient[Any], mint: Minter) -> 
     parent = mint({"policy": [{"operations": "read"}]})
     child = mint({"policy": [{"operations": ["read", "write"]}]}, parent=parent)
     response = _put(client, "new", {"mcpUrl": "https://n.example/"}, headers=bearer(child))
-    assert response.status_code == 403
+    assert response.status_code == 404
+    assert response.json() == ACCESS_DENIED
 
 
 def test_child_narrows_by_metadata(client: TestClient[Any], mint: Minter) -> None:
@@ -372,7 +532,7 @@ def test_write_with_matching_metadata_allowed(client: TestClient[Any], mint: Min
         pytest.param({"team": "eng"}, id="missing_user"),
     ],
 )
-def test_create_outside_metadata_scope_forbidden(
+def test_create_outside_metadata_scope_denied(
     client: TestClient[Any], mint: Minter, metadata: Any
 ) -> None:
     token = mint({"policy": [{**WRITE, "metadata": {"userId": "alice"}}]})
@@ -380,18 +540,17 @@ def test_create_outside_metadata_scope_forbidden(
     if metadata is not None:
         body["metadata"] = metadata
     response = _put(client, "theirs", body, headers=bearer(token))
-    assert response.status_code == 403
-    assert response.json()["error"] == "forbidden"
+    assert response.status_code == 404
+    assert response.json() == ACCESS_DENIED
     assert client.get("/connect/app/theirs", headers=API_KEY_HEADERS).status_code == 404
 
 
-def test_retag_own_connection_to_someone_else_forbidden(
-    client: TestClient[Any], mint: Minter
-) -> None:
+def test_retag_own_connection_to_someone_else_denied(client: TestClient[Any], mint: Minter) -> None:
     _create(client, "mine", ALICE)
     token = mint({"policy": [{**WRITE, "metadata": {"userId": "alice"}}]})
     response = _put(client, "mine", {"metadata": BOB}, headers=bearer(token))
-    assert response.status_code == 403
+    assert response.status_code == 404
+    assert response.json() == ACCESS_DENIED
     stored = client.get("/connect/app/mine", headers=API_KEY_HEADERS).json()
     assert stored["metadata"] == ALICE
 
@@ -406,14 +565,15 @@ def test_overwrite_hidden_connection_not_found(client: TestClient[Any], mint: Mi
     assert stored["metadata"] == BOB
 
 
-def test_overwrite_readable_but_not_writable_forbidden(
-    client: TestClient[Any], mint: Minter
-) -> None:
+def test_overwrite_readable_but_not_writable_denied(client: TestClient[Any], mint: Minter) -> None:
     _create(client, "bobs", BOB)
     token = mint({"policy": [READ, {**WRITE, "metadata": {"userId": "alice"}}]})
     response = _put(client, "bobs", {"name": "hijacked"}, headers=bearer(token))
-    assert response.status_code == 403
-    assert client.delete("/connect/app/bobs", headers=bearer(token)).status_code == 403
+    assert response.status_code == 404
+    assert response.json() == ACCESS_DENIED
+    deleted = client.delete("/connect/app/bobs", headers=bearer(token))
+    assert deleted.status_code == 404
+    assert deleted.json() == ACCESS_DENIED
     assert client.get("/connect/app/bobs", headers=API_KEY_HEADERS).json()["name"] == "bobs"
 
 
@@ -427,11 +587,20 @@ def test_overwrite_readable_but_not_writable_forbidden(
     ],
 )
 def test_write_denied(client: TestClient[Any], mint: Minter, policy: list[Any]) -> None:
+    """The OpenAPI lists no 403 for PUT, POST or DELETE: "404 Namespace not found or access
+    denied" (PUT, POST), "404 Namespace or connection not found" (DELETE)."""
     _create(client, "gh")
     token = bearer(mint({"policy": policy}))
-    assert _put(client, "new", {"mcpUrl": "https://n.example/"}, headers=token).status_code == 403
-    assert client.delete("/connect/app/gh", headers=token).status_code == 403
+    for response in (
+        _put(client, "new", {"mcpUrl": "https://n.example/"}, headers=token),
+        client.post("/connect/app", headers=token, json={"mcpUrl": "https://n.example/"}),
+        client.delete("/connect/app/gh", headers=token),
+    ):
+        assert response.status_code == 404, response.text
+        assert response.json() == ACCESS_DENIED
     assert client.get("/connect/app/gh", headers=API_KEY_HEADERS).status_code == 200
+    assert client.get("/connect/app", headers=API_KEY_HEADERS).json()["connections"] != []
+    assert client.get("/_emulator/stats").json()["requests_forbidden"] == 3
 
 
 def test_delete_hidden_connection_not_found(client: TestClient[Any], mint: Minter) -> None:
@@ -441,10 +610,10 @@ def test_delete_hidden_connection_not_found(client: TestClient[Any], mint: Minte
     assert client.get("/connect/app/bobs", headers=API_KEY_HEADERS).status_code == 200
 
 
-def test_forbidden_checked_before_body(client: TestClient[Any], mint: Minter) -> None:
+def test_write_denial_checked_before_body(client: TestClient[Any], mint: Minter) -> None:
     token = mint({"policy": [READ]})
     response = client.put("/connect/app/x", headers=bearer(token), content=b"{")
-    assert response.status_code == 403
+    assert response.status_code == 404
 
 
 # --- listing ------------------------------------------------------------------------------------

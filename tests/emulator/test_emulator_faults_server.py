@@ -21,7 +21,14 @@ import pytest
 
 from broker.emulator import create_emulator_app
 from broker.emulator.app import EmulatorApp
-from tests.emulator.emulator_harness import API_KEY, API_KEY_HEADERS, MCP_HEADERS, SIGNING_KEY, rpc
+from tests.emulator.emulator_harness import (
+    API_KEY,
+    API_KEY_HEADERS,
+    MCP_HEADERS,
+    NAMESPACES,
+    SIGNING_KEY,
+    rpc,
+)
 from tests.emulator.loopback import LoopbackServer
 
 pytestmark = pytest.mark.integration
@@ -35,7 +42,7 @@ CONNECTION_ERRORS = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolErro
 
 
 def emulator_app() -> EmulatorApp:
-    return create_emulator_app(API_KEY, signing_key=SIGNING_KEY)
+    return create_emulator_app(API_KEY, signing_key=SIGNING_KEY, owned_namespaces=NAMESPACES)
 
 
 @pytest.fixture

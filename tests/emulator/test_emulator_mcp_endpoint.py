@@ -20,6 +20,7 @@ from broker.emulator.state import EmulatorState
 from tests.emulator.emulator_harness import (
     API_KEY,
     MCP_HEADERS,
+    NAMESPACES,
     FakeClock,
     Minter,
     bearer,
@@ -76,7 +77,8 @@ def test_mcp_without_valid_bearer_unauthorized(
         headers["Authorization"] = authorization
     response = client.post("/connect/app/alice/mcp", content=LIST, headers=headers)
     assert response.status_code == 401
-    assert response.json() == {"error": "unauthorized", "message": "Invalid API key"}
+    # A JSON-RPC error object like the endpoint's others; -32000, never the OAuth -32001 (OPEN).
+    assert response.json() == _rpc_error(None, -32000, "Invalid API key")
     assert target.received == []
     assert _stats(client)["requests_unauthorized"] == 1
 
@@ -119,6 +121,10 @@ INVALID_REQUESTS = [
     pytest.param(b'{"jsonrpc":"2.0","method":"ping","id":null}', id="null-id"),
     pytest.param(b'{"jsonrpc":"2.0","method":"ping","id":true}', id="boolean-id"),
     pytest.param(b'{"jsonrpc":"2.0","method":"ping","id":{}}', id="object-id"),
+    # OpenAPI JsonRpcRequest: additionalProperties false.
+    pytest.param(b'{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}', id="request-and-result"),
+    pytest.param(b'{"jsonrpc":"2.0","id":1,"method":"ping","foo":1}', id="extra-member"),
+    pytest.param(b'{"jsonrpc":"2.0","method":"notifications/x","error":{}}', id="notify-error"),
 ]
 
 
@@ -194,7 +200,7 @@ def test_connection_in_other_namespace_not_found(client: TestClient[Any]) -> Non
 
 
 @pytest.mark.usefixtures("alice")
-@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "PATCH"])
 def test_session_methods_not_allowed(
     client: TestClient[Any], target: McpTarget, method: str
 ) -> None:
@@ -326,7 +332,7 @@ def test_connection_without_mcp_url_bad_gateway(client: TestClient[Any]) -> None
 
 
 def test_event_stream_relayed_as_it_arrives(target: McpTarget, target_url: str) -> None:
-    app = create_emulator_app(API_KEY)
+    app = create_emulator_app(API_KEY, owned_namespaces=NAMESPACES)
     with (
         LoopbackServer(app) as emulator,
         httpx.Client(base_url=emulator.url, timeout=READ_TIMEOUT_SECONDS, trust_env=False) as http,
@@ -383,7 +389,7 @@ def _oracle_pid(state: EmulatorState) -> int | None:
 
 
 def test_node_oracle_started_lazily_and_stopped_on_shutdown(target_url: str) -> None:
-    app = create_emulator_app(API_KEY)
+    app = create_emulator_app(API_KEY, owned_namespaces=NAMESPACES)
     state = _state(app)
     with TestClient(app) as client:
         put_connection(client, "alice", {"mcpUrl": f"{target_url}/json", "metadata": ALICE})

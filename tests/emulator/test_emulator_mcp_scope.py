@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 from broker.emulator import create_emulator_app
 from tests.emulator.emulator_harness import (
     API_KEY,
+    NAMESPACES,
     SIGNING_KEY,
     FakeClock,
     Minter,
@@ -447,7 +448,13 @@ TOOLS_ONLY = [only({"method": "^tools/call$", "params.name": "^search_issues$"})
 
 @pytest.fixture
 def exempting_client(clock: FakeClock, target_url: str) -> Any:
-    app = create_emulator_app(API_KEY, signing_key=SIGNING_KEY, clock=clock, exempt_lifecycle=True)
+    app = create_emulator_app(
+        API_KEY,
+        signing_key=SIGNING_KEY,
+        clock=clock,
+        exempt_lifecycle=True,
+        owned_namespaces=NAMESPACES,
+    )
     with TestClient(app) as test_client:
         put_connection(test_client, "alice", {"mcpUrl": f"{target_url}/json", "metadata": ALICE})
         yield test_client

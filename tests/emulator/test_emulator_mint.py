@@ -111,6 +111,17 @@ INVALID_BODIES: list[tuple[str, bytes, str]] = [
         b'{"policy": [{"rpcReqMatch": {"method": "' + b"x" * 501 + b'"}}]}',
         "rpcReqMatch",
     ),
+    # Smithery counts lengths as JavaScript does (UTF-16 units): an emoji is 2.
+    (
+        "rpc_req_match_key_too_long_in_utf16_units",
+        b'{"policy": [{"rpcReqMatch": {"' + "\U0001f600".encode() * 101 + b'": "x"}}]}',
+        "`$.policy[0].rpcReqMatch`",
+    ),
+    (
+        "rpc_req_match_pattern_too_long_in_utf16_units",
+        b'{"policy": [{"rpcReqMatch": {"method": "' + "\U0001f600".encode() * 251 + b'"}}]}',
+        "`$.policy[0].rpcReqMatch",
+    ),
     ("organization_id_number", b'{"organizationId": 42}', "`$.organizationId`"),
 ]
 
@@ -142,6 +153,14 @@ def test_invalid_body_rejected(client: TestClient[Any], body: bytes, path_hint: 
         pytest.param(
             b'{"policy": [{"rpcReqMatch": {"' + b"k" * 200 + b'": "' + b"x" * 500 + b'"}}]}',
             id="rpc_req_match_at_length_limits",
+        ),
+        pytest.param(
+            b'{"policy": [{"rpcReqMatch": {"'
+            + "\U0001f600".encode() * 100
+            + b'": "'
+            + "\U0001f600".encode() * 250
+            + b'"}}]}',
+            id="rpc_req_match_at_length_limits_in_utf16_units",
         ),
         pytest.param(
             b'{"policy": [{"namespaces": [], "resources": [], "operations": [], "metadata": []}]}',

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.emulator.emulator_harness import call_tool, rpc
+from tests.emulator.emulator_harness import NAMESPACES, call_tool, rpc
 from tests.emulator.mcp_target import McpTarget
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -76,12 +76,14 @@ def _serve_emulator(arguments: str) -> Iterator[str]:
 
 @pytest.fixture
 def emulator_url() -> Iterator[str]:
-    yield from _serve_emulator(repr(API_KEY))
+    yield from _serve_emulator(f"{API_KEY!r}, owned_namespaces={NAMESPACES!r}")
 
 
 @pytest.fixture
 def exempting_emulator_url() -> Iterator[str]:
-    yield from _serve_emulator(f"{API_KEY!r}, exempt_lifecycle=True")
+    yield from _serve_emulator(
+        f"{API_KEY!r}, exempt_lifecycle=True, owned_namespaces={NAMESPACES!r}"
+    )
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import API_KEY, Keys, Process
+from tests.integration.conftest import API_KEY, Keys, Process, listening_socket, spawn
 
 pytestmark = pytest.mark.integration
 
@@ -253,3 +253,33 @@ async def test_minted_token_uses_the_created_connection_over_mcp(
             assert response.status_code == status, response.text
             if status == 200:
                 assert "search_issues" in response.text
+
+
+async def test_namespace_the_api_key_does_not_own_is_an_operator_error(
+    tmp_path: Path, http: httpx.AsyncClient, keys: Keys, start_broker: Any
+) -> None:
+    """``broker emulator --namespace``: the API key owns those namespaces only, and Smithery's
+    "404 Namespace not found or access denied" on a PUT reaches the caller as a stable 502
+    ``upstream_rejected``, with the namespace (never the API key) in the broker's log."""
+    emulator = spawn(
+        "emulator-owning",
+        ["emulator", "--api-key", API_KEY, "--namespace", "team-a", "--namespace", "team-b"],
+        tmp_path,
+        sock=listening_socket(),
+    )
+    try:
+        for namespace, status in (("team-a", 201), ("team-b", 201), (NS, 404)):
+            response = await http.put(
+                f"{emulator.url}/connect/{namespace}/c1", headers=ADMIN, json={"mcpUrl": CUSTOM}
+            )
+            assert response.status_code == status, response.text
+        broker: Process = start_broker(emulator.url)
+        alice = Client(http, broker, keys, unique("alice"))
+        refused = await alice.put(f"{alice.sub}-x", {"mcpUrl": CUSTOM})
+        assert refused.status_code == 502, refused.text
+        assert refused.json()["code"] == "upstream_rejected"
+        broker.stop()
+        assert f"namespace '{NS}' does not exist or the API key does not own it" in broker.output()
+        assert API_KEY not in broker.output() + refused.text
+    finally:
+        emulator.stop()

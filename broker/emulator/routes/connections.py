@@ -1,14 +1,21 @@
 """Smithery's ``/connect/{namespace}`` connection routes (a subset), guarded by token scope.
 
-The API key may do everything. A service token needs ``connections:read`` to get or list and
-``connections:write`` to create, update or delete, in the path's namespace, on a connection whose
-metadata its constraints accept (``scope.py``). List results are filtered to what the token may
-read.
+Connections live only in the namespaces the API key owns (``EmulatorState.owned_namespaces``).
+The API key may do everything there. A service token needs ``connections:read`` to get or list
+and ``connections:write`` to create (``PUT``, or ``POST`` with a generated id), update or delete,
+in the path's namespace, on a connection whose metadata its constraints accept (``scope.py``).
+List results are filtered to what the token may read.
 
-OPEN (not documented by Smithery): a token that may read connections in the namespace but whose
-metadata filter excludes a connection gets 404, exactly as if the connection did not exist, and
-never 403, so a token cannot probe for other users' connection ids. A token that may not touch
-connections in the namespace at all gets 403.
+Writes follow the OpenAPI, which lists no 403 for them: a namespace the API key does not own,
+and a token whose scope does not allow the write, both get 404 "Namespace not found or access
+denied" (``NamespaceNotFoundError``), checked before the body is read.
+
+OPEN (not documented by Smithery): a token whose metadata filter excludes a connection gets 404
+"Connection not found", exactly as if the connection did not exist, so a token cannot probe for
+other users' connection ids. On reads, a token that may not read connections in the namespace
+at all gets 403 (the OpenAPI's GET lists no 403 either, but SMITHERY-SEMANTICS.md leaves it
+open); reading a namespace the API key does not own finds nothing (an empty list, 404 for one
+connection), as the OpenAPI's list route documents no 404.
 
 ``POST /connect/{namespace}/{connectionId}/mcp`` (``connections:execute`` plus ``rpcReqMatch``)
 is served by ``mcp.py`` beside this module.
@@ -19,7 +26,7 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import msgspec
-from litestar import Request, Response, delete, get, put
+from litestar import Request, Response, delete, get, post, put
 from litestar.params import FromPath
 
 from broker.emulator.clock import format_timestamp
@@ -35,6 +42,7 @@ from broker.emulator.connection import (
 )
 from broker.emulator.errors import (
     ForbiddenError,
+    NamespaceNotFoundError,
     NotFoundError,
     UnauthorizedError,
     ValidationFailedError,
@@ -102,7 +110,7 @@ async def upsert_connection(
     connection_id: FromPath[str],
 ) -> Response[Connection]:
     write = Action(namespace, "connections", "write")
-    principal = _authorize(emulator, request, write)
+    principal = _authorize_write(emulator, request, write)
     upsert = decode_upsert_request(await request.body())
     # No await from here on: the checks and the save see the same store.
     existing = emulator.connections.get(namespace, connection_id)
@@ -114,15 +122,38 @@ async def upsert_connection(
         upsert,
         created_at=format_timestamp(emulator.now_ms()),
         oauth_hosts=emulator.oauth_hosts,
+        input_hosts=emulator.input_hosts,
     )
-    # The result must stay inside the token's scope too: a token limited to {userId: alice}
-    # may not create or retag a connection as bob's. The caller's own body is no secret: 403.
-    if not principal.permits(write, planned.connection.metadata):
-        emulator.stats.requests_forbidden += 1
-        raise ForbiddenError("Token policy does not permit this connection's metadata")
+    _require_writable_result(emulator, principal, planned, write)
     created = emulator.connections.save(planned)
     # OpenAPI: 201 "Connection created", 200 "Connection updated".
     return Response(planned.connection, status_code=201 if created else 200)
+
+
+@post("/connect/{namespace:str}", opt=_FAULTS)
+async def create_connection(
+    request: AnyRequest, emulator: EmulatorDependency, namespace: FromPath[str]
+) -> Response[Connection]:
+    """OpenAPI ``postSmithery.run:namespace``: create with a generated id (never an update).
+
+    The body is a ``CreateConnectionRequest`` (the same fields as PUT's); 201 ``Connection``,
+    400 ``ValidationError``, 404 for an unowned namespace or a token that may not write here.
+    """
+    write = Action(namespace, "connections", "write")
+    principal = _authorize_write(emulator, request, write)
+    body = decode_upsert_request(await request.body())
+    # No await from here on: the id stays free until the save.
+    planned = emulator.connections.plan_upsert(
+        namespace,
+        emulator.connections.new_id(namespace),
+        body,
+        created_at=format_timestamp(emulator.now_ms()),
+        oauth_hosts=emulator.oauth_hosts,
+        input_hosts=emulator.input_hosts,
+    )
+    _require_writable_result(emulator, principal, planned, write)
+    emulator.connections.save(planned)
+    return Response(planned.connection, status_code=201)
 
 
 @delete("/connect/{namespace:str}/{connection_id:str}", status_code=200, opt=_FAULTS)
@@ -133,7 +164,7 @@ async def delete_connection(
     connection_id: FromPath[str],
 ) -> Success:
     write = Action(namespace, "connections", "write")
-    principal = _authorize(emulator, request, write)
+    principal = _authorize_write(emulator, request, write)
     item = emulator.connections.get(namespace, connection_id)
     if item is None:
         raise NotFoundError("Connection not found")
@@ -142,13 +173,17 @@ async def delete_connection(
     return Success()
 
 
-def _authorize(emulator: EmulatorState, request: AnyRequest, action: Action) -> Principal:
-    """Authenticate, then require the action in the namespace for some metadata (else 403)."""
+def _authenticate(emulator: EmulatorState, request: AnyRequest) -> Principal:
     try:
-        principal = emulator.authenticate(request.headers.get("authorization"))
+        return emulator.authenticate(request.headers.get("authorization"))
     except UnauthorizedError:
         emulator.stats.requests_unauthorized += 1
         raise
+
+
+def _authorize(emulator: EmulatorState, request: AnyRequest, action: Action) -> Principal:
+    """Authenticate, then require the read in the namespace for some metadata (else 403)."""
+    principal = _authenticate(emulator, request)
     if not principal.permits_action(action):
         emulator.stats.requests_forbidden += 1
         raise ForbiddenError(
@@ -158,10 +193,23 @@ def _authorize(emulator: EmulatorState, request: AnyRequest, action: Action) -> 
     return principal
 
 
+def _authorize_write(emulator: EmulatorState, request: AnyRequest, write: Action) -> Principal:
+    """Authenticate, then require a namespace the API key owns and, for a token, the write in
+    it for some metadata; else 404 (the OpenAPI lists no 403 for writes)."""
+    principal = _authenticate(emulator, request)
+    if write.namespace not in emulator.owned_namespaces:
+        raise NamespaceNotFoundError
+    if not principal.permits_action(write):
+        emulator.stats.requests_forbidden += 1
+        raise NamespaceNotFoundError
+    return principal
+
+
 def _require_writable(
     emulator: EmulatorState, principal: Principal, item: StoredConnection, write: Action
 ) -> None:
-    """404 when the token may neither read nor write this connection, 403 when only read."""
+    """404 "Connection not found" when the token may neither read nor write this connection
+    (as if it did not exist); 404 "access denied" when it may only read it."""
     metadata = item.connection.metadata
     if principal.permits(write, metadata):
         return
@@ -169,7 +217,18 @@ def _require_writable(
     if not principal.permits(read, metadata):
         raise NotFoundError("Connection not found")
     emulator.stats.requests_forbidden += 1
-    raise ForbiddenError("Token policy does not permit writing this connection")
+    raise NamespaceNotFoundError
+
+
+def _require_writable_result(
+    emulator: EmulatorState, principal: Principal, planned: StoredConnection, write: Action
+) -> None:
+    """The result must stay inside the token's scope too: a token limited to {userId: alice}
+    may not create or retag a connection as bob's (404 "access denied"; the caller's own body
+    is no secret)."""
+    if not principal.permits(write, planned.connection.metadata):
+        emulator.stats.requests_forbidden += 1
+        raise NamespaceNotFoundError
 
 
 def _decode_list_query(

@@ -2,12 +2,14 @@
 
 Stateless Streamable HTTP (SMITHERY-SEMANTICS.md, "The MCP endpoint"; MCP spec, Streamable
 HTTP): one JSON-RPC message per POST, answered with the MCP server's own ``application/json`` or
-``text/event-stream`` response (202 for notifications), relayed as it streams. ``GET`` and
-``DELETE`` are 405: there is no session and no server-initiated stream.
+``text/event-stream`` response (202 for notifications), relayed as it streams. ``GET``,
+``DELETE``, ``PUT`` and ``PATCH`` are 405 with ``Allow: POST``: there is no session and no
+server-initiated stream.
 
-The checks, in order (each step's error is a JSON-RPC error object except the 401):
+The checks, in order (each step's error is a JSON-RPC error object):
 
-1. the bearer is the API key or a valid service token, else 401 (like every route);
+1. the bearer is the API key or a valid service token, else 401 ``-32000`` with a null id (OPEN:
+   ``McpUnauthorizedError``; never ``-32001``, which means upstream OAuth);
 2. the body is one JSON-RPC message, else 400 ``-32700``/``-32600`` with a null id;
 3. the token may execute on connections in the namespace at all, else 403 ``-32003`` (before the
    lookup, so a token cannot probe for connection ids);
@@ -18,7 +20,9 @@ The checks, in order (each step's error is a JSON-RPC error object except the 40
    With the lifecycle exemption on, ``initialize``/``ping``/``notifications/*`` skip
    ``rpcReqMatch`` only;
 6. the connection is not waiting for the user's OAuth consent (``status`` ``auth_required``),
-   else 401 ``-32001 Authorization required`` with ``data.authorizationUrl`` (its setup page);
+   else 401 ``-32001 Authorization required`` with ``data.authorizationUrl`` (its setup page),
+   nor for inputs (``status`` ``input_required``), else 409 ``-32002 Input required`` with
+   ``data: {http, missing}`` from the status;
 7. the message is forwarded (``relay.py``): 502 if the connection has no ``mcpUrl`` or its server
    cannot be reached.
 
@@ -42,8 +46,10 @@ from broker.emulator.errors import (
     McpBadGatewayError,
     McpConnectionNotFoundError,
     McpForbiddenError,
+    McpInputRequiredError,
     McpMethodNotAllowedError,
     McpOracleError,
+    McpUnauthorizedError,
     UnauthorizedError,
 )
 from broker.emulator.faults import fault_route_opt
@@ -97,6 +103,10 @@ async def post_message(
     status = item.connection.status
     if not isinstance(status, UnsetType) and status.state == "auth_required":
         raise McpAuthorizationRequiredError(str(status.setup_url), request_id=message.request_id)
+    if not isinstance(status, UnsetType) and status.state == "input_required":
+        raise McpInputRequiredError(
+            {"http": status.http, "missing": status.missing}, request_id=message.request_id
+        )
 
     mcp_url = item.connection.mcp_url
     if mcp_url is None:
@@ -117,9 +127,13 @@ async def post_message(
     return Stream(relayed.body, status_code=relayed.status_code, headers=headers)
 
 
-@route(MCP_PATH, http_method=[HttpMethod.GET, HttpMethod.DELETE])
+@route(
+    MCP_PATH,
+    http_method=[HttpMethod.GET, HttpMethod.DELETE, HttpMethod.PUT, HttpMethod.PATCH],
+)
 async def refuse_session_method() -> None:
-    """GET (server-initiated SSE stream) and DELETE (end a session): neither exists here."""
+    """GET (server-initiated SSE stream) and DELETE (end a session): neither exists here. PUT
+    and PATCH are refused the same way, so that every 405 here has one shape."""
     raise McpMethodNotAllowedError
 
 
@@ -128,7 +142,7 @@ def _authenticate(emulator: EmulatorState, request: AnyRequest) -> Principal:
         return emulator.authenticate(request.headers.get("authorization"))
     except UnauthorizedError:
         emulator.stats.requests_unauthorized += 1
-        raise
+        raise McpUnauthorizedError from None
 
 
 def _visible(principal: Principal, namespace: str, metadata: dict[str, Any] | None) -> bool:
