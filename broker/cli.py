@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,29 +35,50 @@ from broker.config import (
 )
 from broker.errors import BrokerError, ConfigError, PolicyError
 from broker.explain import effective_issuer, explain, format_text
+from broker.files import FileRefused, read_limited
 from broker.identity import DevSigner
 from broker.jwks import setup_verifier
 from broker.policy import PolicySet, load_policy_dir
 from broker.policy_lint import lint_policy_set
 from broker.policy_testing import load_cases, run_cases
 from broker.precheck import Target
-from broker.telemetry import setup_logging
+from broker.telemetry import select_trace_exporter, setup_logging
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp
 
 EXIT_OK: Final = 0
 EXIT_INVALID: Final = 2
+EXIT_LISTEN: Final = 3
+"""A port could not be listened on (uvicorn's own code for a failed start)."""
+MAX_ARGUMENT_FILE_BYTES: Final = 1024 * 1024
 DEV_API_KEY: Final = "dev-api-key"
 DEV_AUDIENCE: Final = "token-broker-dev"
 DEFAULT_DEV_PORT: Final = 8080
 DEFAULT_DEV_UPSTREAM_PORT: Final = 8081
 DEFAULT_DEV_MCP_PORT: Final = 8082
+LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class ListenError(Exception):
+    """A socket to serve on could not be had; the message is the one line to print."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except ListenError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return EXIT_LISTEN
+    except BrokenPipeError:  # output piped into `head`: stop quietly, without a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "check":
         return check()
@@ -73,9 +95,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "policy":
         return policy_command(args)
     if command == "emulator":
-        from broker.emulator import create_emulator_app
+        from broker.emulator import DEFAULT_OWNED_NAMESPACES, create_emulator_app
 
-        run_server(create_emulator_app(api_key=args.api_key), args.host, args.port, fd=args.fd)
+        if args.host not in LOOPBACK_HOSTS:  # its /_emulator controls take no credential
+            print("broker emulator binds to loopback only", file=sys.stderr)
+            return EXIT_INVALID
+        if not args.api_key or not _printable(args.api_key):
+            print(
+                "broker emulator: --api-key must be printable ASCII without spaces", file=sys.stderr
+            )
+            return EXIT_INVALID
+        app = create_emulator_app(
+            api_key=args.api_key, owned_namespaces=args.namespace or DEFAULT_OWNED_NAMESPACES
+        )
+        run_server(app, args.host, args.port, fd=args.fd)
         return EXIT_OK
     parser.print_help()
     return EXIT_INVALID
@@ -89,16 +122,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve_cmd = sub.add_parser("serve", help="run the production server (settings from BROKER_*)")
     serve_cmd.add_argument("--host", help="interface to bind (default BROKER_SERVER_HOST)")
-    serve_cmd.add_argument("--port", type=int, help="port (default BROKER_SERVER_PORT)")
+    serve_cmd.add_argument("--port", type=_port, help="port (default BROKER_SERVER_PORT)")
     serve_cmd.add_argument("--fd", type=int, help="serve on an inherited listening socket")
     dev_cmd = sub.add_parser(
         "dev", help="run the broker and a Smithery emulator on loopback with a dev identity"
     )
     dev_cmd.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
-    dev_cmd.add_argument("--port", type=int, default=DEFAULT_DEV_PORT)
-    dev_cmd.add_argument("--upstream-port", type=int, default=DEFAULT_DEV_UPSTREAM_PORT)
+    dev_cmd.add_argument("--port", type=_port, default=DEFAULT_DEV_PORT)
+    dev_cmd.add_argument("--upstream-port", type=_port, default=DEFAULT_DEV_UPSTREAM_PORT)
     dev_cmd.add_argument(
-        "--mcp-port", type=int, default=DEFAULT_DEV_MCP_PORT, help="port of the demo MCP server"
+        "--mcp-port", type=_port, default=DEFAULT_DEV_MCP_PORT, help="port of the demo MCP server"
     )
     dev_cmd.add_argument("--policies", default=None, help="policies directory (default policies)")
     sub.add_parser("check", help="validate settings, keys and policies; print every problem")
@@ -120,10 +153,27 @@ def _parser() -> argparse.ArgumentParser:
     p_test.add_argument("--tests", help="test case directory (default DIR/tests)")
     emu = sub.add_parser("emulator", help="run the Smithery emulator alone")
     emu.add_argument("--host", default="127.0.0.1")
-    emu.add_argument("--port", type=int, default=DEFAULT_DEV_UPSTREAM_PORT)
+    emu.add_argument("--port", type=_port, default=DEFAULT_DEV_UPSTREAM_PORT)
     emu.add_argument("--api-key", default=DEV_API_KEY)
+    emu.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="a namespace the API key owns, where connections can be written (repeatable;"
+        " default my-app, the example policies' namespace)",
+    )
     emu.add_argument("--fd", type=int, help="serve on an inherited listening socket")
     return parser
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
+def _printable(text: str) -> bool:
+    return text.isascii() and text.isprintable() and " " not in text
 
 
 def _load(*, production: bool) -> tuple[Settings, PolicySet]:
@@ -132,8 +182,17 @@ def _load(*, production: bool) -> tuple[Settings, PolicySet]:
     settings = Settings()
     try:
         settings = load_settings(production=production)
-        setup_verifier(settings.auth)
-        load_cluster_keyring(settings)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    else:  # each step on its own, so one bad file does not hide another
+        for step in (lambda: setup_verifier(settings.auth), lambda: load_cluster_keyring(settings)):
+            try:
+                step()
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    try:
+        # The very decision ``broker serve`` makes when it sets up tracing.
+        select_trace_exporter(os.environ)
     except ConfigError as exc:
         problems.extend(exc.problems)
     policy_set: PolicySet | None = None
@@ -237,15 +296,17 @@ def run_server(
         timeout_graceful_shutdown=limits.drain_timeout_seconds,
     )
     server = GracefulServer(config, on_drain, limits.shutdown_delay_seconds)
-    sockets = None if fd is None else [socket.socket(fileno=fd)]
-    others = [uvicorn.Server(other) for other in extra]
+    main_socket = listen(host, port) if fd is None else inherited_socket(fd)
+    others = [(uvicorn.Server(other), listen(other.host, other.port)) for other in extra]
 
     async def run_all() -> None:
-        serving = asyncio.ensure_future(server.serve(sockets=sockets))
+        serving = asyncio.ensure_future(server.serve(sockets=[main_socket]))
         # The main server owns the signals; the others stop when it has stopped.
-        extra_tasks = [asyncio.ensure_future(other._serve()) for other in others]
+        extra_tasks = [
+            asyncio.ensure_future(other._serve(sockets=[sock])) for other, sock in others
+        ]
         await serving
-        for other in others:
+        for other, _ in others:
             other.should_exit = True
         await asyncio.gather(*extra_tasks)
 
@@ -255,6 +316,27 @@ def run_server(
         asyncio.Runner(loop_factory=config.get_loop_factory()) as runner,
     ):
         runner.run(run_all())
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host``:``port``, made before any server starts: a port that is
+    taken is then one line (``ListenError``), not tracebacks from inside a running event loop."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening socket passed in as file descriptor ``fd`` (``--fd``)."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ListenError(f"--fd {fd}: not a socket")
+        return socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ListenError(f"--fd {fd}: {exc.strerror or exc}") from None
 
 
 def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
@@ -293,7 +375,7 @@ def serve(*, host: str | None, port: int | None, fd: int | None = None) -> int:
     run_server(
         guarded(app),
         host or settings.server.host,
-        port or settings.server.port,
+        settings.server.port if port is None else port,
         fd=fd,
         extra=extra,
         server_settings=settings.server,
@@ -309,11 +391,18 @@ def _policies_dir(given: str | None) -> str:
 def _json_arg(value: str, what: str) -> Any:
     """``--claims '{...}'`` or ``--claims @file.json``."""
     try:
-        text = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
+        if value.startswith("@"):
+            text = read_limited(value[1:], MAX_ARGUMENT_FILE_BYTES).decode("utf-8")
+        else:
+            text = value
         return json.loads(text)
+    except FileRefused as exc:
+        raise ConfigError([f"--{what}: {value[1:]} {exc}"]) from None
     except OSError as exc:
         raise ConfigError([f"--{what}: cannot read {value[1:]}: {exc.strerror}"]) from None
-    except ValueError as exc:
+    except RecursionError:
+        raise ConfigError([f"--{what}: the JSON is nested too deeply"]) from None
+    except ValueError as exc:  # UnicodeDecodeError included
         raise ConfigError([f"--{what}: not valid JSON ({exc})"]) from None
 
 
@@ -365,6 +454,8 @@ def policy_explain(args: argparse.Namespace) -> int:
     metadata = _json_arg(args.metadata, "metadata") if args.metadata else None
     if request is not None and not args.namespace:
         raise ConfigError(["--namespace: required with --request"])
+    if metadata is not None and not args.namespace:
+        raise ConfigError(["--namespace: required with --metadata"])
     if metadata is not None and not isinstance(metadata, dict):
         raise ConfigError(["--metadata: must be a JSON object"])
     try:
@@ -395,10 +486,11 @@ def policy_explain(args: argparse.Namespace) -> int:
 
 
 def _exempt_lifecycle() -> bool:
-    try:
-        return load_settings().precheck.exempt_lifecycle
-    except ConfigError:
-        return False
+    """``BROKER_PRECHECK_EXEMPT_LIFECYCLE`` as ``serve`` reads it; a bad value is an error (the
+    other settings do not matter to a dry run, so they are not read)."""
+    name = "BROKER_PRECHECK_EXEMPT_LIFECYCLE"
+    environ = {name: os.environ[name]} if name in os.environ else {}
+    return load_settings(environ).precheck.exempt_lifecycle
 
 
 def policy_test(directory: str, tests: str | None) -> int:
@@ -432,7 +524,7 @@ def dev(*, host: str, port: int, upstream_port: int, mcp_port: int, policies: st
     from broker.demo import create_demo_mcp_app, seed_dev_connections
     from broker.emulator import create_emulator_app
 
-    if host not in {"127.0.0.1", "localhost", "::1"}:
+    if host not in LOOPBACK_HOSTS:
         print("broker dev binds to loopback only", file=sys.stderr)
         return EXIT_INVALID
     try:
@@ -497,11 +589,15 @@ def dev(*, host: str, port: int, upstream_port: int, mcp_port: int, policies: st
             (guarded(broker_app), port),
         )
     ]
+    sockets = [listen(host, server.config.port) for server in servers]  # a taken port: one line
 
     async def run() -> None:
-        tasks = [asyncio.create_task(server.serve()) for server in servers]
+        tasks = [
+            asyncio.create_task(server.serve(sockets=[sock]))
+            for server, sock in zip(servers, sockets, strict=True)
+        ]
         while not all(server.started for server in servers):
-            if any(task.done() for task in tasks):  # a port was taken: uvicorn already said so
+            if any(task.done() for task in tasks):  # failed to start: uvicorn already said why
                 for server in servers:
                     server.should_exit = True
                 await asyncio.gather(*tasks, return_exceptions=True)

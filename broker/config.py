@@ -12,18 +12,19 @@ collected and raised together as one ``ConfigError``.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 import msgspec.yaml
 
 from broker.errors import ConfigError
+from broker.files import FileRefused, read_limited
 
 ENV_PREFIX: Final = "BROKER_"
 DEFAULT_SMITHERY_BASE_URL: Final = "https://api.smithery.ai"
@@ -34,6 +35,12 @@ SUPPORTED_ALGORITHMS: Final = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 DEFAULT_SECRET_MAX_BYTES: Final = 64 * 1024
+MIN_ADMIN_TOKEN_CHARS: Final = 32
+_INTEGER: Final = re.compile(r"[+-]?[0-9]+")
+_DECIMAL: Final = re.compile(
+    r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|nan)", re.I
+)
+MAX_ISSUERS_FILE_BYTES: Final = 1024 * 1024
 
 
 class Secret:
@@ -236,8 +243,8 @@ class TelemetrySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token: Secret | None = None
-    """Bearer credential for operator endpoints (``POST /v1/explain``, ``/v1/admin/revoke``).
-    Unset: they answer 404 and are left out of ``/schema``."""
+    """Bearer credential for operator endpoints (``POST /v1/explain``, ``/v1/admin/revoke``), at
+    least 32 characters. Unset: they answer 404 and are left out of ``/schema``."""
     revocation_seconds: int = 900
     """How long ``POST /v1/admin/revoke`` refuses a subject (or rule) by default."""
 
@@ -339,11 +346,24 @@ _BEARER_CREDENTIAL: Final = re.compile(r"[\x21-\x7e]+")
 def settings_problems(settings: Settings) -> list[str]:
     """Cross-field checks that hold in every mode."""
     problems: list[str] = []
-    if not settings.smithery.base_url.startswith(("https://", "http://")):
-        problems.append("BROKER_SMITHERY_BASE_URL: must be an http(s) URL")
-    if settings.smithery.connect_timeout_seconds <= 0 or settings.smithery.timeout_seconds <= 0:
-        problems.append("BROKER_SMITHERY_*TIMEOUT_SECONDS: must be greater than 0")
+    if not _is_base_url(settings.smithery.base_url):
+        problems.append("BROKER_SMITHERY_BASE_URL: must be an http(s) URL with a host")
     smithery = settings.smithery
+    if (
+        min(
+            smithery.connect_timeout_seconds, smithery.timeout_seconds, smithery.mcp_timeout_seconds
+        )
+        <= 0
+    ):
+        problems.append("BROKER_SMITHERY_*TIMEOUT_SECONDS: must be greater than 0")
+    if settings.policies.reload_interval_seconds < 0:
+        problems.append("BROKER_POLICIES_RELOAD_INTERVAL_SECONDS: must be 0 (never) or positive")
+    admin = settings.admin.token
+    if admin is not None and len(admin.reveal()) < MIN_ADMIN_TOKEN_CHARS:
+        problems.append(
+            f"BROKER_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_CHARS} characters (e.g. "
+            "`openssl rand -base64 32`)"
+        )
     for name, secret in (
         ("BROKER_SMITHERY_API_KEY", smithery.api_key),
         ("BROKER_ADMIN_TOKEN", settings.admin.token),
@@ -440,7 +460,41 @@ def settings_problems(settings: Settings) -> list[str]:
         problems.append("BROKER_SERVER_MAX_IN_FLIGHT: must be between 1 and 100000")
     if not 0 < settings.server.port < 65536:
         problems.append("BROKER_SERVER_PORT: must be a TCP port number")
+    if settings.telemetry.metrics_port == settings.server.port:
+        problems.append("BROKER_TELEMETRY_METRICS_PORT: must differ from BROKER_SERVER_PORT")
     return problems
+
+
+def _is_base_url(url: str) -> bool:
+    """``http(s)://host[:port][/path]``, as the broker's clients of Smithery take it."""
+    parts = _http_url(url)
+    return parts is not None and not parts.query and not parts.fragment
+
+
+def is_fetchable(url: str) -> bool:
+    """https anywhere; plain http only to loopback hosts (dev mode and tests). The rule for every
+    URL the broker fetches identity-provider documents from; checked at start too."""
+    parts = _http_url(url)
+    if parts is None:
+        return False
+    if parts.scheme == "https" or parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _http_url(url: str) -> SplitResult | None:
+    """``url`` split, when it is http(s) with a host and, if any, a valid port."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not one)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts
 
 
 def _is_origin(origin: str) -> bool:
@@ -553,6 +607,13 @@ def load_issuers(auth: AuthSettings) -> tuple[IssuerConfig, ...]:
             )
         if issuer.jwks_url and issuer.jwks_file:
             problems.append(f"{where}: set at most one of jwks_url and jwks_file")
+        elif issuer.jwks_url and not is_fetchable(issuer.jwks_url):
+            problems.append(f"{where}: jwks_url must be https (plain http on loopback only)")
+        elif not issuer.jwks_file and not issuer.jwks_url and not is_fetchable(issuer.issuer):
+            problems.append(
+                f"{where}: keys are found by discovery from the issuer, which must then be https "
+                "(plain http on loopback only); or set jwks_url or jwks_file"
+            )
         if not issuer.subject_claim:
             problems.append(f"{where}: subject_claim must not be empty")
         if not 0 <= issuer.leeway_seconds <= 300:
@@ -566,7 +627,9 @@ def load_issuers(auth: AuthSettings) -> tuple[IssuerConfig, ...]:
 
 def _read_issuers_file(path: str) -> tuple[IssuerConfig, ...]:
     try:
-        data = Path(path).read_bytes()
+        data = read_limited(path, MAX_ISSUERS_FILE_BYTES)
+    except FileRefused as exc:
+        raise ConfigError([f"BROKER_AUTH_CONFIG_FILE: {path} {exc}"]) from None
     except OSError as exc:
         raise ConfigError(
             [f"BROKER_AUTH_CONFIG_FILE: cannot read {path}: {exc.strerror}"]
@@ -601,15 +664,16 @@ def _read_secret(env: Mapping[str, str], name: str) -> Secret | None:
     if direct is not None and path is not None:
         raise ValueError(f"set either {name} or {name}_FILE, not both")
     if path is not None:
-        file = Path(path)
+        # The path is not echoed: a secret pasted into the _FILE variable by mistake would be.
+        file = f"the file {name}_FILE names"
         try:
-            if file.stat().st_size > DEFAULT_SECRET_MAX_BYTES:
-                raise ValueError(f"file {path} is larger than {DEFAULT_SECRET_MAX_BYTES} bytes")
-            value = file.read_text(encoding="utf-8").strip()
+            value = read_limited(path, DEFAULT_SECRET_MAX_BYTES).decode("utf-8").strip()
+        except FileRefused as exc:
+            raise ValueError(f"{file} {exc}") from None
         except OSError as exc:
-            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+            raise ValueError(f"cannot read {file}: {exc.strerror}") from None
         except UnicodeDecodeError:
-            raise ValueError(f"file {path} is not UTF-8 text") from None
+            raise ValueError(f"{file} is not UTF-8 text") from None
     elif direct is not None:
         value = direct.strip()
     else:
@@ -628,17 +692,15 @@ def _parse(raw: str, field_type: Any) -> Any:
     if field_type is str:
         return raw.strip() or None
     if field_type is int:
-        try:
-            return int(raw.strip())
-        except ValueError:
-            raise ValueError(f"{raw!r} is not an integer") from None
+        if not _INTEGER.fullmatch(raw.strip()):  # int() also takes "8_080" and Arabic digits
+            raise ValueError(f"{_shown(raw)} is not an integer")
+        return int(raw.strip())
     if field_type is float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a number") from None
+        if not _DECIMAL.fullmatch(raw.strip()):
+            raise ValueError(f"{_shown(raw)} is not a number")
+        value = float(raw.strip())
         if not math.isfinite(value):
-            raise ValueError(f"{raw!r} is not a finite number")
+            raise ValueError(f"{_shown(raw)} is not a finite number")
         return value
     if field_type is bool:
         lowered = raw.strip().lower()
@@ -646,5 +708,10 @@ def _parse(raw: str, field_type: Any) -> Any:
             return True
         if lowered in {"0", "false", "no", "off"}:
             return False
-        raise ValueError(f"{raw!r} is not a boolean (true/false)")
+        raise ValueError(f"{_shown(raw)} is not a boolean (true/false)")
     raise TypeError(f"unsupported setting type {field_type!r}")  # pragma: no cover
+
+
+def _shown(raw: str) -> str:
+    """A value as an error quotes it: the start of a long one only."""
+    return repr(raw if len(raw) <= 40 else raw[:40] + "...")

@@ -22,7 +22,6 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import jwt
@@ -31,6 +30,7 @@ from jwt.algorithms import get_default_algorithms
 
 from broker.config import SUPPORTED_ALGORITHMS, IssuerConfig
 from broker.errors import AuthenticationError, ConfigError, UnknownKeyError
+from broker.files import FileRefused, read_limited
 
 MAX_TOKEN_BYTES: Final = 16 * 1024
 """Bearer tokens larger than this are refused before any parsing."""
@@ -398,14 +398,13 @@ def load_jwks(data: Any, algorithms: Iterable[str]) -> tuple[VerificationKey, ..
 
 
 def load_jwks_file(path: str, algorithms: Iterable[str]) -> tuple[VerificationKey, ...]:
-    file = Path(path)
     try:
-        if file.stat().st_size > MAX_JWKS_BYTES:
-            raise ConfigError([f"JWKS file {path} is larger than 1 MiB"])
-        data = json.loads(file.read_bytes())
+        data = msgspec.json.decode(read_limited(path, MAX_JWKS_BYTES))
+    except FileRefused as exc:
+        raise ConfigError([f"JWKS file {path} {exc}"]) from None
     except OSError as exc:
         raise ConfigError([f"JWKS file {path}: cannot read: {exc.strerror}"]) from None
-    except ValueError:
+    except (msgspec.DecodeError, RecursionError):
         raise ConfigError([f"JWKS file {path} is not valid JSON"]) from None
     keys = load_jwks(data, algorithms)
     if not keys:

@@ -17,7 +17,6 @@ set is read up to 100 keys. Nothing here verifies tokens (``identity``) or knows
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from broker.config import AuthSettings, IssuerConfig, load_issuers
+from broker.config import AuthSettings, IssuerConfig, is_fetchable, load_issuers
 from broker.errors import ConfigError, IdentityProviderError
 from broker.identity import (
     MAX_JWKS_BYTES,
@@ -60,21 +59,6 @@ class _IssuerState:
     last_forced_at: float | None = None
     last_error: str | None = None
     inflight: asyncio.Task[bool] | None = field(default=None, repr=False)
-
-
-def is_fetchable(url: str) -> bool:
-    """https anywhere; plain http only to loopback hosts (dev mode and tests)."""
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return bool(parts.hostname)
-    if parts.scheme != "http" or not parts.hostname:
-        return False
-    if parts.hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(parts.hostname).is_loopback
-    except ValueError:
-        return False
 
 
 def cache_ttl_seconds(cache_control: str | None, auth: AuthSettings) -> float:
@@ -274,6 +258,8 @@ class JwksManager:
             return msgspec.json.decode(bytes(body)), cache_control
         except msgspec.DecodeError:
             raise IdentityProviderError(f"GET {url}: body is not JSON") from None
+        except RecursionError:  # it would end the refresh loop, and keys would never rotate
+            raise IdentityProviderError(f"GET {url}: JSON nested too deeply") from None
 
     async def _run(self) -> None:
         while True:

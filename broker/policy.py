@@ -27,6 +27,7 @@ import yaml
 
 from broker import rpcmatch
 from broker.errors import PatternError, PolicyError, PolicyProblem
+from broker.files import FileRefused, read_limited
 
 RESOURCES: Final = ("connections", "servers", "namespaces", "skills")
 OPERATIONS: Final = ("read", "write", "execute")
@@ -51,9 +52,15 @@ CONDITION_OPS: Final = ("equals", "in", "contains", "present", "type")
 CLAIM_TYPES: Final = ("string", "number", "boolean", "array", "object")
 MAX_TTL_SECONDS: Final = 24 * 3600
 MAX_RPC_KEY_CHARS: Final = 200
+"""Smithery's limit on an ``rpcReqMatch`` key, counted as JavaScript does (``js_length``)."""
 MAX_RPC_PATTERN_CHARS: Final = 500
+"""Smithery's limit on an ``rpcReqMatch`` pattern (and on a provision ``mcpUrl`` pattern), counted
+as JavaScript does (``js_length``)."""
 MAX_POLICY_FILE_BYTES: Final = 1024 * 1024
 MAX_YAML_NODES: Final = 100_000
+MAX_YAML_DEPTH: Final = 64
+"""Collections inside collections; PyYAML composes a document recursively, so a few hundred
+brackets (``[[[[...``) would end in a RecursionError."""
 RULE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _TTL_PATTERN: Final = re.compile(r"([0-9]{1,9})([smhd]?)")
 _TTL_UNIT_SECONDS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -271,18 +278,16 @@ def load_policy_dir(directory: str | Path) -> PolicySet:
         raise PolicyError(
             [PolicyProblem(str(root), "$", "policy directory does not exist or is not a directory")]
         )
-    files = sorted(p for p in root.iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file())
+    # Every *.yaml entry is read or reported: a directory, a FIFO or a dangling link named like a
+    # policy file must not make its rules vanish without a word.
+    files = sorted(p for p in root.iterdir() if p.suffix in {".yaml", ".yml"})
     sources: list[tuple[str, bytes]] = []
     problems: list[PolicyProblem] = []
     for path in files:
         try:
-            size = path.stat().st_size
-            if size > MAX_POLICY_FILE_BYTES:
-                problems.append(
-                    PolicyProblem(str(path), "$", f"file exceeds {MAX_POLICY_FILE_BYTES} bytes")
-                )
-                continue
-            sources.append((str(path), path.read_bytes()))
+            sources.append((str(path), read_limited(path, MAX_POLICY_FILE_BYTES)))
+        except FileRefused as exc:
+            problems.append(PolicyProblem(str(path), "$", f"the entry {exc}"))
         except OSError as exc:
             problems.append(PolicyProblem(str(path), "$", f"cannot read: {exc.strerror}"))
     if not files:
@@ -394,22 +399,27 @@ class _FileChecker:
 
     # -- YAML with positions
 
-    def _parse(self, data: bytes) -> _Located | None:
+    def _parse(self, data: bytes, expected: str = "a mapping with 'rules'") -> _Located | None:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             self.problem("$", f"file is not UTF-8 (byte {exc.start})")
             return None
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            deep = _nesting_beyond(text, MAX_YAML_DEPTH)
+            node = None if deep is not None else yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = _Located(None, mark.line + 1, mark.column + 1) if mark is not None else None
             reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             self.problem("$", f"invalid YAML: {reason}", where)
             return None
+        if deep is not None:
+            at = _Located(None, deep.line + 1, deep.column + 1)
+            self.problem("$", f"collections nest deeper than {MAX_YAML_DEPTH} levels", at)
+            return None
         if node is None:
-            self.problem("$", "file is empty; expected a mapping with 'rules'")
+            self.problem("$", f"file is empty; expected {expected}")
             return None
         try:
             return self._convert(node, "$")
@@ -836,7 +846,7 @@ class _FileChecker:
         for index, pattern in enumerate(patterns):
             item_path = path if isinstance(at.value, str) else f"{path}[{index}]"
             where = at if isinstance(at.value, str) else at.value[index]
-            if len(pattern) > MAX_RPC_PATTERN_CHARS:
+            if rpcmatch.js_length(pattern) > MAX_RPC_PATTERN_CHARS:
                 self.problem(
                     item_path, f"pattern is longer than {MAX_RPC_PATTERN_CHARS} characters", where
                 )
@@ -948,7 +958,7 @@ class _FileChecker:
         entries = []
         for key, value in at.value.items():
             entry_path = f"{path}.{key}"
-            if len(key) > MAX_RPC_KEY_CHARS:
+            if rpcmatch.js_length(key) > MAX_RPC_KEY_CHARS:
                 self.problem(
                     entry_path, f"key is longer than {MAX_RPC_KEY_CHARS} characters", value.key
                 )
@@ -959,7 +969,7 @@ class _FileChecker:
             if not isinstance(value.value, str):
                 self.problem(entry_path, "pattern must be a string (quote it)", value)
                 continue
-            if len(value.value) > MAX_RPC_PATTERN_CHARS:
+            if rpcmatch.js_length(value.value) > MAX_RPC_PATTERN_CHARS:
                 self.problem(
                     entry_path, f"pattern is longer than {MAX_RPC_PATTERN_CHARS} characters", value
                 )
@@ -1047,6 +1057,43 @@ class _FileChecker:
 
 class _TooLarge(Exception):
     pass
+
+
+def _nesting_beyond(text: str, limit: int) -> Any:
+    """The mark (``line``, ``column``) where the document first opens a collection more than
+    ``limit`` deep, or None. Read from PyYAML's event stream, whose parser keeps a stack of states
+    instead of recursing."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > limit:
+                return event.start_mark
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+def load_yaml_values(file: str, data: bytes, expected: str) -> Any:
+    """A YAML document as plain values (dicts, lists, scalars), read exactly as strictly as a
+    policy file: YAML 1.2 scalars, plain string keys, no duplicate keys, nesting and alias
+    expansion bounded. For the other YAML files operators write (policy test cases); PolicyError
+    lists every problem with its position. ``expected`` names what the file should hold."""
+    checker = _FileChecker(file, {})
+    document = checker._parse(data, expected)
+    if checker.problems:
+        raise PolicyError(checker.problems)
+    return _plain(document)
+
+
+def _plain(at: _Located | None) -> Any:
+    if at is None:
+        return None
+    if isinstance(at.value, dict):
+        return {key: _plain(value) for key, value in at.value.items()}
+    if isinstance(at.value, list):
+        return [_plain(item) for item in at.value]
+    return at.value
 
 
 def parse_ttl(value: Any) -> int | None:

@@ -25,15 +25,17 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
-import msgspec.yaml
 
 from broker.errors import BrokerError, PolicyError, PolicyProblem
 from broker.explain import explain
-from broker.policy import PolicySet
+from broker.files import FileRefused, read_limited
+from broker.policy import MAX_POLICY_FILE_BYTES, PolicySet, load_yaml_values
 from broker.precheck import Target
 
 DEFAULT_ISSUER: Final = "https://issuer.test/"
 _UNSET: Final = msgspec.UNSET
+MAX_CASE_FILE_BYTES: Final = MAX_POLICY_FILE_BYTES
+_CASES: Final = "a mapping with 'cases'"
 
 
 class CaseTarget(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -79,10 +81,19 @@ def load_cases(directory: Path) -> list[tuple[str, Case]]:
     cases: list[tuple[str, Case]] = []
     problems: list[PolicyProblem] = []
     for path in files:
+        # Read as strictly as the policies they test: bounded size, nesting and alias expansion,
+        # no duplicate keys, YAML 1.2 scalars.
         try:
-            parsed = msgspec.yaml.decode(path.read_bytes(), type=CaseFile)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            document = load_yaml_values(str(path), read_limited(path, MAX_CASE_FILE_BYTES), _CASES)
+            parsed = msgspec.convert(document, type=CaseFile)
+        except PolicyError as exc:
+            problems.extend(exc.problems)
+            continue
+        except msgspec.ValidationError as exc:
             problems.append(PolicyProblem(str(path), "$", f"invalid test file: {exc}"))
+            continue
+        except FileRefused as exc:
+            problems.append(PolicyProblem(str(path), "$", f"the entry {exc}"))
             continue
         except OSError as exc:
             problems.append(PolicyProblem(str(path), "$", f"cannot read: {exc.strerror}"))

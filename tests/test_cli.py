@@ -14,28 +14,13 @@ from broker.cli import dev_banner, main
 from broker.policy import load_policy_dir
 
 ROOT = Path(__file__).resolve().parent.parent
+JWKS = Path(__file__).parent / "fixtures" / "ec-jwks.json"
 INVALID = Path(__file__).parent / "fixtures" / "policies" / "invalid"
 BROKER = str(Path(sys.executable).parent / "broker")
 
 
 @pytest.fixture
 def valid_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(
-        json.dumps(
-            {
-                "keys": [
-                    {
-                        "kty": "EC",
-                        "crv": "P-256",
-                        "kid": "k",
-                        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-                        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
-                    }
-                ]
-            }
-        )
-    )
     for name in list(__import__("os").environ):
         if name.startswith("BROKER_"):
             monkeypatch.delenv(name)
@@ -43,7 +28,7 @@ def valid_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BROKER_SMITHERY_API_KEY", "sk-cli-test")
     monkeypatch.setenv("BROKER_AUTH_ISSUER", "https://idp.example/")
     monkeypatch.setenv("BROKER_AUTH_AUDIENCE", "app")
-    monkeypatch.setenv("BROKER_AUTH_JWKS_FILE", str(jwks))
+    monkeypatch.setenv("BROKER_AUTH_JWKS_FILE", str(JWKS))
     return tmp_path
 
 
@@ -71,6 +56,22 @@ def test_check_lists_every_problem(
     assert "rpc.yaml" in err
     assert "conditions.yaml" in err
     assert "sk-cli-test" not in err
+
+
+def test_check_refuses_a_tracing_setting_serve_cannot_honour(
+    valid_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``broker serve`` would crash setting up tracing; the check (the chart's init container)
+    must fail first, through the same decision."""
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' is not supported; use http/protobuf" in err
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    assert main(["check"]) == 0
 
 
 def test_serve_refuses_to_start_with_invalid_policies(valid_env: Path) -> None:

@@ -10,6 +10,7 @@ from broker.config import (
     Secret,
     Settings,
     env_names,
+    load_issuers,
     load_settings,
     production_problems,
     unknown_env_names,
@@ -66,7 +67,7 @@ def test_a_credential_that_cannot_be_a_bearer_header_is_refused_without_its_valu
     """An HTTP library refuses such a header with an error quoting it, which a tracing
     instrumentation records: the key ended up in exported spans."""
     key_file = tmp_path / "key"
-    key_file.write_text(value + "\n")
+    key_file.write_text(value + "0" * 32 + "\n")  # long enough for an admin token
     for environ in (
         {"BROKER_SMITHERY_API_KEY_FILE": str(key_file)},
         {"BROKER_ADMIN_TOKEN_FILE": str(key_file)},
@@ -122,6 +123,78 @@ def test_cross_field_checks() -> None:
     assert "BROKER_CACHE_REFRESH_MARGIN_RATIO: must be in [0, 1)" in text
 
 
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        (
+            {"BROKER_SMITHERY_BASE_URL": "http://"},
+            "BROKER_SMITHERY_BASE_URL: must be an http(s) URL with a host",
+        ),
+        (
+            {"BROKER_SMITHERY_BASE_URL": "https://api.example:99999"},
+            "BROKER_SMITHERY_BASE_URL: must be an http(s) URL with a host",
+        ),
+        (
+            {"BROKER_SMITHERY_MCP_TIMEOUT_SECONDS": "-5"},
+            "BROKER_SMITHERY_*TIMEOUT_SECONDS: must be greater than 0",
+        ),
+        (
+            {"BROKER_POLICIES_RELOAD_INTERVAL_SECONDS": "-5"},
+            "BROKER_POLICIES_RELOAD_INTERVAL_SECONDS: must be 0 (never) or positive",
+        ),
+        (
+            {"BROKER_ADMIN_TOKEN": "a"},
+            "BROKER_ADMIN_TOKEN: must be at least 32 characters (e.g. `openssl rand -base64 32`)",
+        ),
+        (
+            {"BROKER_TELEMETRY_METRICS_PORT": "8080"},
+            "BROKER_TELEMETRY_METRICS_PORT: must differ from BROKER_SERVER_PORT",
+        ),
+    ],
+)
+def test_settings_serve_could_not_use_fail_the_check(environ: dict[str, str], problem: str) -> None:
+    """``broker check`` (the chart's init container) said ok to each; ``serve`` then crashed,
+    or ran without hot reload, with an admin token one guess away, or failed to bind."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert caught.value.problems == (problem,)
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        (
+            {"BROKER_AUTH_ISSUER": "http://idp.example/", "BROKER_AUTH_AUDIENCE": "a"},
+            "BROKER_AUTH: keys are found by discovery from the issuer, which must then be https "
+            "(plain http on loopback only); or set jwks_url or jwks_file",
+        ),
+        (
+            {
+                "BROKER_AUTH_ISSUER": "https://idp.example/",
+                "BROKER_AUTH_AUDIENCE": "a",
+                "BROKER_AUTH_JWKS_URL": "ftp://idp.example/jwks",
+            },
+            "BROKER_AUTH: jwks_url must be https (plain http on loopback only)",
+        ),
+    ],
+)
+def test_identity_provider_urls_the_broker_would_refuse_to_fetch_fail_at_start(
+    environ: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_issuers(load_settings(environ).auth)
+    assert caught.value.problems == (problem,)
+
+
+def test_an_http_issuer_with_a_key_file_needs_no_fetch(tmp_path: Path) -> None:
+    environ = {
+        "BROKER_AUTH_ISSUER": "http://idp.example/",
+        "BROKER_AUTH_AUDIENCE": "a",
+        "BROKER_AUTH_JWKS_FILE": str(tmp_path / "jwks.json"),
+    }
+    assert load_issuers(load_settings(environ).auth)[0].issuer == "http://idp.example/"
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "100001"])
 def test_in_flight_limit_must_be_positive_and_bounded(value: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -153,7 +226,8 @@ def test_missing_secret_file_is_a_clear_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"BROKER_SMITHERY_API_KEY_FILE": str(tmp_path / "missing")})
     assert caught.value.problems == (
-        f"BROKER_SMITHERY_API_KEY: cannot read {tmp_path / 'missing'}: No such file or directory",
+        "BROKER_SMITHERY_API_KEY: cannot read the file BROKER_SMITHERY_API_KEY_FILE names: "
+        "No such file or directory",
     )
 
 
@@ -236,3 +310,20 @@ def test_issuers_file_problems_are_clear(tmp_path: Path, content: str, message: 
 def test_config_file_and_env_issuer_are_exclusive() -> None:
     with pytest.raises(ConfigError, match="not both"):
         load_settings({"BROKER_AUTH_CONFIG_FILE": "/x.yaml", "BROKER_AUTH_ISSUER": "https://a/"})
+
+
+@pytest.mark.parametrize("value", ["\u0668\u0660\u0668\u0660", "8_080", "\uff18\uff10\uff18\uff10"])
+def test_numbers_are_ascii_decimal_digits(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:  # int() and float() take each of these
+        load_settings({"BROKER_SERVER_PORT": value, "BROKER_SERVER_BODY_TIMEOUT_SECONDS": value})
+    assert sorted(caught.value.problems) == [
+        f"BROKER_SERVER_BODY_TIMEOUT_SECONDS: {value!r} is not a number",
+        f"BROKER_SERVER_PORT: {value!r} is not an integer",
+    ]
+
+
+def test_a_long_bad_value_is_quoted_by_its_start_only() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BROKER_SERVER_PORT": "9" * 39 + "x" * 5000})
+    [problem] = caught.value.problems
+    assert problem == f"BROKER_SERVER_PORT: {'9' * 39 + 'x' + '...'!r} is not an integer"

@@ -161,3 +161,10 @@ def test_a_login_body_that_is_not_utf8_is_a_400(dev: TestClient[Any]) -> None:
     )
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_json"
+
+
+def test_login_claims_nested_thousands_deep_are_a_400(dev: TestClient[Any]) -> None:
+    deep = b'{"sub":"alice","x":' + b"[" * 7000 + b"]" * 7000 + b"}"
+    response = dev.post("/dev/login", content=deep, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400  # was a RecursionError: 500
+    assert response.json()["code"] == "invalid_json"

@@ -196,6 +196,30 @@ async def test_flood_of_random_kids_causes_at_most_one_fetch_per_interval() -> N
     await manager.aclose()
 
 
+async def test_a_key_set_nested_too_deeply_is_a_failed_refresh_and_the_loop_goes_on() -> None:
+    idp, clock = FakeIdP(), Clock()
+    idp.add_key("k1")
+    deep = False
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/jwks" and deep:
+            return httpx.Response(200, content=b"[" * 100_000 + b"]" * 100_000)
+        return idp.handler(request)
+
+    verifier, remote = setup_verifier(AUTH)
+    manager = JwksManager(
+        verifier, remote, AUTH, clock=clock, transport=httpx.MockTransport(handler)
+    )
+    assert await manager.refresh(ISSUER)
+    deep = True
+    clock.now += 3600
+    await manager.refresh_due()  # raised RecursionError, which ended the refresh loop
+    assert manager.status()[ISSUER]["lastError"] == (
+        "GET https://idp.test/jwks: JSON nested too deeply"
+    )
+    await manager.aclose()
+
+
 async def test_idp_down_keeps_verifying_with_cached_keys() -> None:
     idp, clock = FakeIdP(), Clock()
     idp.add_key("k1")

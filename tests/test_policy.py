@@ -224,6 +224,24 @@ def test_rpc_key_and_pattern_length_limits() -> None:
     ]
 
 
+def test_rpc_length_limits_count_utf16_units_like_smithery() -> None:
+    """JavaScript's ``length``: a character outside the BMP (an emoji) counts 2."""
+    emoji = "\U0001f600"
+    key = "params." + emoji * 97  # 104 code points, 201 UTF-16 units
+    problems = problems_of(
+        f'rules: [{{id: r, grant: {{namespaces: a, rpcReqMatch: {{"{key}": x, '
+        f'method: "{emoji * 251}"}}}}}}]'
+    )
+    assert [p.split(": ", 3)[3] for p in problems] == [
+        "key is longer than 200 characters",
+        "pattern is longer than 500 characters",
+    ]
+    at_limit = load(
+        f'rules: [{{id: r, grant: {{namespaces: a, rpcReqMatch: {{method: "{emoji * 250}"}}}}}}]'
+    )
+    assert at_limit.rules[0].id == "r"
+
+
 # --- selection: decision tables -----------------------------------------------------------------
 
 SELECT = load(

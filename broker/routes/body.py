@@ -44,6 +44,8 @@ def decode_json_body(body: bytes, content_type: str | None, type_: type[T], defa
         raise InvalidJSONError("The body is not valid JSON.") from None
     except UnicodeDecodeError:  # msgspec's own error for a string that is not UTF-8
         raise InvalidJSONError("The body is not UTF-8.") from None
+    except RecursionError:  # free-form members (claims) nested some thousands deep
+        raise InvalidJSONError("The body's JSON is nested too deeply.") from None
 
 
 def require_json(content_type: str | None) -> None:

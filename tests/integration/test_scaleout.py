@@ -24,7 +24,7 @@ from tests.redis_server import PASSWORD, RedisServer
 
 pytestmark = pytest.mark.integration
 
-ADMIN_TOKEN = "admin-SECRET-9c2e41"
+ADMIN_TOKEN = "admin-SECRET-9c2e41-7d0b5a13f8e6c2a4"
 DEADLINE_SECONDS = 20.0
 _counter = iter(range(1_000_000))
 
