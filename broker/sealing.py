@@ -149,9 +149,12 @@ def load_keyring(text: str) -> Keyring:
         raise ConfigError([f"{SETTING}: not valid YAML/JSON"]) from None
     problems: list[str] = []
     keys: dict[str, bytes] = {}
-    for key_id, encoded in parsed.keys.items():
+    for position, (key_id, encoded) in enumerate(parsed.keys.items(), 1):
         if not KEY_ID_PATTERN.fullmatch(key_id):
-            problems.append(f"{SETTING}: key id {key_id!r} must match {KEY_ID_PATTERN.pattern}")
+            # Not quoted: with ids and keys swapped, the "id" is a key (a valid id never is).
+            problems.append(
+                f"{SETTING}: the id of key #{position} must match {KEY_ID_PATTERN.pattern}"
+            )
             continue
         key = _decode_key(encoded)
         if key is None or len(key) != KEY_BYTES:
@@ -161,7 +164,9 @@ def load_keyring(text: str) -> Keyring:
     if not parsed.keys:
         problems.append(f"{SETTING}: at least one key is required")
     elif parsed.active not in parsed.keys:
-        problems.append(f"{SETTING}: the active key id {parsed.active!r} is not among the keys")
+        # Quoted only when it is an id at all: a key (44 characters) never matches the pattern.
+        shown = f" {parsed.active!r}" if KEY_ID_PATTERN.fullmatch(parsed.active) else ""
+        problems.append(f"{SETTING}: the active key id{shown} is not among the keys' ids")
     naming_key = _decode_key(parsed.naming_key)
     if naming_key is None or len(naming_key) < MIN_NAMING_KEY_BYTES:
         problems.append(

@@ -81,10 +81,24 @@ def test_bad_keyring_reported_without_key_values(
     assert main(["check"]) == 2
     err = capsys.readouterr().err
     assert "BROKER_CACHE_ENCRYPTION_KEY: key 'a' must be base64 of 32 bytes" in err
-    assert "BROKER_CACHE_ENCRYPTION_KEY: the active key id 'b' is not among the keys" in err
+    assert "BROKER_CACHE_ENCRYPTION_KEY: the active key id 'b' is not among the keys' ids" in err
     assert "naming_key must be base64 of at least 32 bytes" in err
     assert PASSWORD not in err
     assert short not in err
+
+
+def test_a_keyring_with_ids_and_keys_swapped_is_reported_without_the_keys(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    (env / "keyring.yaml").write_text(f"active: {key}\nkeys:\n  {key}: a\nnaming_key: {key}\n")
+    monkeypatch.setenv("BROKER_CACHE_BACKEND", "redis")
+    monkeypatch.setenv("BROKER_REDIS_URL", f"redis://:{PASSWORD}@redis:6379")
+    monkeypatch.setenv("BROKER_CACHE_ENCRYPTION_KEY_FILE", str(env / "keyring.yaml"))
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "BROKER_CACHE_ENCRYPTION_KEY: the id of key #1 must match" in err
+    assert key not in err  # the "id" here is a key
 
 
 def test_url_scheme_reported_without_the_url(

@@ -126,7 +126,7 @@ def test_load_keyring_lists_every_problem_without_key_values() -> None:
         )
     problems = "\n".join(caught.value.problems)
     assert "key 'short' must be base64 of 32 bytes" in problems
-    assert "key id 'bad id!'" in problems
+    assert "the id of key #2 must match" in problems
     assert "active key id 'missing'" in problems
     assert "naming_key" in problems
     assert short not in problems
