@@ -345,6 +345,7 @@ def create_app(
             changed=lambda namespace, connection_id: state.admission.forget_connection(
                 namespace, connection_id
             ),
+            revocations=cluster.revocations,
         ),
         dev_signer=dev_signer,
         telemetry=telemetry,

@@ -68,6 +68,14 @@ class MintPlan:
     """Hex SHA-256 of the canonical constraint list (for the audit log)."""
     digest_bytes: bytes
     """The same digest as raw bytes (the token cache key)."""
+    applicable: tuple[str, ...] = ()
+    """Every rule that applies to the user, when the caller asked for fewer (``rule_ids``): a
+    revoked rule refuses everyone it would serve, whatever they ask for."""
+
+    @property
+    def revocable(self) -> tuple[str, ...]:
+        """The rule ids a revocation check covers."""
+        return self.applicable or self.rule_ids
 
 
 class _RenderError(Exception):

@@ -9,6 +9,7 @@ No HTTP here (``routes/``) and no direct Smithery or cache-library calls (``upst
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -71,6 +72,7 @@ class Issuance:
         """The mint plan for ``principal``, narrowed to ``requested`` rule ids when given."""
         rendering = render_rules(policy_set, principal.issuer, principal.claims)
         applied = rendering.applied
+        applicable = tuple(a.rule_id for a in applied)
         if requested:
             unknown = [r for r in requested if policy_set.rule(r) is None]
             if unknown:
@@ -100,7 +102,8 @@ class Issuance:
                 skipped={s.rule_id: s.reason for s in rendering.skipped},
             )
             raise NoMatchingRuleError("No policy rule grants access to this user.")
-        return plan_mint(applied)
+        plan = plan_mint(applied)
+        return dataclasses.replace(plan, applicable=applicable) if requested else plan
 
     async def issue(
         self, principal: Principal, requested: Sequence[str] = (), *, for_proxy: bool = False
@@ -133,13 +136,13 @@ class Issuance:
                 span.set_attribute("broker.constraints.digest", plan.digest)
         revocations = self.revocations
         if revocations is not None:
-            revocations.check(principal, plan.rule_ids)
+            revocations.check(principal, plan.revocable)
 
         def mint() -> Awaitable[MintedToken]:
             # Again here: a revocation may have come in while this waited for another
             # replica's mint (the lock wait) or for a slot.
             if revocations is not None:
-                revocations.check(principal, plan.rule_ids)
+                revocations.check(principal, plan.revocable)
             return self._mint(plan)
 
         key = CacheKey(principal.issuer, principal.subject, plan.digest_bytes, policy_set.revision)
@@ -172,7 +175,7 @@ class Issuance:
                 span.set_attribute("broker.cache.hit", hit)
                 span.set_attribute("broker.token.fingerprint", telemetry.fingerprint(entry.token))
         if revocations is not None:  # revoked while the token was being fetched or minted
-            revocations.check(principal, plan.rule_ids)
+            revocations.check(principal, plan.revocable)
         self.metrics.inc("broker_token_decisions_total", (("result", "allow"), ("reason", "")))
         if audit_log.enabled and not (for_proxy and hit):  # nobody reads it, or nothing new
             audit(

@@ -37,6 +37,7 @@ from broker.errors import (
 from broker.identity import Principal
 from broker.metrics import Metrics
 from broker.policy import ID_SEPARATORS, ClaimRef, PolicySet, Rule, Template
+from broker.revocation import Revocations
 from broker.telemetry import Telemetry, audit, deny
 from broker.upstream import ConnectionDocument, ConnectionPage, SmitheryClient
 
@@ -292,6 +293,8 @@ class Provisioning:
     against ``maxConnections`` (with the memory backend, nothing)."""
     changed: Callable[[str, str], None] = lambda namespace, connection_id: None
     """Told of each connection written or deleted (``Admission.forget_connection``)."""
+    revocations: Revocations | None = None
+    """A revoked subject, or one whose provisioning rule is revoked, manages no connection."""
     _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
 
     async def put(
@@ -458,6 +461,9 @@ class _Decision:
         if entitlement is None:
             raise NoMatchingRuleError("No policy rule lets you manage connections here.")
         self.rule = entitlement.rule_id
+        revocations = self.owner.revocations
+        if revocations is not None:  # before anything is done with the API key on their behalf
+            revocations.check(self.principal, (entitlement.rule_id,))
         return entitlement
 
     def __enter__(self) -> _Decision:

@@ -63,7 +63,8 @@ class RevocationEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kind: str
     """``subject``, ``rule`` or ``all``."""
     at: float
-    """When it was revoked (Unix seconds)."""
+    """When it was revoked (Unix seconds); recorded a second time, a moment later, once Redis is
+    purged (``Revocations.revoke``). A replica applies an entry whenever its ``at`` changes."""
     until: float
     """Refused until then (equal to ``at``: purge only)."""
 
@@ -210,20 +211,24 @@ class Revocations:
         if shared is not None:
             try:
                 # Three steps, in this order:
-                # 1. move the sequence: a mint already running anywhere (under the old sequence)
-                #    can no longer store its token, however late it lands;
+                # 1. record the entry, which moves the sequence: a mint already running anywhere
+                #    (under the old sequence) can no longer store its token, however late it
+                #    lands, and a replica that polls from now on refuses and purges its memory
+                #    (one that polled between a bare sequence move and the record would have
+                #    taken the new sequence without the entry, and stored a token under it);
                 # 2. purge the records concerned: nothing can put an old token back now;
-                # 3. record the entry (moving the sequence again): other replicas purge their
-                #    memory and read Redis afresh only now, when it holds no old token.
-                # Without step 1 a store could land between the purge and the record; with the
-                # record first, a replica could read an old token back before the purge.
-                await shared.store.block_stores()
-                purged_shared = await shared.purge(scope.subject, scope.rule)
+                # 3. record the entry again, marked later: every replica, this one included,
+                #    purges its memory once more, dropping any old token it read back from
+                #    Redis between its first purge and step 2.
                 await shared.store.add_revocation(field, _ENCODER.encode(entry))
+                purged_shared = await shared.purge(scope.subject, scope.rule)
+                again = msgspec.structs.replace(entry, at=max(self._clock(), entry.at) + 1e-6)
+                await shared.store.add_revocation(field, _ENCODER.encode(again))
             except SharedStoreDown:
                 raise SharedRevocationError(
                     "Revoked on this replica only: Redis is unavailable. Retry the request."
                 ) from None
+            self._apply(field, again)
         return Outcome(scope.kind, entry.until, purged_local, purged_shared)
 
     def _apply(self, field: str, entry: RevocationEntry) -> int:

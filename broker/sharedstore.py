@@ -95,15 +95,15 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {allowed, tostring(wait)}
 """
 
-# KEYS[1] revocation sequence, ARGV[1] a random start; with KEYS[2] the revocation hash,
-# ARGV[2] a field and ARGV[3] its value, the entry is recorded in the same step, so a replica that
-# sees the new sequence also sees the entry. Without one, the move alone blocks the stores of
-# mints that started under an earlier sequence (``_STORE``). A sequence that Redis lost (a restart
+# KEYS[1] revocation sequence, KEYS[2] the revocation hash; ARGV[1] a random start, ARGV[2] a
+# field and ARGV[3] its value. The entry is recorded in the same step as the sequence moves, so a
+# replica that sees the new sequence also sees the entry, and the stores of mints that started
+# under an earlier sequence are refused (``_STORE``). A sequence that Redis lost (a restart
 # without persistence, a failover) starts again at a random number, not at 1: counting up from 1
 # again, it would come back to the number a replica last saw, and that replica would take the new
 # revocations for ones it already has.
-_MOVE_SEQUENCE: Final = """
-if #KEYS > 1 then redis.call('HSET', KEYS[2], ARGV[2], ARGV[3]) end
+_RECORD_REVOCATION: Final = """
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
 return redis.call('INCR', KEYS[1])
 """
@@ -170,7 +170,7 @@ class SharedStore:
         self._release = self._client.register_script(_RELEASE)
         self._extend = self._client.register_script(_EXTEND)
         self._take = self._client.register_script(_TAKE)
-        self._move = self._client.register_script(_MOVE_SEQUENCE)
+        self._record_revocation = self._client.register_script(_RECORD_REVOCATION)
         self._purge_indexed = self._client.register_script(_PURGE_INDEXED)
         self.errors = 0
 
@@ -342,19 +342,14 @@ class SharedStore:
         }
 
     async def add_revocation(self, field: str, value: bytes) -> int:
-        """Record a revocation and move the sequence; returns the new sequence."""
-        return await self._move_sequence([self._revocations_key], [field, value])
-
-    async def block_stores(self) -> int:
-        """Move the revocation sequence without recording anything: every store of a mint that
-        started before is refused. Returns the new sequence."""
-        return await self._move_sequence([], [])
-
-    async def _move_sequence(self, keys: list[str], args: list[str | bytes]) -> int:
+        """Record a revocation and move the sequence (refusing the stores of mints that started
+        before) in one step; returns the new sequence."""
         start = secrets.randbelow(2**SEQUENCE_START_BITS)
         sequence = await self._run(
             "revoke",
-            lambda: self._move(keys=[self._sequence_key, *keys], args=[start, *args]),
+            lambda: self._record_revocation(
+                keys=[self._sequence_key, self._revocations_key], args=[start, field, value]
+            ),
         )
         return self._integer("revoke", sequence)
 

@@ -232,3 +232,38 @@ async def test_a_revocation_during_the_mint_refuses_the_token_it_brings() -> Non
         transports[0].state = None
         assert_revoked(await token(h, "mallory"))  # and refused from then on
         assert (await token(h, "alice")).status_code == 200
+
+
+async def connections(h: Harness, sub: str) -> list[Any]:
+    """Create, list and delete one of ``sub``'s connections through ``/v1/connections``."""
+    auth = h.auth(sub, email_verified=True)
+    return [
+        await h.client.put(
+            f"/v1/connections/my-app/{sub}-gh",
+            json={"mcpUrl": "https://mcp.example.com/mcp"},
+            headers=auth,
+        ),
+        await h.client.get("/v1/connections/my-app", headers=auth),
+        await h.client.delete(f"/v1/connections/my-app/{sub}-gh", headers=auth),
+    ]
+
+
+@pytest.mark.parametrize("scope", [{"subject": "mallory"}, {"rule": "own-connections"}])
+async def test_a_revoked_user_manages_no_connections(scope: dict[str, str]) -> None:
+    """They act with the broker's API key on the user's behalf: refused like a token."""
+    async with harness(admin=ADMIN_SETTINGS) as h:
+        assert [r.status_code for r in await connections(h, "mallory")] == [201, 200, 200]
+        assert (await revoke(h, scope)).status_code == 200
+        for response in await connections(h, "mallory"):  # were 201, 200, 200
+            assert_revoked(response)
+
+
+async def test_asking_for_fewer_rules_does_not_get_past_a_revoked_rule() -> None:
+    async with harness(admin=ADMIN_SETTINGS) as h:
+        support = {"groups": ["support"]}
+        narrowed = {"rules": ["support-github-session"]}
+        auth = h.auth("sam", email_verified=True, **support)
+        assert (await h.client.post("/v1/tokens", json=narrowed, headers=auth)).status_code == 200
+        assert (await revoke(h, {"rule": "support-github-readonly"})).status_code == 200
+        assert_revoked(await h.client.post("/v1/tokens", headers=auth))
+        assert_revoked(await h.client.post("/v1/tokens", json=narrowed, headers=auth))  # was 200

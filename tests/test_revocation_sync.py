@@ -24,11 +24,6 @@ class FakeRevocationStore:
     dropped: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
 
-    async def block_stores(self) -> int:
-        self.calls.append("block")
-        self.seq += 1
-        return self.seq
-
     async def add_revocation(self, field_name: str, value: bytes) -> int:
         self.calls.append("record")
         self.entries[field_name] = value
@@ -102,7 +97,7 @@ async def test_other_replica_applies_purges_and_refuses_then_forgets() -> None:
     with pytest.raises(AccessRevokedError):
         there.check(principal("mallory"))
     there.check(principal("alice"))
-    assert there.sequence == 2  # moved twice: stores blocked, then the entry recorded
+    assert there.sequence == 2  # moved twice: the entry recorded, then again after the purge
 
     fill(there_cache, clock, "mallory")
     await there.sync()  # same sequence: nothing re-applied
@@ -142,19 +137,68 @@ async def test_revocation_fields_name_no_subject() -> None:
     assert b"mallory" not in shared.store.entries[name]
 
 
+@dataclass
+class RacingShared(FakeShared):
+    """While Redis is being purged, ``during`` runs: what other requests and replicas do then."""
+
+    during: list[Any] = field(default_factory=list)
+
+    async def purge(self, subject: str | None, rule: str | None) -> int:
+        purged = await super().purge(subject, rule)
+        for step in self.during:
+            await step()
+        return purged
+
+
 @pytest.mark.parametrize("scope", [Scope(subject="alice"), Scope(rule="own"), Scope()])
-async def test_stores_are_blocked_then_redis_purged_then_the_revocation_recorded(
-    scope: Scope,
-) -> None:
-    """Other replicas act on the record: they purge their memory and read Redis again. Were
-    the record first, one could read an old token back from Redis before the purge reached it,
-    and with no refusal period (seconds 0) serve it. Were the stores not blocked before the
-    purge, a mint that started earlier could store its token after it (a real-Redis race in
-    tests/integration/test_scaleout.py)."""
+async def test_recorded_then_redis_purged_then_recorded_again(scope: Scope) -> None:
+    """The record moves the sequence, which refuses the stores of mints that started before
+    (a real-Redis race in tests/integration/test_scaleout.py), and tells other replicas at once;
+    the second record, after the purge, makes every replica purge its memory again."""
     shared = FakeShared(FakeRevocationStore())
     clock = Clock()
     revocations = Revocations(
         cache=TokenCache(clock=clock), clock=clock, default_seconds=600, shared=shared
     )
     await revocations.revoke(scope, 0)
-    assert shared.store.calls == ["block", "purge", "record"]
+    assert shared.store.calls == ["record", "purge", "record"]
+
+
+async def test_the_revoking_replica_drops_a_token_read_back_before_redis_was_purged() -> None:
+    """Between its own memory purge and the Redis purge, a request read the old record back
+    into memory: with a purge-only revocation, it was then served on and on."""
+    clock = Clock()
+    shared = RacingShared(FakeRevocationStore())
+    cache, here = replica(shared, clock)
+
+    async def read_back() -> None:
+        fill(cache, clock, "mallory")
+
+    shared.during.append(read_back)
+    await here.revoke(Scope(subject="mallory"), 0)
+    assert len(cache) == 0  # was 1
+
+
+async def test_a_replica_polling_mid_revocation_refuses_then_purges_again() -> None:
+    """A replica that polled between a bare sequence move and the record took the new sequence
+    without the entry: it went on serving, and stored a token that outlived the revocation."""
+    clock = Clock()
+    shared = RacingShared(FakeRevocationStore())
+    _, here = replica(shared, clock)
+    there_cache, there = replica(shared, clock)
+    refused: list[bool] = []
+
+    async def there_polls_and_reads_back() -> None:
+        await there.sync()
+        try:
+            there.check(principal("mallory"))
+            refused.append(False)
+        except AccessRevokedError:
+            refused.append(True)
+        fill(there_cache, clock, "mallory")  # an old record read back before the Redis purge
+
+    shared.during.append(there_polls_and_reads_back)
+    await here.revoke(Scope(subject="mallory"), 30)
+    assert refused == [True]
+    await there.sync()
+    assert len(there_cache) == 0
