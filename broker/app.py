@@ -156,53 +156,10 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
 
-class InFlightLimit:
-    """Serve at most ``state.settings.server.max_in_flight`` requests at once; refuse more with
-    503 ``overloaded`` (``Retry-After: 1``) before reading anything but the path.
-
-    The probes and ``/metrics`` are never refused: an overloaded replica that fails its liveness
-    probe is restarted, which sheds its load onto the others and turns a burst into an outage.
-    One event loop runs the app, so the count needs no lock.
-    """
-
-    EXEMPT: Final = frozenset({"/livez", "/readyz", "/metrics"})
-
-    def __init__(self, app: ASGIApp, state: BrokerState) -> None:
-        self.app = app
-        self.state = state
-        self.limit = state.settings.server.max_in_flight
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if str(scope["type"]) != "http" or scope["path"] in self.EXEMPT:
-            await self.app(scope, receive, send)
-            return
-        state = self.state
-        if state.in_flight >= self.limit:
-            state.metrics.inc("broker_overload_rejections_total")
-            body = encode_problem(
-                503,
-                "overloaded",
-                "Too many requests in flight",
-                "This replica is serving as many requests as it may; retry shortly.",
-            )
-            answer = JsonBody(
-                body, ((b"retry-after", b"1"),), status=503, media_type=PROBLEM_JSON.encode()
-            )
-            await answer(scope, receive, send)
-            return
-        state.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            state.in_flight -= 1
-
-
 def guarded(app: Litestar) -> ASGIApp:
-    """``app`` as ``broker serve`` and ``broker dev`` run it: oversized headers are refused first,
-    then requests beyond the in-flight limit."""
+    """``app`` as ``broker serve`` and ``broker dev`` run it: oversized headers refused first."""
     state: BrokerState = app.state.broker
-    limited = InFlightLimit(app, state)
-    return HeaderLimit(limited, state.settings.server.max_header_bytes)
+    return HeaderLimit(app, state.settings.server.max_header_bytes)
 
 
 def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response[Problem]:

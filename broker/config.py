@@ -270,11 +270,6 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A request body must arrive within this time (slow clients cannot hold a worker); 408."""
     max_header_bytes: int = 32 * 1024
     """Requests whose headers are larger are refused with 431."""
-    max_in_flight: int = 1024
-    """At most this many requests are served at once (an open proxied event stream counts until
-    it ends); more get 503 ``overloaded`` with ``Retry-After: 1`` before any work is done, so a
-    flood queues in clients and load balancers instead of in this process's memory. Probes and
-    ``/metrics`` are always answered."""
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -456,8 +451,6 @@ def settings_problems(settings: Settings) -> list[str]:
         )
     if not 1024 <= server.max_header_bytes <= 1024 * 1024:
         problems.append("BROKER_SERVER_MAX_HEADER_BYTES: must be between 1024 and 1048576")
-    if not 1 <= server.max_in_flight <= 100_000:
-        problems.append("BROKER_SERVER_MAX_IN_FLIGHT: must be between 1 and 100000")
     if not 0 < settings.server.port < 65536:
         problems.append("BROKER_SERVER_PORT: must be a TCP port number")
     if settings.telemetry.metrics_port == settings.server.port:

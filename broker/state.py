@@ -39,8 +39,6 @@ class BrokerState:
     request_limit: RateLimiter | None = None
     draining: bool = False
     """Set on SIGTERM: ``/readyz`` answers 503 while in-flight requests finish."""
-    in_flight: int = 0
-    """Requests being served now (``app.InFlightLimit``)."""
     dev_signer: DevSigner | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)

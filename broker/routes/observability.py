@@ -32,8 +32,6 @@ METRIC_HELP: Final = {
     "broker_revocations_total": "Revocations made on this replica, by scope.",
     "broker_revocations_active": "Revocations currently refusing requests on this replica.",
     "broker_revoked_requests_total": "Requests refused because of a revocation.",
-    "broker_requests_in_flight": "Requests being served now (BROKER_SERVER_MAX_IN_FLIGHT caps it).",
-    "broker_overload_rejections_total": "Requests refused with 503 overloaded: too many in flight.",
 }
 
 
@@ -47,7 +45,6 @@ def collect_state_metrics(broker: BrokerState) -> Iterable[tuple[str, str, Label
     ):
         yield "broker_cache_events_total", "counter", (("event", event),), value
     yield "broker_cache_entries", "gauge", (), len(broker.cache)
-    yield "broker_requests_in_flight", "gauge", (), broker.in_flight
     keys = broker.authenticator.keys
     if keys is not None:
         yield "broker_jwks_refreshes_total", "counter", (("result", "ok"),), keys.refreshes
