@@ -91,6 +91,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             upstream_port=args.upstream_port,
             mcp_port=args.mcp_port,
             policies=args.policies,
+            extra_namespaces=args.namespace,
         )
     if command == "policy":
         return policy_command(args)
@@ -134,6 +135,14 @@ def _parser() -> argparse.ArgumentParser:
         "--mcp-port", type=_port, default=DEFAULT_DEV_MCP_PORT, help="port of the demo MCP server"
     )
     dev_cmd.add_argument("--policies", default=None, help="policies directory (default policies)")
+    dev_cmd.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="one more namespace the emulator's API key owns (repeatable; the ones the policies "
+        "name literally are owned already)",
+    )
     sub.add_parser("check", help="validate settings, keys and policies; print every problem")
     policy = sub.add_parser("policy", help="check, explain and test policies")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
@@ -296,14 +305,14 @@ def run_server(
         timeout_graceful_shutdown=limits.drain_timeout_seconds,
     )
     server = GracefulServer(config, on_drain, limits.shutdown_delay_seconds)
-    main_socket = listen(host, port) if fd is None else inherited_socket(fd)
+    main_sockets = listen(host, port) if fd is None else [inherited_socket(fd)]
     others = [(uvicorn.Server(other), listen(other.host, other.port)) for other in extra]
 
     async def run_all() -> None:
-        serving = asyncio.ensure_future(server.serve(sockets=[main_socket]))
+        serving = asyncio.ensure_future(server.serve(sockets=main_sockets))
         # The main server owns the signals; the others stop when it has stopped.
         extra_tasks = [
-            asyncio.ensure_future(other._serve(sockets=[sock])) for other, sock in others
+            asyncio.ensure_future(other._serve(sockets=sockets)) for other, sockets in others
         ]
         await serving
         for other, _ in others:
@@ -318,15 +327,31 @@ def run_server(
         runner.run(run_all())
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host``:``port``, made before any server starts: a port that is
-    taken is then one line (``ListenError``), not tracebacks from inside a running event loop."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def listen(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets listening on ``host``:``port`` (one per address a host name resolves to, IPv4
+    and IPv6, as asyncio's own server would), made before any server starts: a port that is taken
+    or a name that does not resolve is then one line (``ListenError``), not tracebacks from inside
+    a running event loop."""
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, protocol, _, address in dict.fromkeys(addresses):
+            sock = socket.socket(family, kind, protocol)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # each family on its own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(2048)
     except OSError as exc:
+        for sock in sockets:
+            sock.close()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+    return sockets
 
 
 def inherited_socket(fd: int) -> socket.socket:
@@ -517,7 +542,30 @@ def policy_test(directory: str, tests: str | None) -> int:
     return 1 if failed else EXIT_OK
 
 
-def dev(*, host: str, port: int, upstream_port: int, mcp_port: int, policies: str | None) -> int:
+def dev_namespaces(policy_set: PolicySet, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The namespaces the dev emulator's API key owns: every namespace the policies name
+    literally (a grant's or a ``provision`` block's), the example one, and ``extra``."""
+    from broker.emulator import DEFAULT_OWNED_NAMESPACES
+
+    names = {*DEFAULT_OWNED_NAMESPACES, *extra}
+    for rule in policy_set.rules:
+        grants = rule.grant.namespaces
+        templates = grants if isinstance(grants, tuple) else (grants,) if grants else ()
+        if rule.provision is not None:
+            templates = (*templates, rule.provision.namespace)
+        names.update(t.source for t in templates if t.is_literal)
+    return tuple(sorted(names))
+
+
+def dev(
+    *,
+    host: str,
+    port: int,
+    upstream_port: int,
+    mcp_port: int,
+    policies: str | None,
+    extra_namespaces: Sequence[str] = (),
+) -> int:
     """Broker, Smithery emulator and a demo MCP server on loopback, an ephemeral user-signing
     key, ``POST /dev/login``, and emulator connections seeded for the example policies."""
     from broker.app import create_app
@@ -557,7 +605,9 @@ def dev(*, host: str, port: int, upstream_port: int, mcp_port: int, policies: st
     setup_logging()
     signer = DevSigner.generate(issuer=f"{broker_url}/dev", audience=DEV_AUDIENCE)
     broker_app = create_app(settings, policy_set=policy_set, dev_signer=signer)
-    emulator_app = create_emulator_app(api_key=DEV_API_KEY)
+    emulator_app = create_emulator_app(
+        api_key=DEV_API_KEY, owned_namespaces=dev_namespaces(policy_set, extra_namespaces)
+    )
     mcp_url = f"http://{host}:{mcp_port}/mcp"
     from broker.app import HeaderLimit, guarded
     from broker.headtimeout import head_timeout_protocol
@@ -593,8 +643,8 @@ def dev(*, host: str, port: int, upstream_port: int, mcp_port: int, policies: st
 
     async def run() -> None:
         tasks = [
-            asyncio.create_task(server.serve(sockets=[sock]))
-            for server, sock in zip(servers, sockets, strict=True)
+            asyncio.create_task(server.serve(sockets=listening))
+            for server, listening in zip(servers, sockets, strict=True)
         ]
         while not all(server.started for server in servers):
             if any(task.done() for task in tasks):  # failed to start: uvicorn already said why

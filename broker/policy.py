@@ -279,8 +279,12 @@ def load_policy_dir(directory: str | Path) -> PolicySet:
             [PolicyProblem(str(root), "$", "policy directory does not exist or is not a directory")]
         )
     # Every *.yaml entry is read or reported: a directory, a FIFO or a dangling link named like a
-    # policy file must not make its rules vanish without a word.
-    files = sorted(p for p in root.iterdir() if p.suffix in {".yaml", ".yml"})
+    # policy file must not make its rules vanish without a word. Hidden entries are not policy
+    # files: editors' lock links (.#name.yaml), and Kubernetes' ..data links in a mounted
+    # ConfigMap.
+    files = sorted(
+        p for p in root.iterdir() if p.suffix in {".yaml", ".yml"} and not p.name.startswith(".")
+    )
     sources: list[tuple[str, bytes]] = []
     problems: list[PolicyProblem] = []
     for path in files:
@@ -423,14 +427,18 @@ class _FileChecker:
             return None
         try:
             return self._convert(node, "$")
-        except _TooLarge:
-            self.problem("$", f"document expands to more than {MAX_YAML_NODES} nodes")
+        except _TooLarge as exc:
+            self.problem("$", str(exc))
             return None
 
-    def _convert(self, node: yaml.Node, path: str) -> _Located | None:
+    def _convert(self, node: yaml.Node, path: str, depth: int = 1) -> _Located | None:
         self._nodes += 1
         if self._nodes > MAX_YAML_NODES:  # aliases can expand exponentially ("billion laughs")
-            raise _TooLarge
+            raise _TooLarge(f"document expands to more than {MAX_YAML_NODES} nodes")
+        if depth > MAX_YAML_DEPTH:  # aliases inside aliases nest deeper than the text shows
+            raise _TooLarge(
+                f"collections nest deeper than {MAX_YAML_DEPTH} levels (aliases expanded)"
+            )
         line, column = node.start_mark.line + 1, node.start_mark.column + 1
         if isinstance(node, yaml.MappingNode):
             mapping: dict[str, _Located] = {}
@@ -444,13 +452,15 @@ class _FileChecker:
                     # PyYAML would silently keep the last value; two readers must never disagree.
                     self.problem(f"{path}.{key}", "duplicate key", key_at)
                     continue
-                converted = self._convert(value_node, f"{path}.{key}")
+                converted = self._convert(value_node, f"{path}.{key}", depth + 1)
                 if converted is not None:
                     converted.key_line, converted.key_column = key_at.line, key_at.column
                     mapping[key] = converted
             return _Located(mapping, line, column)
         if isinstance(node, yaml.SequenceNode):
-            items = [self._convert(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+            items = [
+                self._convert(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(node.value)
+            ]
             return _Located([i for i in items if i is not None], line, column)
         assert isinstance(node, yaml.ScalarNode)
         value, problem = _scalar(node)

@@ -77,7 +77,11 @@ class CaseResult:
 
 def load_cases(directory: Path) -> list[tuple[str, Case]]:
     """Every case in ``directory``'s ``*.yaml``/``*.yml`` files; PolicyError lists bad files."""
-    files = sorted(p for p in directory.glob("*.y*ml") if p.suffix in {".yaml", ".yml"})
+    files = sorted(
+        p
+        for p in directory.glob("*.y*ml")
+        if p.suffix in {".yaml", ".yml"} and not p.name.startswith(".")
+    )
     cases: list[tuple[str, Case]] = []
     problems: list[PolicyProblem] = []
     for path in files:

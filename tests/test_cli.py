@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.cli import dev_banner, main
+from broker.cli import dev_banner, dev_namespaces, main
 from broker.policy import load_policy_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,3 +200,15 @@ def test_policy_test_reports_failures_and_missing_cases(
     (tmp_path / "p" / "tests" / "t.yaml").write_text("cases:\n  - {name: x, claims: {}}\n")
     assert main(["policy", "test", str(tmp_path / "p")]) == 2
     assert "invalid test file" in capsys.readouterr().err
+
+
+def test_the_dev_emulator_owns_the_namespaces_the_policies_name(tmp_path: Path) -> None:
+    """``broker dev --policies`` with another namespace than the example's: connection writes
+    there were Smithery's 404 (a 502 from the broker)."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    text = (ROOT / "policies" / "per-user-connections.yaml").read_text()
+    (policies / "acme.yaml").write_text(text.replace("my-app", "acme"))
+    policy_set = load_policy_dir(policies)
+    assert dev_namespaces(policy_set) == ("acme", "my-app")
+    assert dev_namespaces(policy_set, ["extra"]) == ("acme", "extra", "my-app")

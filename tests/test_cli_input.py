@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from broker.cli import ListenError, listen
+
 ROOT = Path(__file__).resolve().parent.parent
 JWKS = Path(__file__).parent / "fixtures" / "ec-jwks.json"
 BROKER = str(Path(sys.executable).parent / "broker")
@@ -171,15 +173,52 @@ def test_the_exempt_lifecycle_setting_applies_despite_other_bad_settings(
     assert json.loads(result.stdout)["decision"]["allowed"] is True  # was denied
 
 
-def test_output_cut_short_by_a_closed_pipe_ends_quietly() -> None:
+def test_output_cut_short_by_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``broker policy test ... | head -1``: 3,000 result lines overflow the pipe, so the
+    command is still writing when the reader goes away."""
+    cases = tmp_path / "tests"
+    cases.mkdir()
+    case = "  - {name: case %d, claims: {sub: a}, expect: {rules: []}}"
+    (cases / "many.yaml").write_text("cases:\n" + "\n".join(case % i for i in range(3000)) + "\n")
     with subprocess.Popen(
-        [BROKER, "policy", "test", "policies"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [BROKER, "policy", "test", "policies", "--tests", str(cases)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     ) as process:
         assert process.stdout is not None
         assert process.stderr is not None
         process.stdout.readline()
         process.stdout.close()  # as `| head -1` does
         errors = process.stderr.read().decode()
-        assert process.wait(timeout=60) in (0, 1)
+        assert process.wait(timeout=60) == 1
     assert "Traceback" not in errors
     assert "BrokenPipeError" not in errors
+
+
+def test_listen_binds_every_address_a_name_resolves_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host name with an IPv4 and an IPv6 address was served on IPv4 only; here two loopback
+    addresses stand for the two families (IPv6 may be missing in the test's container)."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    resolved = [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+    ]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: resolved)
+    sockets = listen("dual-host", port)
+    try:
+        assert sorted(sock.getsockname() for sock in sockets) == [
+            ("127.0.0.1", port),
+            ("127.0.0.2", port),
+        ]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_name_that_does_not_resolve_says_why() -> None:
+    with pytest.raises(ListenError) as caught:
+        listen("nosuch.invalid", 8080)
+    message = str(caught.value)
+    assert message.startswith("cannot listen on nosuch.invalid:8080: ")
+    assert "Unknown error" not in message  # was "Unknown error -2"

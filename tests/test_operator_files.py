@@ -95,6 +95,7 @@ def test_policy_entries_that_are_not_files_are_reported_not_skipped(
     shutil.copy(ROOT / "policies" / "support-readonly.yaml", tmp_path)
     (tmp_path / "dir.yaml").mkdir()
     (tmp_path / "dangling.yaml").symlink_to(tmp_path / "nowhere")
+    (tmp_path / ".#support-readonly.yaml").symlink_to("user@host.1234")  # an editor's lock
     fifo.rename(tmp_path / "fifo.yaml")
     with pytest.raises(PolicyError) as caught:
         load_policy_dir(tmp_path)
@@ -114,6 +115,17 @@ def test_a_policy_nested_hundreds_deep_is_a_located_problem(tmp_path: Path) -> N
     assert problem.message == f"collections nest deeper than {MAX_YAML_DEPTH} levels"
     # The top mapping is the first level, the first bracket (column 8) the second.
     assert (problem.line, problem.column) == (1, 7 + MAX_YAML_DEPTH)
+
+
+def test_aliases_cannot_nest_past_the_depth_limit(tmp_path: Path) -> None:
+    lines = [f"x0: &a0 {'[' * 60}1{']' * 60}"]
+    lines += [f"x{i}: &a{i} {'[' * 60}*a{i - 1}{']' * 60}" for i in range(1, 25)]
+    (tmp_path / "deep.yaml").write_text("\n".join(lines) + "\nrules: []\n")
+    with pytest.raises(PolicyError) as caught:  # was a RecursionError
+        load_policy_dir(tmp_path)
+    assert [p.message for p in caught.value.problems] == [
+        f"collections nest deeper than {MAX_YAML_DEPTH} levels (aliases expanded)"
+    ]
 
 
 def test_policy_test_files_are_read_as_strictly_as_policies(tmp_path: Path) -> None:
