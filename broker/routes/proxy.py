@@ -17,6 +17,7 @@ Litestar's request model, parameter parsing, dependency injection and response r
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, Final
 
@@ -31,7 +32,7 @@ from broker.errors import InvalidRequestError, RequestDeniedError
 from broker.jsonrpc import check_message, decode_strict, is_notification
 from broker.routes.body import receive_body, require_json
 from broker.routes.names import check_name
-from broker.routes.responses import NO_STORE, JsonBody, Relay, request_headers
+from broker.routes.responses import NO_STORE, DisconnectWatch, JsonBody, Relay, request_headers
 from broker.state import BrokerState
 
 PATH: Final = "/v1/mcp/{namespace:str}/{connection_id:str}"
@@ -158,12 +159,24 @@ async def _serve(
         await JsonBody(msgspec.json.encode(denial), NO_STORE)(scope, receive, send)
         return
     issued = await broker.issuance.issue(principal, for_proxy=True)
-    with broker.telemetry.span("broker.proxy.forward") as span:
-        upstream = await broker.upstream.open_mcp(
-            namespace, connection_id, body, forwarded, issued.token
-        )
-        if span is not None:
-            span.set_attribute("http.response.status_code", upstream.status_code)
+    # Smithery may think for minutes (a slow tool): a client that leaves meanwhile frees the
+    # upstream connection at once instead of at the MCP timeout.
+    watch = DisconnectWatch(receive)
+    try:
+        with broker.telemetry.span("broker.proxy.forward") as span:
+            upstream = await broker.upstream.open_mcp(
+                namespace, connection_id, body, forwarded, issued.token
+            )
+            if span is not None:
+                span.set_attribute("http.response.status_code", upstream.status_code)
+    except asyncio.CancelledError:
+        watch.stop()
+        if watch.forgive():
+            return  # the client left: nobody to answer
+        raise
+    except BaseException:
+        watch.stop()
+        raise
     headers = [(name, value) for name, value in upstream.headers if name in RETURNED_HEADERS]
     names = {name for name, _ in headers}
     if b"content-type" not in names:
@@ -177,6 +190,7 @@ async def _serve(
         upstream.aclose,
         arrived=upstream.arrived,
         drained=upstream.drained,
+        watch=watch,
     )
     await relay(scope, receive, send)
 

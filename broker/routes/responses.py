@@ -83,7 +83,58 @@ def request_headers(scope: Scope, *names: bytes) -> list[str | None]:
 
 
 WATCH_AFTER_SECONDS: Final = 0.05
-"""How long a relayed stream runs before a task starts watching for the client leaving."""
+"""How long a request waits on Smithery, or a relayed stream runs, before a task starts watching
+for the client leaving."""
+
+
+class DisconnectWatch:
+    """Cancels the task that made it when the client disconnects, once ``after`` seconds have
+    passed: only then does a task start waiting on ``receive()`` for ``http.disconnect`` (the
+    request body must have been read). A quick exchange pays for a timer, not a task.
+
+    The proxy makes one before it waits for Smithery's answer and hands it to the ``Relay``, so
+    a client that leaves while Smithery thinks (up to the MCP timeout) or streams frees the
+    upstream connection at once. ``stop`` it when the answer is complete.
+    """
+
+    __slots__ = ("_gone", "_receive", "_task", "_timer", "active")
+
+    def __init__(self, receive: Receive, after: float = WATCH_AFTER_SECONDS) -> None:
+        self._receive = receive
+        self._task = asyncio.current_task()
+        self._gone: asyncio.Future[Any] | None = None
+        self._timer = asyncio.get_running_loop().call_later(after, self._watch)
+        self.active = True
+
+    def _watch(self) -> None:
+        self._gone = asyncio.ensure_future(self._receive())
+        self._gone.add_done_callback(self._on_message)
+
+    def _on_message(self, message: asyncio.Future[Any]) -> None:
+        if self.active and self._task is not None and _is_disconnect(message):
+            self._task.cancel()
+
+    @property
+    def client_left(self) -> bool:
+        """The client disconnected (a cancellation of the task came from this watch)."""
+        return self._gone is not None and _is_disconnect(self._gone)
+
+    def forgive(self) -> bool:
+        """After a ``CancelledError``: True, and the cancellation undone, when it came from the
+        client leaving; False when it came from elsewhere (shutdown, a timeout above) and must
+        go on."""
+        if self._task is None or not self.client_left:
+            return False
+        self._task.uncancel()
+        return True
+
+    def stop(self) -> None:
+        """No more cancelling (the answer is complete, or the request over)."""
+        self.active = False
+        self._timer.cancel()
+        if self._gone is not None:
+            self._gone.remove_done_callback(self._on_message)
+            self._gone.cancel()
 
 
 def _never() -> bool:
@@ -99,15 +150,24 @@ class Relay:
     starts goes out in one piece with a ``Content-Length``; in a stream, a chunk after which
     the answer is ``drained`` carries the end of the response with it.
 
-    A stream still open after ``watch_after`` seconds gets one plain task that waits for the
-    client's ``http.disconnect``; if that comes first it cancels the relay, which then closes
+    A stream is watched for the client leaving (``DisconnectWatch``, the caller's ``watch`` or
+    one started after ``watch_after`` seconds); if it leaves, the relay is cancelled and closes
     the upstream answer, so an abandoned event stream does not hold an upstream connection. A
-    typical MCP answer (head, one event, end) is over long before that, and pays a timer instead
-    of a task. (Litestar's ``Stream`` runs every response in an anyio task group with a listener
-    task, a measured cost too.) ``close`` always runs.
+    typical MCP answer (head, one event, end) is over long before the watch starts, and pays a
+    timer instead of a task. (Litestar's ``Stream`` runs every response in an anyio task group
+    with a listener task, a measured cost too.) ``close`` always runs, and so does ``watch.stop``.
     """
 
-    __slots__ = ("arrived", "chunks", "close", "drained", "headers", "status", "watch_after")
+    __slots__ = (
+        "arrived",
+        "chunks",
+        "close",
+        "drained",
+        "headers",
+        "status",
+        "watch",
+        "watch_after",
+    )
 
     def __init__(
         self,
@@ -118,6 +178,7 @@ class Relay:
         *,
         arrived: Callable[[], bool] = _never,
         drained: Callable[[], bool] = _never,
+        watch: DisconnectWatch | None = None,
         watch_after: float = WATCH_AFTER_SECONDS,
     ) -> None:
         self.status = status
@@ -126,11 +187,14 @@ class Relay:
         self.close = close
         self.arrived = arrived
         self.drained = drained
+        self.watch = watch
         self.watch_after = watch_after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             if self.arrived():
+                if self.watch is not None:
+                    self.watch.stop()
                 await self._whole(send)
             else:
                 await self._stream(receive, send)
@@ -153,20 +217,7 @@ class Relay:
         await send(end)
 
     async def _stream(self, receive: Receive, send: Send) -> None:
-        relay = asyncio.current_task()
-        sending = True  # no cancelling once the answer is complete
-        gone: asyncio.Future[Any] | None = None
-
-        def on_message(message: asyncio.Future[Any]) -> None:
-            if sending and relay is not None and _is_disconnect(message):
-                relay.cancel()
-
-        def watch() -> None:
-            nonlocal gone
-            gone = asyncio.ensure_future(receive())
-            gone.add_done_callback(on_message)
-
-        watcher = asyncio.get_running_loop().call_later(self.watch_after, watch)
+        watch = self.watch or DisconnectWatch(receive, self.watch_after)
         try:
             start: HTTPResponseStartEvent = {
                 "type": "http.response.start",
@@ -191,17 +242,13 @@ class Relay:
                     "more_body": False,
                 }
                 await send(end)
-            sending = False
+            watch.stop()  # no cancelling once the answer is complete
         except asyncio.CancelledError:
-            if relay is None or gone is None or not _is_disconnect(gone):
+            if not watch.forgive():
                 raise  # not the client leaving: shutdown or a timeout above us
-            relay.uncancel()  # the client left; nothing more to send anywhere
+            # the client left; nothing more to send anywhere
         finally:
-            sending = False
-            watcher.cancel()
-            if gone is not None:
-                gone.remove_done_callback(on_message)
-                gone.cancel()
+            watch.stop()
 
 
 def _is_disconnect(message: asyncio.Future[Any]) -> bool:

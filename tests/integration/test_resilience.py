@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import Keys, Process
+from tests.integration.conftest import API_KEY, Keys, Process
 
 pytestmark = pytest.mark.integration
 FAST = {
@@ -216,3 +216,36 @@ async def test_mcp_faults_pass_through_the_proxy_without_retries(
             assert (await faults.stats())["received_mcp"] == before + 1  # never retried
             await faults.set(route="mcp", mode="none")
             assert (await http.post(url, json=call, headers=headers)).status_code == 200
+
+
+async def test_a_client_that_leaves_while_smithery_thinks_frees_the_upstream_call(
+    faults: Faults, broker: Process, emulator: Process, keys: Keys
+) -> None:
+    """The MCP answer may take minutes (a slow tool). The broker used to wait for it, holding
+    an upstream connection, up to the MCP timeout (300 s) after the client had gone."""
+    subject = f"u-{uuid.uuid4().hex[:8]}"
+    connection = f"{subject}-slow"
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+        created = await http.put(
+            f"{emulator.url}/connect/my-app/{connection}",
+            json={"mcpUrl": "https://mcp.example.com/mcp", "metadata": {"userId": subject}},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        assert created.status_code in (200, 201), created.text
+        await faults.set(route="mcp", mode="hang")
+        jwt = keys.jwt(subject, email_verified=True)
+        async with httpx.AsyncClient(timeout=1, trust_env=False) as impatient:
+            with pytest.raises(httpx.ReadTimeout):
+                await impatient.post(
+                    f"{broker.url}/v1/mcp/my-app/{connection}",
+                    json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                    headers={"Authorization": f"Bearer {jwt}", "Accept": "application/json"},
+                )
+        # The client is gone (its connection closed with the client); the broker must now
+        # drop its own call, which ends the emulator's hung request.
+        deadline = time.monotonic() + 15
+        while True:
+            held = (await http.get(f"{emulator.url}/_emulator/faults")).json()["held"]["mcp"]
+            if held == 0:
+                break
+            assert time.monotonic() < deadline, "the broker still holds the upstream call"
