@@ -193,12 +193,20 @@ def _load(*, production: bool) -> tuple[Settings, PolicySet]:
         settings = load_settings(production=production)
     except ConfigError as exc:
         problems.extend(exc.problems)
-    else:  # each step on its own, so one bad file does not hide another
-        for step in (lambda: setup_verifier(settings.auth), lambda: load_cluster_keyring(settings)):
-            try:
-                step()
-            except ConfigError as exc:
-                problems.extend(exc.problems)
+        settings = exc.partial or settings
+    # Each step on its own, so one bad setting or file does not hide another; a step whose own
+    # settings are invalid is left out (it would only report the defaults they fell back to).
+    steps = (
+        (("BROKER_AUTH_",), lambda: setup_verifier(settings.auth)),
+        (("BROKER_CACHE_", "BROKER_REDIS_"), lambda: load_cluster_keyring(settings)),
+    )
+    for prefixes, step in steps:
+        if any(p.startswith(prefixes) for p in problems):
+            continue
+        try:
+            step()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     try:
         # The very decision ``broker serve`` makes when it sets up tracing.
         select_trace_exporter(os.environ)

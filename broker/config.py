@@ -325,7 +325,9 @@ def load_settings(
     if production:
         problems.extend(production_problems(settings))
     if problems:
-        raise ConfigError(problems)
+        error = ConfigError(problems)
+        error.partial = settings  # invalid fields at their defaults: for further checks only
+        raise error
     return settings
 
 

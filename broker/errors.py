@@ -208,6 +208,10 @@ class ConfigError(BrokerError):
     code = "config_invalid"
     title = "Invalid configuration"
 
+    partial: Any = None
+    """From ``load_settings``: the settings with each invalid field at its default, so the checks
+    that do not depend on those fields can still report their own problems."""
+
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
         super().__init__("; ".join(self.problems))

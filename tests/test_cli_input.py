@@ -222,3 +222,12 @@ def test_a_name_that_does_not_resolve_says_why() -> None:
     message = str(caught.value)
     assert message.startswith("cannot listen on nosuch.invalid:8080: ")
     assert "Unknown error" not in message  # was "Unknown error -2"
+
+
+def test_check_reports_a_bad_key_file_next_to_a_bad_setting(environ: dict[str, str]) -> None:
+    environ["BROKER_SERVER_PORT"] = "abc"
+    environ["BROKER_AUTH_JWKS_FILE"] = "/nonexistent/jwks.json"
+    result = broker("check", env=environ)
+    assert result.returncode == 2
+    assert "BROKER_SERVER_PORT: 'abc' is not an integer" in result.stderr
+    assert "JWKS file /nonexistent/jwks.json: cannot read" in result.stderr  # was hidden
