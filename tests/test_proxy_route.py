@@ -454,18 +454,15 @@ async def test_audit_records_each_call_and_only_the_mint_of_its_token(proxy: Pro
     assert {r["result"] for r in records if r["event"] == "proxy.decision"} == {"allow"}
 
 
-async def test_smithery_authorization_required_reaches_the_mcp_client_as_is() -> None:
-    """A connection waiting for the user's OAuth consent: the emulator's documented 401
-    ``-32001`` with the setup page comes back through the proxy unchanged."""
+async def support_call_to(connection_id: str, mcp_url: str) -> Any:
+    """The support user's ``get_issue`` call through the proxy to a new connection to
+    ``mcp_url`` whose metadata their rules allow."""
     async with harness() as h:
         await h.create_connection(
-            "my-app",
-            "support-oauth",
-            mcpUrl="https://oauth.example.com/mcp",
-            metadata={"connectionId": "support-github"},
+            "my-app", connection_id, mcpUrl=mcp_url, metadata={"connectionId": "support-github"}
         )
-        response = await h.client.post(
-            "/v1/mcp/my-app/support-oauth",
+        return await h.client.post(
+            f"/v1/mcp/my-app/{connection_id}",
             content=CALL_GET_ISSUE,
             headers={
                 **h.auth("sam", **SUPPORT),
@@ -473,6 +470,12 @@ async def test_smithery_authorization_required_reaches_the_mcp_client_as_is() ->
                 "Accept": "application/json, text/event-stream",
             },
         )
+
+
+async def test_smithery_authorization_required_reaches_the_mcp_client_as_is() -> None:
+    """A connection waiting for the user's OAuth consent: the emulator's documented 401
+    ``-32001`` with the setup page comes back through the proxy unchanged."""
+    response = await support_call_to("support-oauth", "https://oauth.example.com/mcp")
     assert response.status_code == 401
     error = response.json()["error"]
     assert error["code"] == -32001
@@ -484,22 +487,7 @@ async def test_smithery_authorization_required_reaches_the_mcp_client_as_is() ->
 async def test_smithery_input_required_reaches_the_mcp_client_as_is() -> None:
     """A connection waiting for the user's inputs: the emulator's documented 409 ``-32002``
     with ``data: {http, missing}`` comes back through the proxy unchanged."""
-    async with harness() as h:
-        await h.create_connection(
-            "my-app",
-            "support-input",
-            mcpUrl="https://input.example.com/mcp",
-            metadata={"connectionId": "support-github"},
-        )
-        response = await h.client.post(
-            "/v1/mcp/my-app/support-input",
-            content=CALL_GET_ISSUE,
-            headers={
-                **h.auth("sam", **SUPPORT),
-                "Content-Type": "application/json",
-                "Accept": "application/json, text/event-stream",
-            },
-        )
+    response = await support_call_to("support-input", "https://input.example.com/mcp")
     assert response.status_code == 409
     assert response.json() == {
         "jsonrpc": "2.0",
