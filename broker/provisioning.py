@@ -463,7 +463,7 @@ class _Decision:
         self.rule = entitlement.rule_id
         revocations = self.owner.revocations
         if revocations is not None:  # before anything is done with the API key on their behalf
-            revocations.check(self.principal, (entitlement.rule_id,))
+            revocations.check(self.principal, (entitlement.rule_id,), record=False)
         return entitlement
 
     def __enter__(self) -> _Decision:

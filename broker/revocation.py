@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import msgspec
+from opentelemetry import trace
 
 from broker.cache import CachedToken, CacheKey, TokenCache
 from broker.errors import BrokerError, ForbiddenError
@@ -33,7 +34,7 @@ from broker.identity import Principal
 from broker.metrics import Metrics
 from broker.sharedcache import SharedCache
 from broker.sharedstore import SharedStoreDown
-from broker.telemetry import Telemetry, audit
+from broker.telemetry import Telemetry, audit, deny
 
 logger = logging.getLogger("broker.revocation")
 
@@ -146,9 +147,14 @@ class Revocations:
 
     # --- the check -------------------------------------------------------------------------
 
-    def check(self, principal: Principal, rule_ids: Iterable[str] = ()) -> None:
+    def check(
+        self, principal: Principal, rule_ids: Iterable[str] = (), *, record: bool = True
+    ) -> None:
         """Raise ``AccessRevokedError`` when the principal, or one of the rules it would be
-        served under, is revoked. Fail closed: this runs before any token is served."""
+        served under, is revoked. Fail closed: this runs before any token is served.
+
+        A refusal marks the current span denied and, with ``record``, writes the decision's
+        ``access.revoked`` audit line (a caller that records its own decisions passes False)."""
         if not self._refusing:
             return
         now = self._clock()
@@ -159,12 +165,17 @@ class Revocations:
             if until > now:
                 self.refused += 1
                 self._metrics.inc("broker_revoked_requests_total")
-                audit(
-                    "access.revoked",
-                    subject=self._telemetry.enduser(principal.subject),
-                    issuer=principal.issuer,
-                    scope=field.split(":", 1)[0],
-                )
+                scope = field.split(":", 1)[0]
+                deny(trace.get_current_span(), AccessRevokedError.code, {"scope": scope})
+                if record:
+                    audit(
+                        "access.revoked",
+                        subject=self._telemetry.enduser(principal.subject),
+                        issuer=principal.issuer,
+                        result="deny",
+                        reason=AccessRevokedError.code,
+                        scope=scope,
+                    )
                 raise AccessRevokedError("Access for this user has been revoked by an operator.")
             del self._refusing[field]
 

@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -51,6 +52,7 @@ HASHED_SUBJECTS_KEPT: Final = 10_000
 _FORBIDDEN_FIELDS: Final = frozenset({"token", "jwt", "api_key", "authorization", "secret"})
 _ENCODER: Final = msgspec.json.Encoder()
 _NO_SPAN: Final = contextlib.nullcontext(None)
+_TRACE_EVERY_DECISION: Final = ParentBased(root=ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
 # Route templates for span names and metric labels: bounded cardinality, no user data in names.
 _TEMPLATES: Final = {
     "/v1/tokens": "/v1/tokens",
@@ -159,7 +161,7 @@ class Telemetry:
         """A child span of the current one, or a shared no-op context when tracing is off."""
         if self.tracer is None:
             return _NO_SPAN
-        return self.tracer.start_as_current_span(name, attributes=attributes)
+        return _span(self.tracer, name, attributes)
 
     def enduser(self, subject: str) -> str | None:
         """The subject as the privacy setting allows it out (``enduser.id``, audit ``subject``)."""
@@ -186,6 +188,26 @@ class Telemetry:
     def shutdown(self) -> None:
         if self.provider is not None:
             self.provider.shutdown()
+
+
+@contextlib.contextmanager
+def _span(tracer: trace.Tracer, name: str, attributes: Mapping[str, Any] | None) -> Iterator[Span]:
+    """``start_as_current_span`` without the messages of exceptions: they name connection ids
+    and id prefixes, that is users, which ``BROKER_TELEMETRY_SUBJECT=hash`` keeps out of traces.
+    An exception still makes the span an error, described by its stable code (or its type),
+    unless the span has a status already (a denial's reason)."""
+    with tracer.start_as_current_span(
+        name, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            kind = type(exc).__name__
+            span.add_event("exception", {"exception.type": kind})
+            status = getattr(span, "status", None)
+            if status is None or status.status_code is StatusCode.UNSET:
+                span.set_status(Status(StatusCode.ERROR, getattr(exc, "code", kind)))
+            raise
 
 
 def deny(span: Span | None, reason: str, details: Mapping[str, Any] | None = None) -> None:
@@ -224,7 +246,10 @@ def setup_telemetry(
     attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; TracerProvider reads
     # OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # A caller's traceparent may say "not sampled"; its decisions are traced all the same (the
+    # default sampler would follow the caller and drop them). OTEL_TRACES_SAMPLER overrides.
+    sampler = None if env.get("OTEL_TRACES_SAMPLER") else _TRACE_EVERY_DECISION
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
     provider.add_span_processor(processor)
     base.provider = provider
     base.tracer = provider.get_tracer("broker")

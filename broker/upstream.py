@@ -490,6 +490,11 @@ class SmitheryClient:
             raise InvalidRequestError(
                 "A forwarded MCP header holds a forbidden character."
             ) from None
+        except BaseException as exc:  # cancelled: the client left while Smithery was thinking
+            if span is not None:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                span.end()
+            raise
         if span is not None:
             span.set_attribute("http.response.status_code", response.status_code)
             span.end()

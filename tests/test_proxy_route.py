@@ -536,3 +536,21 @@ async def test_smithery_unauthorized_reaches_the_mcp_client_as_a_json_rpc_error(
         "id": None,
         "error": {"code": -32000, "message": "Invalid API key"},
     }
+
+
+async def test_smithery_retry_after_is_passed_back() -> None:
+    """A 429 or 503 from Smithery says when to come back; the browser client waits for it (it
+    retried three times within 1.5 s of a 120 s Retry-After)."""
+    async with harness() as h:
+        await h.create_connection(
+            "my-app", "support-busy", metadata={"connectionId": "support-github"}
+        )
+        fault = {"route": "mcp", "mode": "status", "status": 503, "retryAfter": 120}
+        assert (await h.emulator.post("/_emulator/faults", json=fault)).status_code == 200
+        response = await h.client.post(
+            "/v1/mcp/my-app/support-busy",
+            content=CALL_GET_ISSUE,
+            headers={**h.auth("sam", **SUPPORT), "Content-Type": "application/json"},
+        )
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "120"

@@ -3,13 +3,16 @@ user-facing endpoint for the period; decision table of what is refused and what 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from broker.config import AdminSettings, Secret
+from broker.config import AdminSettings, Secret, TelemetrySettings
 from broker.revocation import Scope
+from broker.telemetry import capture_audit, setup_telemetry
 from tests.inprocess import Harness, harness
 
 ADMIN = "admin-token-revoke-0123"
@@ -250,12 +253,40 @@ async def connections(h: Harness, sub: str) -> list[Any]:
 
 @pytest.mark.parametrize("scope", [{"subject": "mallory"}, {"rule": "own-connections"}])
 async def test_a_revoked_user_manages_no_connections(scope: dict[str, str]) -> None:
-    """They act with the broker's API key on the user's behalf: refused like a token."""
+    """They act with the broker's API key on the user's behalf: refused like a token, and
+    recorded once per call, as the connection decision it is."""
     async with harness(admin=ADMIN_SETTINGS) as h:
         assert [r.status_code for r in await connections(h, "mallory")] == [201, 200, 200]
         assert (await revoke(h, scope)).status_code == 200
-        for response in await connections(h, "mallory"):  # were 201, 200, 200
-            assert_revoked(response)
+        with capture_audit() as lines:
+            for response in await connections(h, "mallory"):  # were 201, 200, 200
+                assert_revoked(response)
+            await h.settle()
+        records = [json.loads(line) for chunk in lines for line in chunk.splitlines()]
+        assert [(r["event"], r["result"], r["reason"]) for r in records] == [
+            ("connection.put", "deny", "access_revoked"),
+            ("connection.list", "deny", "access_revoked"),
+            ("connection.delete", "deny", "access_revoked"),
+        ]
+
+
+async def test_a_refusal_is_one_audited_decision_and_a_denied_span() -> None:
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(TelemetrySettings(subject="hash"), {}, exporter=exporter)
+    async with harness(admin=ADMIN_SETTINGS, telemetry=telemetry) as h:
+        assert (await revoke(h, {"subject": "mallory"})).status_code == 200
+        exporter.clear()
+        with capture_audit() as lines:
+            assert_revoked(await token(h, "mallory"))
+            await h.settle()
+    records = [json.loads(line) for chunk in lines for line in chunk.splitlines()]
+    assert [(r["event"], r["result"], r["reason"], r["scope"]) for r in records] == [
+        ("access.revoked", "deny", "access_revoked", "subject-any")
+    ]
+    denied = [
+        s for s in exporter.get_finished_spans() if s.attributes.get("broker.decision") == "deny"
+    ]
+    assert [s.attributes["broker.deny.reason"] for s in denied] == ["access_revoked"]
 
 
 async def test_asking_for_fewer_rules_does_not_get_past_a_revoked_rule() -> None:

@@ -387,3 +387,42 @@ async def test_spans_name_routes_and_drop_queries_not_users_ids() -> None:
     for span in clients:
         assert "?" not in str(span.attributes["http.url"])  # type: ignore[index]
     assert "alice" not in " ".join(str((s.attributes or {}).get("http.url")) for s in clients)
+
+
+async def test_a_caller_cannot_switch_off_the_tracing_of_its_decisions(
+    traced: tuple[Harness, InMemorySpanExporter],
+) -> None:
+    """``traceparent`` with the sampled flag off: the default sampler followed the caller, and
+    the caller's own decisions were never traced (the audit line still was)."""
+    h, exporter = traced
+    unsampled = TRACEPARENT[:-2] + "00"
+    response = await h.client.post(
+        "/v1/tokens", headers={**h.auth("alice", email_verified=True), "traceparent": unsampled}
+    )
+    assert response.status_code == 200
+    server = named(exporter.get_finished_spans(), "POST /v1/tokens")
+    assert format(server.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_spans_carry_an_exceptions_code_not_its_message() -> None:
+    """Messages name connection ids and id prefixes, that is users, which the subject setting
+    keeps out of traces (``Your connection ids must start with 'alice-'``)."""
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(TelemetrySettings(subject="hash"), {}, exporter=exporter)
+    async with harness(telemetry=telemetry) as h:
+        response = await h.client.put(
+            "/v1/connections/my-app/not-alices-id",
+            json={"mcpUrl": "https://mcp.example.com/mcp"},
+            headers=h.auth("alice", email_verified=True),
+        )
+    assert response.status_code == 403
+    assert "alice-" in response.json()["detail"]  # the caller is told
+    provision = named(exporter.get_finished_spans(), "broker.provision")
+    assert provision.status.description == "connection_id_not_allowed"
+    exported = json.dumps(
+        [
+            [s.status.description, [(e.name, dict(e.attributes or {})) for e in s.events]]
+            for s in exporter.get_finished_spans()
+        ]
+    )
+    assert "alice" not in exported

@@ -422,3 +422,42 @@ async def test_connection_writes_in_an_unowned_namespace_against_the_emulator() 
         await upstream.delete_connection("my-app", "c1")
     finally:
         await upstream.aclose()
+
+
+async def test_a_cancelled_mcp_call_ends_its_span_as_an_error() -> None:
+    """The proxy cancels the call when its client leaves; the span was left open (never
+    exported), and the call looked like nothing had happened."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    accepted = asyncio.Event()
+
+    async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # until the broker drops the connection
+        writer.close()
+
+    server = await asyncio.start_server(never_answers, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    client = SmitheryClient(
+        SmitherySettings(base_url=f"http://127.0.0.1:{port}", api_key=Secret("sk-test")),
+        tracer_provider=provider,
+    )
+    call = asyncio.ensure_future(
+        client.open_mcp("ns", "id", b"{}", [("content-type", "application/json")], "svc")
+    )
+    await accepted.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    [span] = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "CancelledError"
+    await client.aclose()
+    server.close()
+    await server.wait_closed()

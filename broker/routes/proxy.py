@@ -42,7 +42,9 @@ parameters to ASGI handlers (2.25 fails with a KeyError), so the handler splits 
 path itself, ``/{namespace}/{connectionId}``."""
 FORBIDDEN_CODE: Final = -32003
 FORBIDDEN_MESSAGE: Final = "Forbidden: request not permitted by policy"
-RETURNED_HEADERS: Final = (b"content-type", b"cache-control")
+RETURNED_HEADERS: Final = (b"content-type", b"cache-control", b"retry-after")
+"""Smithery's headers passed back: how to read the answer, who may keep it, and when to come
+back after a 429 or 503 (the browser client honours it)."""
 _HEADERS: Final = (
     b"authorization",
     b"content-type",

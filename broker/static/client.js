@@ -283,7 +283,10 @@ export function createBrokerClient(options) {
       const type = (response.headers.get("content-type") ?? "").toLowerCase();
       if (!type.startsWith("application/json")) throw await errorFrom(response, now());
       const body = await response.json().catch(() => undefined);
-      answer = (Array.isArray(body) ? body : [body]).find((m) => isRpcAnswer(m, id) && m.error);
+      const messages = Array.isArray(body) ? body : [body];
+      // An error with a null id is about the HTTP request itself (Smithery refusing the
+      // broker's service token, say): an McpRpcError, never the app's sign-in failing.
+      answer = messages.find((m) => isRpcAnswer(m, id) && m.error) ?? messages.find((m) => isRpcAnswer(m, null) && m.error);
       if (!answer) throw problemError(response, body, now());
     }
     if (answer.error) {

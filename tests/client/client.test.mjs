@@ -480,6 +480,14 @@ describe("callTool", () => {
     );
   });
 
+  test("Smithery's 401 about the request itself (a null id) is McpRpcError, not BrokerAuthError", async () => {
+    const { fetch } = fakeFetch(() => json(401, { jsonrpc: "2.0", id: null, error: { code: -32000, message: "Invalid API key" } }));
+    await assert.rejects(
+      client(clock, fetch).callTool("ns", "c", "t"),
+      (error) => error instanceof McpRpcError && !(error instanceof BrokerAuthError) && error.rpcCode === -32000 && error.status === 401,
+    );
+  });
+
   test("a tool call is never retried (it may not be idempotent)", async () => {
     const { fetch, calls } = fakeFetch(() => problem(503, "upstream_unavailable", {}, { "retry-after": "1" }));
     await assert.rejects(client(clock, fetch).callTool("ns", "c", "create_issue", { title: "t" }), BrokerUnavailableError);
