@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, cast
 
 import httpx
 import msgspec
@@ -136,9 +136,12 @@ class HeaderLimit:
     middleware: each Litestar middleware layer adds an exception-handling layer per request.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, cors_origins: Sequence[str] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.cors_origins = frozenset(cors_origins)
+        """The app's CORS origins: its refusal is outside Litestar's CORS middleware, and a
+        browser shows an answer without them as a network error the page cannot read."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if str(scope["type"]) == "http":
@@ -150,16 +153,28 @@ class HeaderLimit:
                     "Request headers too large",
                     f"Request headers may total at most {self.max_bytes} bytes.",
                 )
-                answer = JsonBody(body, status=431, media_type=PROBLEM_JSON.encode())
+                headers = self._cors(scope)
+                answer = JsonBody(body, headers, status=431, media_type=PROBLEM_JSON.encode())
                 await answer(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
+    def _cors(self, scope: Scope) -> tuple[tuple[bytes, bytes], ...]:
+        if not self.cors_origins:
+            return ()
+        origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+        if origin is None or not (
+            "*" in self.cors_origins or origin.decode("latin-1") in self.cors_origins
+        ):
+            return ((b"vary", b"Origin"),)
+        allowed = b"*" if "*" in self.cors_origins else origin
+        return (b"vary", b"Origin"), (b"access-control-allow-origin", allowed)
+
 
 def guarded(app: Litestar) -> ASGIApp:
     """``app`` as ``broker serve`` and ``broker dev`` run it: oversized headers refused first."""
-    state: BrokerState = app.state.broker
-    return HeaderLimit(app, state.settings.server.max_header_bytes)
+    settings = cast("BrokerState", app.state.broker).settings
+    return HeaderLimit(app, settings.server.max_header_bytes, settings.cors.origins)
 
 
 def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response[Problem]:

@@ -432,7 +432,7 @@ def settings_problems(settings: Settings) -> list[str]:
     problems.extend(_redis_problems(settings))
     problems.extend(
         f"BROKER_CORS_ORIGINS: {origin!r} is not an origin like https://app.example "
-        "(scheme and host, no path; no wildcard but a lone *)"
+        "(scheme and host in lower case, no default port, no path; no wildcard but a lone *)"
         for origin in settings.cors.origins
         if origin != "*" and not _is_origin(origin)
     )
@@ -493,14 +493,24 @@ def _http_url(url: str) -> SplitResult | None:
 
 
 def _is_origin(origin: str) -> bool:
-    """An exact browser origin: Litestar reads a ``*`` inside one as a pattern, so
-    ``https://app.example.*`` would admit ``https://app.example.attacker.net``."""
-    parts = urlsplit(origin)
+    """An exact browser origin, written as browsers send it (matching is exact): Litestar reads
+    a ``*`` inside one as a pattern, so ``https://app.example.*`` would admit
+    ``https://app.example.attacker.net``; and ``https://App.Example`` or
+    ``https://app.example:443`` would never match (browsers send the host in lower case and
+    leave the default port out)."""
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return False
+    default_port = {"https": 443, "http": 80}.get(parts.scheme)
     return (
-        parts.scheme in ("https", "http")
+        default_port is not None
         and bool(parts.hostname)
         and "*" not in origin
         and not (parts.path or parts.query or parts.fragment or "@" in parts.netloc)
+        and origin == origin.lower()
+        and port != default_port
     )
 
 

@@ -204,6 +204,9 @@ def test_an_http_issuer_with_a_key_file_needs_no_fetch(tmp_path: Path) -> None:
         "app.example",
         "https://user@app.example",
         "https://app.example/path",
+        "https://App.Example",
+        "https://app.example:443",
+        "http://app.example:80",
     ],
 )
 def test_cors_origins_are_exact(origin: str) -> None:
@@ -211,7 +214,7 @@ def test_cors_origins_are_exact(origin: str) -> None:
         load_settings({"BROKER_CORS_ORIGINS": f"https://ok.example,{origin}"})
     assert caught.value.problems == (
         f"BROKER_CORS_ORIGINS: {origin!r} is not an origin like https://app.example "
-        "(scheme and host, no path; no wildcard but a lone *)",
+        "(scheme and host in lower case, no default port, no path; no wildcard but a lone *)",
     )
 
 

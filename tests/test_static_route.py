@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from broker.app import create_app
+from broker.app import create_app, guarded
 from broker.config import CorsSettings, PoliciesSettings, Secret, Settings, SmitherySettings
 from broker.routes.static import etag_matches
 from tests.inprocess import ROOT
@@ -123,3 +123,30 @@ def test_every_static_file_ships_in_the_wheel() -> None:
             fnmatch.fnmatchcase(relative, p) and relative.count("/") == p.count("/")
             for p in patterns
         ), f"{relative} is not in [tool.setuptools.package-data] broker"
+
+
+def test_client_assets_vary_by_origin_for_every_origin(served: TestClient[Any]) -> None:
+    """An answer without Access-Control-Allow-Origin (no Origin sent) must not be handed by a
+    shared cache to the app's cross-origin import: ``Vary: Origin`` on every answer."""
+    for headers in ({}, {"Origin": APP_ORIGIN}, {"Origin": "https://evil.example"}):
+        response = served.get("/v1/client.js", headers=headers)
+        assert response.headers["vary"] == "Origin", headers
+
+
+def test_oversized_headers_refusal_is_readable_by_the_app_origin() -> None:
+    """The 431 comes from outside Litestar's CORS middleware; without the CORS headers the
+    browser reported a network error, and the client retried a refusal that cannot change."""
+    settings = Settings(
+        policies=PoliciesSettings(dir=str(ROOT / "policies")),
+        smithery=SmitherySettings(base_url="http://emulator.invalid", api_key=Secret("k")),
+        cors=CorsSettings(origins=(APP_ORIGIN,)),
+    )
+    with TestClient(guarded(create_app(settings))) as client:
+        padding = {"X-Padding": "p" * 40_000}
+        allowed = client.post("/v1/tokens", headers={"Origin": APP_ORIGIN, **padding})
+        other = client.post("/v1/tokens", headers={"Origin": "https://evil.example", **padding})
+    assert allowed.status_code == 431
+    assert allowed.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert allowed.headers["vary"] == "Origin"
+    assert other.status_code == 431
+    assert "access-control-allow-origin" not in other.headers

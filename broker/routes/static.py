@@ -62,6 +62,9 @@ def asset_response(
         "ETag": asset.etag,
         "Cache-Control": CACHE_CONTROL,
         "X-Content-Type-Options": "nosniff",
+        # With CORS on, answers to an allowed Origin carry Access-Control-Allow-Origin and
+        # others do not: a shared cache must not hand one to the other's module import.
+        "Vary": "Origin",
         **(headers or {}),
     }
     if etag_matches(request.headers.get("if-none-match"), asset.etag):

@@ -116,6 +116,9 @@ export function createBrokerClient(options) {
     return `Bearer ${jwt}`;
   }
 
+  // Responses that came after at least one attempt was retried (see `json`).
+  const retried = new WeakSet();
+
   // One HTTP exchange with the broker, retried on 503/504 and network errors when `retry`.
   async function send(method, path, { body, headers = {}, retry = true, signal } = {}) {
     const init = {
@@ -155,6 +158,7 @@ export function createBrokerClient(options) {
           continue;
         }
       }
+      if (attempt > 0) retried.add(response);
       return response;
     }
   }
@@ -305,6 +309,12 @@ export function createBrokerClient(options) {
 
   async function json(method, path, body) {
     const response = await send(method, path, { body });
+    // A DELETE sent again after a lost answer or a 504 may find its own work done: the first
+    // one deleted the connection. That 404 is the success the first answer would have been.
+    if (method === "DELETE" && response.status === 404 && retried.has(response)) {
+      await discard(response);
+      return { success: true };
+    }
     if (!response.ok) throw await errorFrom(response, now());
     return response.json();
   }

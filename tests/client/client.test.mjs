@@ -568,6 +568,20 @@ describe("connections", () => {
     for (const call of calls) assert.equal(call.init.headers.Authorization, `Bearer ${JWT}`);
   });
 
+  test("a DELETE retried after its answer was lost counts the 404 it finds as done", async () => {
+    const { fetch, calls } = fakeFetch((call, n) => {
+      if (n === 1) throw new TypeError("network error: the answer was lost");
+      return problem(404, "connection_not_found");
+    });
+    assert.deepEqual(await client(clock, fetch).deleteConnection("my-app", "alice-notes"), { success: true });
+    assert.equal(calls.length, 2);
+  });
+
+  test("a DELETE that finds nothing at its first attempt is still BrokerNotFoundError", async () => {
+    const { fetch } = fakeFetch(() => problem(404, "connection_not_found"));
+    await assert.rejects(client(clock, fetch).deleteConnection("my-app", "nope"), BrokerNotFoundError);
+  });
+
   test("another user's connection: BrokerNotFoundError", async () => {
     const { fetch } = fakeFetch(() => problem(404, "connection_not_found"));
     await assert.rejects(
