@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from broker.cache import BoundedCache, CacheKey, TokenCache
+from broker.cache import BoundedCache, CachedToken, CacheKey, TokenCache
 from broker.constraints import MintPlan, plan_mint, render_rules
 from broker.errors import (
     BrokerError,
+    CallerError,
     NoMatchingRuleError,
     RuleNotApplicableError,
     UnknownRuleError,
@@ -26,7 +27,7 @@ from broker.identity import Principal
 from broker.metrics import Metrics
 from broker.policy import PolicySet
 from broker.ratelimit import RateLimiter
-from broker.revocation import Revocations
+from broker.revocation import AccessRevokedError, Revocations
 from broker.sharedcache import SharedCache
 from broker.telemetry import Telemetry, audit, audit_log, deny
 from broker.upstream import MintedToken, SmitheryClient
@@ -146,7 +147,54 @@ class Issuance:
             return self._mint(plan)
 
         key = CacheKey(principal.issuer, principal.subject, plan.digest_bytes, policy_set.revision)
-        with telemetry.span("broker.cache.lookup") as span:
+        try:
+            entry, hit = await self._fetch(principal, plan, key, mint)
+        except AccessRevokedError:
+            raise  # the revocation check wrote its own record
+        except BrokerError as exc:
+            # No token after all: refused here (a rate limit) or failed at Smithery.
+            audit(
+                "token.denied" if isinstance(exc, CallerError) else "token.failed",
+                subject=telemetry.enduser(principal.subject),
+                issuer=principal.issuer,
+                revision=policy_set.revision,
+                rules=list(plan.rule_ids),
+                digest=plan.digest,
+                reason=exc.code,
+            )
+            raise
+        if revocations is not None:  # revoked while the token was being fetched or minted
+            revocations.check(principal, plan.revocable)
+        self.metrics.inc("broker_token_decisions_total", (("result", "allow"), ("reason", "")))
+        if audit_log.enabled and not (for_proxy and hit):  # nobody reads it, or nothing new
+            audit(
+                "token.issued",
+                subject=telemetry.enduser(principal.subject),
+                issuer=principal.issuer,
+                revision=policy_set.revision,
+                rules=list(plan.rule_ids),
+                digest=plan.digest,
+                cache_hit=hit,
+            )
+        return IssuedToken(
+            token=entry.token,
+            expires_at=entry.expires_at,
+            rule_ids=plan.rule_ids,
+            policy_revision=policy_set.revision,
+            cache_hit=hit,
+            digest=plan.digest,
+        )
+
+    async def _fetch(
+        self,
+        principal: Principal,
+        plan: MintPlan,
+        key: CacheKey,
+        mint: Callable[[], Awaitable[MintedToken]],
+    ) -> tuple[CachedToken, bool]:
+        """The token for ``key``: from memory, from Redis, or minted (once across requests and,
+        with Redis, across replicas); and whether it was a cache hit."""
+        with self.telemetry.span("broker.cache.lookup") as span:
             limit = self.mint_limit
             shared = self.shared
             if shared is None:
@@ -173,28 +221,10 @@ class Issuance:
                 )
             if span is not None:
                 span.set_attribute("broker.cache.hit", hit)
-                span.set_attribute("broker.token.fingerprint", telemetry.fingerprint(entry.token))
-        if revocations is not None:  # revoked while the token was being fetched or minted
-            revocations.check(principal, plan.revocable)
-        self.metrics.inc("broker_token_decisions_total", (("result", "allow"), ("reason", "")))
-        if audit_log.enabled and not (for_proxy and hit):  # nobody reads it, or nothing new
-            audit(
-                "token.issued",
-                subject=telemetry.enduser(principal.subject),
-                issuer=principal.issuer,
-                revision=policy_set.revision,
-                rules=list(plan.rule_ids),
-                digest=plan.digest,
-                cache_hit=hit,
-            )
-        return IssuedToken(
-            token=entry.token,
-            expires_at=entry.expires_at,
-            rule_ids=plan.rule_ids,
-            policy_revision=policy_set.revision,
-            cache_hit=hit,
-            digest=plan.digest,
-        )
+                span.set_attribute(
+                    "broker.token.fingerprint", self.telemetry.fingerprint(entry.token)
+                )
+        return entry, hit
 
     async def _mint(self, plan: MintPlan) -> MintedToken:
         with self.telemetry.span("broker.token.mint") as span:

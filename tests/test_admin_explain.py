@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from broker.config import AdminSettings, Secret
+from broker.telemetry import capture_audit
 from tests.inprocess import harness
 
 ADMIN = "admin-token-0123456789"
@@ -86,3 +89,27 @@ async def test_explain_dry_run(monkeypatch: pytest.MonkeyPatch) -> None:
             "reasons": [],
         }
         assert len(result["constraints"]) == 2
+
+
+async def test_operator_endpoint_attempts_are_audited() -> None:
+    """A wrong credential used to leave only an INFO log line; a dry run, nothing at all."""
+    async with harness(admin=AdminSettings(token=Secret(ADMIN))) as h:
+        with capture_audit() as lines:
+            wrong = await h.client.post(
+                "/v1/admin/revoke", json={"all": True}, headers={"Authorization": "Bearer nope"}
+            )
+            missing = await h.client.post("/v1/explain", json={"claims": {"sub": "a"}})
+            ran = await h.client.post(
+                "/v1/explain",
+                json={"claims": {"sub": "alice", "email_verified": True}},
+                headers={"Authorization": f"Bearer {ADMIN}"},
+            )
+    assert [wrong.status_code, missing.status_code, ran.status_code] == [401, 401, 200]
+    records = [json.loads(line) for chunk in lines for line in chunk.splitlines()]
+    assert [(r["event"], r["result"], r.get("reason")) for r in records] == [
+        ("admin.revoke", "deny", "bad_admin_token"),
+        ("admin.explain", "deny", "missing"),
+        ("admin.explain", "allow", None),
+    ]
+    assert records[2]["rules"] == ["own-connections"]
+    assert ADMIN not in json.dumps(records)

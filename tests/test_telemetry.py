@@ -426,3 +426,18 @@ async def test_spans_carry_an_exceptions_code_not_its_message() -> None:
         ]
     )
     assert "alice" not in exported
+
+
+async def test_a_token_that_smithery_fails_to_mint_is_an_audited_failure(
+    traced: tuple[Harness, InMemorySpanExporter],
+) -> None:
+    """The caller got 503 and the trace had error spans, but the audit log said nothing."""
+    h, _ = traced
+    fault = {"route": "tokens", "mode": "status", "status": 400}
+    assert (await h.emulator.post("/_emulator/faults", json=fault)).status_code == 200
+    with capture_audit() as lines:
+        response = await h.client.post("/v1/tokens", headers=h.auth("alice", email_verified=True))
+    assert response.status_code == 502
+    records = [json.loads(line) for line in lines]
+    assert [(r["event"], r["reason"]) for r in records] == [("token.failed", "upstream_rejected")]
+    assert records[0]["rules"] == ["own-connections"]

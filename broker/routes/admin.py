@@ -25,6 +25,7 @@ from broker.routes.body import read_body, require_json
 from broker.routes.names import NAME_PATTERN
 from broker.routes.responses import request_headers
 from broker.state import BrokerState
+from broker.telemetry import audit
 
 
 class ExplainRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -62,12 +63,19 @@ class RevokeResponse(msgspec.Struct, frozen=True):
     """Tokens deleted from Redis (null without Redis)."""
 
 
-def require_admin(broker: BrokerState, authorization: str | None) -> None:
+def require_admin(broker: BrokerState, authorization: str | None, action: str) -> None:
+    """The operator credential, or 401; every attempt at ``action`` with a wrong one is an
+    audited denial (someone is trying the operator endpoints)."""
     expected = broker.settings.admin.token
     if expected is None:
         raise NotFoundError("Not found.")
-    presented = bearer_token(authorization)
+    try:
+        presented = bearer_token(authorization)
+    except AuthenticationError as exc:
+        audit(f"admin.{action}", result="deny", reason=exc.reason)
+        raise
     if not hmac.compare_digest(presented.encode(), expected.reveal().encode()):
+        audit(f"admin.{action}", result="deny", reason="bad_admin_token")
         raise AuthenticationError("bad_admin_token")
 
 
@@ -80,7 +88,7 @@ def require_admin(broker: BrokerState, authorization: str | None) -> None:
 async def explain_route(
     request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
 ) -> dict[str, Any]:
-    require_admin(broker, request_headers(request.scope, b"authorization")[0])
+    require_admin(broker, request_headers(request.scope, b"authorization")[0], "explain")
     require_json(request.headers.get("content-type"))
     parsed = decode_strict(
         await read_body(request, broker.settings.server.body_timeout_seconds),
@@ -101,6 +109,8 @@ async def explain_route(
         target=target,
         exempt_lifecycle=broker.settings.precheck.exempt_lifecycle,
     )
+    # A dry run decides nothing, but an operator looked at how the policy treats some claims.
+    audit("admin.explain", result="allow", rules=list(result.applied))
     return result.as_json()
 
 
@@ -113,7 +123,7 @@ async def explain_route(
 async def revoke_route(
     request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
 ) -> RevokeResponse:
-    require_admin(broker, request_headers(request.scope, b"authorization")[0])
+    require_admin(broker, request_headers(request.scope, b"authorization")[0], "revoke")
     require_json(request.headers.get("content-type"))
     parsed = decode_strict(
         await read_body(request, broker.settings.server.body_timeout_seconds), max_depth=4
