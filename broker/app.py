@@ -44,6 +44,7 @@ from broker.metrics import Metrics
 from broker.policy import PolicySet, load_policy_dir
 from broker.policy_lint import shared_claim_warnings
 from broker.provisioning import Provisioning
+from broker.ratelimit import ConcurrencyLimit
 from broker.reload import PolicyReloader
 from broker.routes import (
     admin,
@@ -289,6 +290,11 @@ def create_app(
             burst=settings.limits.request_burst,
             clock=clock,
             what="requests",
+        ),
+        mcp_calls=(
+            ConcurrencyLimit(settings.limits.mcp_calls_per_user)
+            if settings.limits.mcp_calls_per_user
+            else None
         ),
         admission=Admission(
             policy=lambda: state.policy_set,

@@ -177,6 +177,9 @@ class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``/v1/precheck`` and ``/v1/mcp`` requests per user per second; 0 disables the limit."""
     request_burst: int = 100
     """Requests a user may make at once before the rate applies."""
+    mcp_calls_per_user: int = 10
+    """Proxied MCP calls a user may have in progress at once (per broker process); each holds
+    an upstream connection until its answer ends. More: 429 ``rate_limited``. 0 disables."""
 
 
 class PrecheckSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -451,6 +454,8 @@ def settings_problems(settings: Settings) -> list[str]:
         problems.append(
             "BROKER_SERVER_KEEP_ALIVE/HEAD_TIMEOUT/BODY_TIMEOUT_SECONDS: must be positive"
         )
+    if settings.limits.mcp_calls_per_user < 0:
+        problems.append("BROKER_LIMITS_MCP_CALLS_PER_USER: must be 0 (no limit) or positive")
     if not 1024 <= server.max_header_bytes <= 1024 * 1024:
         problems.append("BROKER_SERVER_MAX_HEADER_BYTES: must be between 1024 and 1048576")
     if not 0 < settings.server.port < 65536:

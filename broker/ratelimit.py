@@ -123,3 +123,33 @@ class SharedRateLimiter(RateLimiter):
             raise RateLimitedError(
                 f"Too many {self._what} for this user; retry later.", max(1, math.ceil(wait))
             )
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` calls in progress per user, in this process. A proxied MCP call can
+    last minutes (a slow tool, a long event stream) and holds a connection from the pool that
+    every user shares (``BROKER_SMITHERY_MAX_CONNECTIONS``): the request rate alone would let
+    one user take them all. Beyond the limit: 429 ``rate_limited`` with ``Retry-After: 1``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[tuple[str, str], int] = {}
+
+    def acquire(self, issuer: str, subject: str) -> tuple[str, str]:
+        """Take a place for the user; hand the result to ``release`` when the call ends."""
+        key = (issuer, subject)
+        held = self._held.get(key, 0)
+        if held >= self.limit:
+            raise RateLimitedError(
+                f"At most {self.limit} MCP calls may be in progress at once; retry when one ends.",
+                1,
+            )
+        self._held[key] = held + 1
+        return key
+
+    def release(self, key: tuple[str, str]) -> None:
+        held = self._held[key] - 1
+        if held:
+            self._held[key] = held
+        else:
+            del self._held[key]

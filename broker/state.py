@@ -18,7 +18,7 @@ from broker.issuance import Issuance
 from broker.metrics import Metrics
 from broker.policy import PolicySet
 from broker.provisioning import Provisioning
-from broker.ratelimit import RateLimiter
+from broker.ratelimit import ConcurrencyLimit, RateLimiter
 from broker.reload import PolicyReloader
 from broker.telemetry import Telemetry
 from broker.upstream import SmitheryClient
@@ -37,6 +37,8 @@ class BrokerState:
     reloader: PolicyReloader
     provisioning: Provisioning
     request_limit: RateLimiter | None = None
+    mcp_calls: ConcurrencyLimit | None = None
+    """Proxied MCP calls in progress per user (``BROKER_LIMITS_MCP_CALLS_PER_USER``)."""
     draining: bool = False
     """Set on SIGTERM: ``/readyz`` answers 503 while in-flight requests finish."""
     dev_signer: DevSigner | None = None

@@ -150,6 +150,10 @@ def test_cross_field_checks() -> None:
             {"BROKER_TELEMETRY_METRICS_PORT": "8080"},
             "BROKER_TELEMETRY_METRICS_PORT: must differ from BROKER_SERVER_PORT",
         ),
+        (
+            {"BROKER_LIMITS_MCP_CALLS_PER_USER": "-1"},
+            "BROKER_LIMITS_MCP_CALLS_PER_USER: must be 0 (no limit) or positive",
+        ),
     ],
 )
 def test_settings_serve_could_not_use_fail_the_check(environ: dict[str, str], problem: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.ratelimit import RateLimitedError, RateLimiter
+from broker.ratelimit import ConcurrencyLimit, RateLimitedError, RateLimiter
 from tests.inprocess import harness
 
 
@@ -99,3 +99,19 @@ async def test_limits_are_wired_from_settings() -> None:
         assert h.state.request_limit.enabled
         assert h.state.issuance.mint_limit is not None
         assert h.state.issuance.mint_limit.enabled
+
+
+def test_mcp_calls_in_progress_are_limited_per_user() -> None:
+    calls = ConcurrencyLimit(2)
+    first = calls.acquire("iss", "alice")
+    calls.acquire("iss", "alice")
+    with pytest.raises(RateLimitedError) as caught:
+        calls.acquire("iss", "alice")
+    assert caught.value.retry_after_seconds == 1
+    assert caught.value.status == 429
+    bob = calls.acquire("iss", "bob")  # another user is not held back
+    calls.acquire("other-iss", "alice")  # nor the same name from another issuer
+    calls.release(first)
+    calls.acquire("iss", "alice")  # a call ended: a place again
+    calls.release(bob)
+    assert calls._held == {("iss", "alice"): 2, ("other-iss", "alice"): 1}

@@ -29,6 +29,7 @@ from litestar.params import FromPath
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from broker.errors import InvalidRequestError, RequestDeniedError
+from broker.identity import Principal
 from broker.jsonrpc import check_message, decode_strict, is_notification
 from broker.routes.body import receive_body, require_json
 from broker.routes.names import check_name
@@ -160,6 +161,29 @@ async def _serve(
         )
         await JsonBody(msgspec.json.encode(denial), NO_STORE)(scope, receive, send)
         return
+    calls = broker.mcp_calls  # a place per call in progress, held until its answer ends
+    place = None if calls is None else calls.acquire(principal.issuer, principal.subject)
+    try:
+        await _forward(
+            broker, scope, receive, send, principal, namespace, connection_id, body, forwarded
+        )
+    finally:
+        if calls is not None and place is not None:
+            calls.release(place)
+
+
+async def _forward(
+    broker: BrokerState,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    principal: Principal,
+    namespace: str,
+    connection_id: str,
+    body: bytes,
+    forwarded: list[tuple[str, str]],
+) -> None:
+    """The allowed call: the user's service token, then Smithery's answer relayed as it comes."""
     issued = await broker.issuance.issue(principal, for_proxy=True)
     # Smithery may think for minutes (a slow tool): a client that leaves meanwhile frees the
     # upstream connection at once instead of at the MCP timeout.

@@ -37,6 +37,11 @@ class Faults:
         result: dict[str, Any] = (await self.http.get(f"{self.url}/_emulator/stats")).json()
         return result
 
+    async def stats_held(self) -> int:
+        """MCP requests the emulator holds now (``hang``)."""
+        held: int = (await self.http.get(f"{self.url}/_emulator/faults")).json()["held"]["mcp"]
+        return held
+
 
 @pytest.fixture
 async def faults(emulator: Process) -> AsyncIterator[Faults]:
@@ -244,8 +249,50 @@ async def test_a_client_that_leaves_while_smithery_thinks_frees_the_upstream_cal
         # The client is gone (its connection closed with the client); the broker must now
         # drop its own call, which ends the emulator's hung request.
         deadline = time.monotonic() + 15
-        while True:
-            held = (await http.get(f"{emulator.url}/_emulator/faults")).json()["held"]["mcp"]
-            if held == 0:
-                break
+        while await faults.stats_held():
             assert time.monotonic() < deadline, "the broker still holds the upstream call"
+
+
+async def test_one_user_cannot_hold_every_upstream_connection(
+    faults: Faults, start_broker: Any, emulator: Process, keys: Keys
+) -> None:
+    """A slow tool holds a pooled upstream connection for minutes; the request rate alone let
+    one user hold them all (100 by default), and everyone else waited."""
+    broker = start_broker(emulator.url, BROKER_LIMITS_MCP_CALLS_PER_USER="1")
+    users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+        for subject in users:
+            created = await http.put(
+                f"{emulator.url}/connect/my-app/{subject}-slow",
+                json={"mcpUrl": "https://mcp.example.com/mcp", "metadata": {"userId": subject}},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+            assert created.status_code in (200, 201), created.text
+        await faults.set(route="mcp", mode="hang")
+
+        def call(subject: str) -> Any:
+            return http.post(
+                f"{broker.url}/v1/mcp/my-app/{subject}-slow",
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={
+                    "Authorization": f"Bearer {keys.jwt(subject, email_verified=True)}",
+                    "Accept": "application/json",
+                },
+            )
+
+        async def held(count: int) -> None:
+            deadline = time.monotonic() + 15
+            while (await faults.stats_held()) != count:
+                assert time.monotonic() < deadline, f"never {count} call(s) held upstream"
+
+        first = asyncio.ensure_future(call(users[0]))
+        await held(1)
+        refused = await call(users[0])
+        assert refused.status_code == 429
+        assert refused.json()["code"] == "rate_limited"
+        assert refused.headers["retry-after"] == "1"
+        other = asyncio.ensure_future(call(users[1]))
+        await held(2)  # the other user's call went through
+        await faults.set(route="mcp", mode="none")  # lets both go
+        await asyncio.gather(first, other)
+        assert (await call(users[0])).status_code != 429  # the place was given back
