@@ -152,6 +152,7 @@ def broker_env(tree: str, upstream: str, jwks_path: Path) -> dict[str, str]:
         "BROKER_AUTH_ALGORITHMS": ALGORITHM,
         "BROKER_LIMITS_REQUEST_RATE_PER_SECOND": "1000000",
         "BROKER_LIMITS_REQUEST_BURST": "1000000",
+        "BROKER_LIMITS_MCP_CALLS_PER_USER": "1000000",
     }
 
 
