@@ -93,7 +93,7 @@ def broker_env(identity: Identity, emulator_url: str, plan: Plan) -> dict[str, s
         # the pool is larger than the verified-JWT cache (every request verifies a signature).
         "BROKER_CACHE_MAX_ENTRIES": str(plan.jwt_pool + TOKEN_CACHE_HEADROOM),
         "BROKER_AUTH_VERIFIED_CACHE_ENTRIES": str(plan.verified_cache_entries),
-        # R3 and R4 send thousands of requests per second for one user, R4 up to 64 at once:
+        # R3 and R4 send thousands of requests per second for one user, R4 dozens at once:
         # the per-user limits stay on (their bookkeeping is measured) but so high that they
         # never refuse.
         "BROKER_LIMITS_REQUEST_RATE_PER_SECOND": str(UNREACHABLE_RATE),
