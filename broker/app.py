@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 import httpx
@@ -137,12 +137,12 @@ class HeaderLimit:
     middleware: each Litestar middleware layer adds an exception-handling layer per request.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, cors_origins: Sequence[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, cors: CORSConfig | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.cors_origins = frozenset(cors_origins)
-        """The app's CORS origins: its refusal is outside Litestar's CORS middleware, and a
-        browser shows an answer without them as a network error the page cannot read."""
+        self.cors = cors
+        """The app's CORS rules: this refusal is made outside Litestar's CORS middleware, and a
+        browser shows an answer without its headers as a network error the page cannot read."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if str(scope["type"]) == "http":
@@ -161,21 +161,22 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
     def _cors(self, scope: Scope) -> tuple[tuple[bytes, bytes], ...]:
-        if not self.cors_origins:
+        """The headers Litestar's CORS middleware would add, decided by the same config."""
+        raw = next((v for k, v in scope["headers"] if k == b"origin"), None)
+        if self.cors is None or raw is None:
             return ()
-        origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
-        if origin is None or not (
-            "*" in self.cors_origins or origin.decode("latin-1") in self.cors_origins
-        ):
-            return ((b"vary", b"Origin"),)
-        allowed = b"*" if "*" in self.cors_origins else origin
-        return (b"vary", b"Origin"), (b"access-control-allow-origin", allowed)
+        origin = raw.decode("latin-1")
+        headers = dict(self.cors.simple_headers)
+        if not self.cors.is_allow_all_origins and self.cors.is_origin_allowed(origin):
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Vary"] = "Origin"
+        return tuple((name.lower().encode(), value.encode()) for name, value in headers.items())
 
 
 def guarded(app: Litestar) -> ASGIApp:
     """``app`` as ``broker serve`` and ``broker dev`` run it: oversized headers refused first."""
     settings = cast("BrokerState", app.state.broker).settings
-    return HeaderLimit(app, settings.server.max_header_bytes, settings.cors.origins)
+    return HeaderLimit(app, settings.server.max_header_bytes, app.cors_config)
 
 
 def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response[Problem]:

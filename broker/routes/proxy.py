@@ -195,13 +195,10 @@ async def _forward(
             )
             if span is not None:
                 span.set_attribute("http.response.status_code", upstream.status_code)
-    except asyncio.CancelledError:
+    except BaseException as exc:
         watch.stop()
-        if watch.forgive():
+        if isinstance(exc, asyncio.CancelledError) and watch.forgive():
             return  # the client left: nobody to answer
-        raise
-    except BaseException:
-        watch.stop()
         raise
     headers = [(name, value) for name, value in upstream.headers if name in RETURNED_HEADERS]
     names = {name for name, _ in headers}

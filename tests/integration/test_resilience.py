@@ -42,6 +42,23 @@ class Faults:
         held: int = (await self.http.get(f"{self.url}/_emulator/faults")).json()["held"]["mcp"]
         return held
 
+    async def until_held(self, count: int, why: str) -> None:
+        """Ask until the emulator holds ``count`` MCP requests (15 s at most)."""
+        deadline = time.monotonic() + 15
+        while await self.stats_held() != count:
+            assert time.monotonic() < deadline, why
+
+    async def slow_connection(self, subject: str) -> str:
+        """A connection of ``subject``'s (``{subject}-slow``) whose calls a ``hang`` holds."""
+        connection = f"{subject}-slow"
+        created = await self.http.put(
+            f"{self.url}/connect/my-app/{connection}",
+            json={"mcpUrl": "https://mcp.example.com/mcp", "metadata": {"userId": subject}},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        assert created.status_code in (200, 201), created.text
+        return connection
+
 
 @pytest.fixture
 async def faults(emulator: Process) -> AsyncIterator[Faults]:
@@ -229,28 +246,19 @@ async def test_a_client_that_leaves_while_smithery_thinks_frees_the_upstream_cal
     """The MCP answer may take minutes (a slow tool). The broker used to wait for it, holding
     an upstream connection, up to the MCP timeout (300 s) after the client had gone."""
     subject = f"u-{uuid.uuid4().hex[:8]}"
-    connection = f"{subject}-slow"
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
-        created = await http.put(
-            f"{emulator.url}/connect/my-app/{connection}",
-            json={"mcpUrl": "https://mcp.example.com/mcp", "metadata": {"userId": subject}},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
-        assert created.status_code in (200, 201), created.text
-        await faults.set(route="mcp", mode="hang")
-        jwt = keys.jwt(subject, email_verified=True)
-        async with httpx.AsyncClient(timeout=1, trust_env=False) as impatient:
-            with pytest.raises(httpx.ReadTimeout):
-                await impatient.post(
-                    f"{broker.url}/v1/mcp/my-app/{connection}",
-                    json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                    headers={"Authorization": f"Bearer {jwt}", "Accept": "application/json"},
-                )
-        # The client is gone (its connection closed with the client); the broker must now
-        # drop its own call, which ends the emulator's hung request.
-        deadline = time.monotonic() + 15
-        while await faults.stats_held():
-            assert time.monotonic() < deadline, "the broker still holds the upstream call"
+    connection = await faults.slow_connection(subject)
+    await faults.set(route="mcp", mode="hang")
+    jwt = keys.jwt(subject, email_verified=True)
+    async with httpx.AsyncClient(timeout=1, trust_env=False) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            await impatient.post(
+                f"{broker.url}/v1/mcp/my-app/{connection}",
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={"Authorization": f"Bearer {jwt}", "Accept": "application/json"},
+            )
+    # The client is gone (its connection closed with the client); the broker must now drop its
+    # own call, which ends the emulator's hung request.
+    await faults.until_held(0, "the broker still holds the upstream call")
 
 
 async def test_one_user_cannot_hold_every_upstream_connection(
@@ -260,15 +268,10 @@ async def test_one_user_cannot_hold_every_upstream_connection(
     one user hold them all (100 by default), and everyone else waited."""
     broker = start_broker(emulator.url, BROKER_LIMITS_MCP_CALLS_PER_USER="1")
     users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for subject in users:
+        await faults.slow_connection(subject)
+    await faults.set(route="mcp", mode="hang")
     async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
-        for subject in users:
-            created = await http.put(
-                f"{emulator.url}/connect/my-app/{subject}-slow",
-                json={"mcpUrl": "https://mcp.example.com/mcp", "metadata": {"userId": subject}},
-                headers={"Authorization": f"Bearer {API_KEY}"},
-            )
-            assert created.status_code in (200, 201), created.text
-        await faults.set(route="mcp", mode="hang")
 
         def call(subject: str) -> Any:
             return http.post(
@@ -280,19 +283,14 @@ async def test_one_user_cannot_hold_every_upstream_connection(
                 },
             )
 
-        async def held(count: int) -> None:
-            deadline = time.monotonic() + 15
-            while (await faults.stats_held()) != count:
-                assert time.monotonic() < deadline, f"never {count} call(s) held upstream"
-
         first = asyncio.ensure_future(call(users[0]))
-        await held(1)
+        await faults.until_held(1, "the first call never reached the emulator")
         refused = await call(users[0])
         assert refused.status_code == 429
         assert refused.json()["code"] == "rate_limited"
         assert refused.headers["retry-after"] == "1"
         other = asyncio.ensure_future(call(users[1]))
-        await held(2)  # the other user's call went through
+        await faults.until_held(2, "the other user's call was held back")
         await faults.set(route="mcp", mode="none")  # lets both go
         await asyncio.gather(first, other)
         assert (await call(users[0])).status_code != 429  # the place was given back
