@@ -71,7 +71,8 @@ class PoliciesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dir: str = "policies"
     """Directory holding the policy files (``*.yaml``/``*.yml``, not recursive)."""
     reload_interval_seconds: float = 2.0
-    """How often the directory is checked for changes (also reloaded on SIGHUP). 0: never."""
+    """How often the directory is checked for changes; a change is applied once the files have
+    not changed for one interval (also reloaded on SIGHUP, at once). 0: never."""
 
 
 class SmitherySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from broker.app import create_app
 from broker.config import AuthSettings, PoliciesSettings, Secret, Settings, SmitherySettings
-from broker.reload import fingerprint_dir
+from broker.policy import PolicySet, load_policy_dir
+from broker.reload import PolicyReloader, fingerprint_dir
 from broker.telemetry import Telemetry
 from tests.inprocess import API_KEY, ROOT, SIGNER, Harness, harness
 
@@ -198,3 +201,125 @@ async def test_an_unexpected_loader_failure_keeps_the_last_good_set(
     monkeypatch.undo()
     assert await h.state.reloader.reload()  # fixed: the next look applies the change
     assert h.state.policy_set.revision != good
+
+
+class Served:
+    """What a reloader swaps in, recorded: the watch's tests drive ``check`` by hand."""
+
+    def __init__(self, directory: Path) -> None:
+        self.current = load_policy_dir(directory)
+        self.applied: list[str] = []
+
+    def apply(self, new: PolicySet) -> None:
+        self.current = new
+        self.applied.append(new.revision)
+
+    def reloader(self, directory: Path) -> PolicyReloader:
+        return PolicyReloader(str(directory), lambda: self.current, self.apply, interval_seconds=0)
+
+
+def own_directory(tmp_path: Path) -> Path:
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    shutil.copy(OWN, directory / "own.yaml")
+    return directory
+
+
+async def test_a_half_written_file_is_never_applied(tmp_path: Path) -> None:
+    """Cut before its metadata, the rule is valid and grants every connection in my-app."""
+    directory = own_directory(tmp_path)
+    served = Served(directory)
+    reloader = served.reloader(directory)
+    await reloader.start()
+    complete = variant(10)
+    cut = complete.index("      metadata:")
+    file = directory / "own.yaml"
+    file.write_text(complete[:cut])
+    assert load_policy_dir(directory).rules[0].grant.metadata is None  # a valid, wider policy
+    await reloader.check()  # the writer may still be at work
+    with file.open("a") as rest:
+        rest.write(complete[cut:])
+    await reloader.check()  # it was: the files changed again since the last look
+    assert served.applied == []
+    await reloader.check()  # unchanged for an interval: applied
+    assert served.applied == [load_policy_dir(directory).revision]
+    assert served.current.rules[0].grant.metadata is not None
+
+
+async def test_files_changed_while_being_read_are_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = own_directory(tmp_path)
+    served = Served(directory)
+    reloader = served.reloader(directory)
+    file = directory / "own.yaml"
+    file.write_text(variant(10))
+
+    def read_then_overwritten(path: str) -> PolicySet:
+        policy_set = load_policy_dir(path)
+        file.write_text(variant(11))
+        return policy_set
+
+    monkeypatch.setattr("broker.reload.load_policy_dir", read_then_overwritten)
+    assert not await reloader.reload()
+    assert (served.applied, reloader.failures, reloader.last_error) == ([], 0, None)
+    monkeypatch.undo()
+    await reloader.check()
+    await reloader.check()
+    assert served.applied == [load_policy_dir(directory).revision]
+    assert served.current.rules[0].grant.ttl_seconds == 11 * 60
+
+
+async def test_a_change_between_loading_and_starting_is_applied(tmp_path: Path) -> None:
+    """The served set was read before the app was built; the watch starts later."""
+    directory = own_directory(tmp_path)
+    served = Served(directory)
+    (directory / "own.yaml").write_text(variant(10))
+    reloader = served.reloader(directory)
+    await reloader.start()
+    await reloader.check()
+    await reloader.check()
+    assert served.applied == [load_policy_dir(directory).revision]
+
+
+async def test_a_same_size_rewrite_that_keeps_its_mtime_is_seen(tmp_path: Path) -> None:
+    """``cp -p``, ``rsync -t``, archives with fixed dates."""
+    directory = own_directory(tmp_path)
+    file = directory / "own.yaml"
+    before = fingerprint_dir(str(directory))
+    times = file.stat()
+    file.write_text(variant(16))  # "15m" -> "16m": the same size
+    os.utime(file, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert file.stat().st_size == times.st_size
+    assert fingerprint_dir(str(directory)) != before
+
+
+async def test_sighup_reloads_and_signals_during_a_reload_are_answered_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = own_directory(tmp_path)
+    served = Served(directory)
+    reloader = served.reloader(directory)
+    reasons: list[str] = []
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def held_reload(self: PolicyReloader, reason: str = "requested") -> bool:
+        reasons.append(reason)
+        entered.set()
+        await release.wait()
+        return True
+
+    monkeypatch.setattr(PolicyReloader, "reload", held_reload)
+    await reloader.start()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        await entered.wait()  # the signal handler started a reload
+        for _ in range(3):
+            reloader._on_hangup()  # more signals while it runs
+        release.set()
+        assert reloader._hangup is not None
+        await reloader._hangup
+        assert reasons == ["SIGHUP", "SIGHUP"]
+    finally:
+        await reloader.stop()
