@@ -73,10 +73,14 @@ class Admission:
             clock=self.clock,
         )
 
-    def constraints_for(self, principal: Principal) -> CompiledConstraints:
-        """The user's rendered constraints, compiled once per distinct constraint set and
-        remembered per (revision, verified JWT): a repeated token renders nothing."""
-        policy_set = self.policy()
+    def constraints_for(
+        self, principal: Principal, policy_set: PolicySet | None = None
+    ) -> CompiledConstraints:
+        """The user's rendered constraints under ``policy_set`` (default: the current set),
+        compiled once per distinct constraint set and remembered per (revision, verified JWT):
+        a repeated token renders nothing."""
+        if policy_set is None:
+            policy_set = self.policy()
         assert self._compiled is not None
         assert self._by_token is not None
         token_key = (policy_set.revision, principal.token_digest)
@@ -168,11 +172,15 @@ class Admission:
             reasons=[d.reason for d in decision.reasons],
         )
 
-    def admit(self, principal: Principal) -> CompiledConstraints:
+    def admit(
+        self, principal: Principal, policy_set: PolicySet | None = None
+    ) -> CompiledConstraints:
         """The user's constraints, once the user (or a rule they would be served under) is
         known not to be revoked (``AccessRevokedError``). Routes call this before reading
-        anything from Smithery for the request, so a revoked user causes no upstream call."""
-        constraints = self.constraints_for(principal)
+        anything from Smithery for the request, so a revoked user causes no upstream call.
+        ``policy_set``: the snapshot a request decides on from start to end (default: the
+        current set)."""
+        constraints = self.constraints_for(principal, policy_set)
         if self.revocations is not None:
             self.revocations.check(principal, (c.rule for c in constraints))
         return constraints

@@ -107,15 +107,23 @@ class Issuance:
         return dataclasses.replace(plan, applicable=applicable) if requested else plan
 
     async def issue(
-        self, principal: Principal, requested: Sequence[str] = (), *, for_proxy: bool = False
+        self,
+        principal: Principal,
+        requested: Sequence[str] = (),
+        *,
+        for_proxy: bool = False,
+        policy_set: PolicySet | None = None,
     ) -> IssuedToken:
         """The user's service token (cached, or minted now), narrowed to ``requested`` rules.
 
         ``for_proxy``: the guarded proxy uses the token itself and hands it to no one, and its
         own ``proxy.decision`` record covers the call; ``token.issued`` is then written only
-        when a token was minted for it.
+        when a token was minted for it. ``policy_set``: the snapshot the request decided on
+        (default: the current set), so a reload in between cannot have one revision decide
+        and another mint.
         """
-        policy_set = self.policy()
+        if policy_set is None:
+            policy_set = self.policy()
         telemetry = self.telemetry
         plan_key = (policy_set.revision, principal.token_digest, tuple(requested))
         with telemetry.span("broker.policy.evaluate") as span:
@@ -207,6 +215,8 @@ class Issuance:
                     rules=plan.rule_ids,
                 )
             else:
+                # The limit is taken inside the shared tier, only when a mint is due (a token
+                # another replica stored is a hit); refresh-ahead, as in memory, takes none.
                 entry, hit = await self.cache.get_or_mint(
                     key,
                     lambda: shared.fetch_or_mint(
@@ -218,6 +228,7 @@ class Issuance:
                         else lambda: limit.acquire(principal.issuer, principal.subject),
                     ),
                     rules=plan.rule_ids,
+                    refresh=lambda: shared.fetch_or_mint(key, plan.rule_ids, mint),
                 )
             if span is not None:
                 span.set_attribute("broker.cache.hit", hit)

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from broker.policy import load_policy_dir
 from broker.telemetry import capture_audit
 from tests.emulator.emulator_harness import FakeClock
-from tests.inprocess import API_KEY, Harness, harness
+from tests.inprocess import API_KEY, ROOT, Harness, harness
 
 SUPPORT = {"groups": ["support"]}
 
@@ -40,10 +42,14 @@ class RecordingMcp(httpx.AsyncBaseTransport):
     answer: Any = None
     other: list[str] = field(default_factory=list)
     """Method and path of every other call to Smithery (connection reads, mints)."""
+    on_read: Callable[[], None] | None = None
+    """Runs as a connection is read from Smithery (the proxy awaiting it)."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not request.url.path.endswith("/mcp"):
             self.other.append(f"{request.method} {request.url.path}")
+            if self.on_read is not None and request.method == "GET":
+                self.on_read()
             return await self.emulator.handle_async_request(request)
         await request.aread()
         self.seen.append(request)
@@ -228,6 +234,29 @@ async def test_what_one_caller_read_is_not_what_another_is_answered_from(proxy: 
     assert again.json() == probe.json()
     reads = [call for call in proxy.mcp.other if call.startswith("GET /connect/")]
     assert reads == ["GET /connect/my-app/alice-github"] * 2  # alice's read, then sam's own
+
+
+async def test_a_reload_during_a_call_neither_decides_nor_mints_it_twice(
+    proxy: Proxy, tmp_path: Path
+) -> None:
+    """The set a call started with decides it and mints its token: a reload while the
+    connection is read from Smithery (no rule for support in the new set) changes neither."""
+    (tmp_path / "own.yaml").write_bytes((ROOT / "policies/per-user-connections.yaml").read_bytes())
+    state = proxy.broker.state
+    started = state.policy_set
+    proxy.mcp.on_read = lambda: setattr(state, "policy_set", load_policy_dir(tmp_path))
+    with capture_audit() as lines:
+        response = await proxy.post("support-github", CALL_GET_ISSUE)
+        await proxy.broker.settle()
+    assert state.policy_set.revision != started.revision  # the reload happened mid-call
+    assert response.status_code == 200
+    assert response.json()["result"] == {"tools": []}
+    records = [json.loads(line) for line in b"".join(lines).splitlines()]
+    assert [(r["event"], r.get("revision")) for r in records] == [
+        ("proxy.decision", None),
+        ("token.issued", started.revision),
+    ]
+    assert records[0]["rule"].startswith("support-github")
 
 
 async def test_no_connection_is_read_where_no_rule_of_the_caller_reaches(proxy: Proxy) -> None:

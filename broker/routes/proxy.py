@@ -31,6 +31,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from broker.errors import InvalidRequestError, RequestDeniedError
 from broker.identity import Principal
 from broker.jsonrpc import check_message, decode_strict, is_notification
+from broker.policy import PolicySet
 from broker.routes.body import receive_body, require_json
 from broker.routes.names import check_name
 from broker.routes.responses import NO_STORE, DisconnectWatch, JsonBody, Relay, request_headers
@@ -127,7 +128,8 @@ async def _serve(
     principal = await broker.authenticator.authenticate(authorization)
     if broker.request_limit is not None:
         await broker.request_limit.acquire(principal.issuer, principal.subject)
-    constraints = broker.admission.admit(principal)
+    policy_set = broker.policy_set  # one snapshot decides and mints, whatever reloads meanwhile
+    constraints = broker.admission.admit(principal, policy_set)
     check_name("namespace", namespace)
     check_name("connectionId", connection_id)
     limits = broker.settings.precheck
@@ -165,7 +167,16 @@ async def _serve(
     place = None if calls is None else calls.acquire(principal.issuer, principal.subject)
     try:
         await _forward(
-            broker, scope, receive, send, principal, namespace, connection_id, body, forwarded
+            broker,
+            scope,
+            receive,
+            send,
+            principal,
+            policy_set,
+            namespace,
+            connection_id,
+            body,
+            forwarded,
         )
     finally:
         if calls is not None and place is not None:
@@ -178,13 +189,14 @@ async def _forward(
     receive: Receive,
     send: Send,
     principal: Principal,
+    policy_set: PolicySet,
     namespace: str,
     connection_id: str,
     body: bytes,
     forwarded: list[tuple[str, str]],
 ) -> None:
     """The allowed call: the user's service token, then Smithery's answer relayed as it comes."""
-    issued = await broker.issuance.issue(principal, for_proxy=True)
+    issued = await broker.issuance.issue(principal, for_proxy=True, policy_set=policy_set)
     # Smithery may think for minutes (a slow tool): a client that leaves meanwhile frees the
     # upstream connection at once instead of at the MCP timeout.
     watch = DisconnectWatch(receive)
