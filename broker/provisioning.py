@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
@@ -280,6 +280,37 @@ def check_mcp_url(url: str) -> str:
 # --- the use case -------------------------------------------------------------------------------
 
 
+class KeyedLocks:
+    """One ``asyncio.Lock`` per key while anyone holds or waits for it, then forgotten.
+
+    An entry is dropped only when its last user leaves. Dropped when merely unlocked, it went
+    while a waiter was about to take it over (a released lock with a waiter reads as unlocked
+    until the waiter runs), and a third caller got a fresh lock and ran beside the waiter."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[Any, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Any) -> AsyncIterator[None]:
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._entries[key]
+
+
 @dataclass(slots=True)
 class Provisioning:
     policy: Callable[[], PolicySet]
@@ -295,7 +326,7 @@ class Provisioning:
     """Told of each connection written or deleted (``Admission.forget_connection``)."""
     revocations: Revocations | None = None
     """A revoked subject, or one whose provisioning rule is revoked, manages no connection."""
-    _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+    _locks: KeyedLocks = field(default_factory=KeyedLocks)
 
     async def put(
         self,
@@ -323,20 +354,17 @@ class Provisioning:
             # cannot interleave: in this process, and across replicas when they share Redis
             # and a limit applies.
             lock_key = (principal.issuer, principal.subject, namespace)
-            lock = self._locks.setdefault(lock_key, asyncio.Lock())
             across = (
                 self.exclusive("provision", *lock_key)
                 if entitlement.max_connections is not None
                 else contextlib.nullcontext()
             )
             try:
-                async with lock, across:
+                async with self._locks.hold(lock_key), across:
                     document, created = await self._put_locked(
                         entitlement, namespace, connection_id, request, client_metadata
                     )
             finally:
-                if not lock.locked():
-                    self._locks.pop(lock_key, None)
                 # Also when the write failed: Smithery may have applied it before a timeout.
                 self.changed(namespace, connection_id)
             decision.action = "create" if created else "update"

@@ -3,6 +3,7 @@ that a write, even a failed one, has the connection read afresh for decisions.""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -229,3 +230,50 @@ async def test_a_write_that_failed_still_has_the_connection_read_afresh() -> Non
         )
     assert smithery.written == ["alice-x"]
     assert forgotten == [("my-app", "alice-x")]
+
+
+async def test_one_create_at_a_time_per_user_even_as_a_waiter_takes_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The count against maxConnections and the create must not interleave. The per-process
+    lock's entry was dropped when its holder left with a waiter queued (an unlocked lock), so
+    a create arriving just then got a fresh lock and ran beside the waiter."""
+    from broker.identity import Principal
+    from broker.provisioning import ConnectionRequest, Provisioning
+
+    inside = peak = 0
+    first_inside = asyncio.Event()
+    release_first = asyncio.Event()
+
+    async def counting_put(self: Provisioning, *args: Any) -> tuple[Any, bool]:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        if not first_inside.is_set():
+            first_inside.set()
+            await release_first.wait()
+        for _ in range(3):  # list, count, create: several awaits
+            await asyncio.sleep(0)
+        inside -= 1
+        return None, True
+
+    monkeypatch.setattr(Provisioning, "_put_locked", counting_put)
+    provisioning = Provisioning(policy=policy, upstream=None)  # type: ignore[arg-type]
+    alice = Principal(ISSUER, "alice", {"sub": "alice"}, 2e9)
+    request = ConnectionRequest(mcpUrl="https://server.smithery.ai/github")
+    later: list[asyncio.Task[Any]] = []
+
+    async def first() -> None:
+        await provisioning.put(alice, "my-app", "alice-1", request)
+        # A third create arrives as the first leaves, before the queued second has run.
+        later.append(asyncio.create_task(provisioning.put(alice, "my-app", "alice-3", request)))
+
+    one = asyncio.create_task(first())
+    await first_inside.wait()
+    two = asyncio.create_task(provisioning.put(alice, "my-app", "alice-2", request))
+    await asyncio.sleep(0)  # the second queues on the lock
+    release_first.set()
+    await one
+    await asyncio.gather(two, *later)
+    assert peak == 1
+    assert len(provisioning._locks) == 0  # nothing kept once nobody holds or waits
