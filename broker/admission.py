@@ -164,7 +164,7 @@ class Admission:
             subject=self.telemetry.enduser(principal.subject),
             issuer=principal.issuer,
             namespace=namespace,
-            connection=connection_id,
+            connection=self.telemetry.connection(connection_id),
             method=method,
             tool=tool,
             result="allow" if decision.allowed else "deny",

@@ -525,7 +525,7 @@ class _Decision:
             subject=self.owner.telemetry.enduser(self.principal.subject),
             issuer=self.principal.issuer,
             namespace=self.namespace,
-            connection=self.connection_id,
+            connection=self.owner.telemetry.connection(self.connection_id),
             rule=self.rule,
             result=result,
             reason=reason or None,

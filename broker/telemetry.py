@@ -177,6 +177,17 @@ class Telemetry:
             self._hashed[subject] = hashed
         return hashed
 
+    def connection(self, connection_id: str | None) -> str | None:
+        """A connection id as the privacy setting allows it out (audit ``connection``): ids
+        start with their owner's subject (``idPrefix: "{claims.sub}-"``), so a hashed or
+        omitted subject hides them the same way (``h:`` + a keyed hash, stable like the
+        subject's)."""
+        if connection_id is None or self.subject_mode == "raw":
+            return connection_id
+        if self.subject_mode == "omit":
+            return None
+        return "h:" + self.keyed_hash("connection:" + connection_id)
+
     def keyed_hash(self, value: str) -> str:
         """A short HMAC-SHA256 of ``value``: correlates records without revealing the value."""
         return hmac.new(self.hash_key, value.encode(), hashlib.sha256).hexdigest()[:16]

@@ -441,3 +441,35 @@ async def test_a_token_that_smithery_fails_to_mint_is_an_audited_failure(
     records = [json.loads(line) for line in lines]
     assert [(r["event"], r["reason"]) for r in records] == [("token.failed", "upstream_rejected")]
     assert records[0]["rules"] == ["own-connections"]
+
+
+@pytest.mark.parametrize("mode", ["hash", "omit"])
+async def test_connection_ids_in_the_audit_log_do_not_name_the_user(mode: str) -> None:
+    """Ids start with their owner's subject (``idPrefix: "{claims.sub}-"``): a hashed or omitted
+    subject would be in the clear next to it."""
+    telemetry = Telemetry(subject_mode=mode)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    with capture_audit() as lines:
+        async with harness(telemetry=telemetry) as h:
+            alice = h.auth("alice.smith", email_verified=True)
+            created = await h.client.put(
+                "/v1/connections/my-app/alice.smith-github",
+                json={"mcpUrl": "https://server.smithery.ai/github"},
+                headers=alice,
+            )
+            assert created.status_code == 201
+            checked = await h.client.post(
+                "/v1/precheck",
+                json={"namespace": "my-app", "connectionId": "alice.smith-github", "request": call},
+                headers=alice,
+            )
+            assert checked.json()["allowed"] is True
+    records = [json.loads(line) for line in b"".join(lines).splitlines()]
+    assert {r["event"] for r in records} >= {"connection.create", "precheck.decision"}
+    assert "alice" not in b"".join(lines).decode()
+    connections = {r.get("connection") for r in records if "namespace" in r}
+    if mode == "omit":
+        assert connections == {None}
+    else:
+        [hashed] = connections
+        assert hashed == "h:" + telemetry.keyed_hash("connection:alice.smith-github")

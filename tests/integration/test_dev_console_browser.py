@@ -68,6 +68,7 @@ def dev_broker() -> Iterator[DevBroker]:
     """A fresh ``broker dev`` on free loopback ports."""
     port, upstream_port, mcp_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env["BROKER_TELEMETRY_SUBJECT"] = "raw"  # the audit log names users and their connections
     popen = subprocess.Popen(
         [
             BROKER,
