@@ -197,6 +197,7 @@ class TokenCache:
         before_mint: Callable[[], None] | None = None,
         *,
         rules: tuple[str, ...] = (),
+        refresh: Callable[[], Awaitable[Minted]] | None = None,
     ) -> tuple[CachedToken, bool]:
         """The cached token for ``key`` or a freshly minted one; the flag says it was a hit.
 
@@ -204,6 +205,9 @@ class TokenCache:
         others waiting on the same key. ``before_mint`` runs only when this call starts a mint
         (not on hits, joins or refresh-ahead). ``rules``: the ids of the rules a token for
         ``key`` carries (the same for every token of a key: the key holds their digest).
+        ``refresh``: what refresh-ahead runs instead of ``mint``, for a ``mint`` that does more
+        than mint (with Redis it takes the per-user mint limit, which refresh-ahead must not
+        spend, as ``before_mint`` is not run for it).
         """
         now = self._clock()
         entry = self._entries.get(key)
@@ -216,7 +220,7 @@ class TokenCache:
                 # Mint the next token now, in the background, so it is ready before this one
                 # reaches its margin; this request is served the current one.
                 self.stats.refreshes_ahead += 1
-                self._start(key, mint, rules)
+                self._start(key, refresh or mint, rules)
             return entry, True
         self.stats.misses += 1
         task = self._inflight.get(key)

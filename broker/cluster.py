@@ -88,10 +88,11 @@ class Cluster:
         replica's hold is waited out for ``lock_wait_seconds``, then ``ClusterBusyError`` (503).
         With the memory backend, or while Redis is unavailable, the block runs without it:
         callers keep their own lock for this process."""
-        store, keyring = self.store, self.keyring
-        if store is None or keyring is None:
+        shared, keyring = self.shared, self.keyring
+        if shared is None or keyring is None:
             yield
             return
+        store, locks = shared.store, shared.locks
         name = keyring.name("lock", kind, *parts)
         owner = secrets.token_hex(16)
         ttl_ms = max(1, int(self.lock_seconds * 1000))
@@ -99,7 +100,7 @@ class Cluster:
         try:
             deadline = self.monotonic() + self.lock_wait_seconds
             delay = FIRST_POLL_SECONDS
-            while not (held := await store.acquire_lock(name, owner, ttl_ms)):
+            while not (held := await locks.acquire(name, owner, ttl_ms)):
                 remaining = deadline - self.monotonic()
                 if remaining <= 0:
                     raise ClusterBusyError(
@@ -108,7 +109,9 @@ class Cluster:
                 await self.sleep(min(delay, remaining))
                 delay = min(delay * 2, MAX_POLL_SECONDS)
         except SharedStoreDown:
-            held = False  # Redis unavailable: this replica alone, as for rate limits
+            # Redis unavailable: this replica alone, as for rate limits (``locks`` releases the
+            # lock in the background should the SET have been applied all the same).
+            held = False
         renewal = (
             asyncio.create_task(self._renew(store, kind, name, owner, ttl_ms)) if held else None
         )
@@ -120,8 +123,7 @@ class Cluster:
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewal
             if held:
-                with contextlib.suppress(SharedStoreDown):
-                    await store.release_lock(name, owner)
+                await locks.release(name, owner, ttl_ms)
 
     @staticmethod
     async def _renew(store: SharedStore, kind: str, name: str, owner: str, ttl_ms: int) -> None:
@@ -164,6 +166,7 @@ class Cluster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.shared is not None:
+            await self.shared.locks.aclose()
             await self.shared.store.aclose()
 
     def collect_metrics(self) -> Iterable[tuple[str, str, Labels, float]]:
@@ -218,6 +221,7 @@ def setup_cluster(
             lock_seconds=redis.lock_seconds,
             lock_wait_seconds=redis.lock_wait_seconds,
             metrics=metrics,
+            retry_seconds=redis.retry_seconds,
         )
     revocations = Revocations(
         cache=cache,

@@ -74,14 +74,27 @@ class RateLimiter:
             bucket = _Bucket(self._burst, now)
             self._buckets[key] = bucket
         else:
-            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
+            # Never less than nothing, as in the Lua bucket: the clock is the wall clock, and a
+            # step back (an NTP correction) must not drain an idle user's bucket.
+            elapsed = max(0.0, now - bucket.updated)
+            bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
             bucket.updated = now
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return
         self.refused += 1
-        wait = math.ceil((1 - bucket.tokens) / self._rate)
-        raise RateLimitedError(f"Too many {self._what} for this user; retry later.", max(1, wait))
+        raise self._refusal((1 - bucket.tokens) / self._rate)
+
+    def _refusal(self, wait_seconds: float) -> RateLimitedError:
+        """The 429 for a wait of ``wait_seconds``. ``Retry-After`` is whole seconds, from 1 to the
+        longest any bucket asks (one token at this rate, from empty): a wait outside that range,
+        such as a garbled reply from Redis (NaN, infinite, negative, 1e300), is the longest."""
+        longest = 1 / self._rate
+        if not 0 <= wait_seconds <= longest:  # also NaN
+            wait_seconds = longest
+        return RateLimitedError(
+            f"Too many {self._what} for this user; retry later.", max(1, math.ceil(wait_seconds))
+        )
 
 
 class SharedRateLimiter(RateLimiter):
@@ -120,9 +133,7 @@ class SharedRateLimiter(RateLimiter):
             return
         if wait is not None:
             self.refused += 1
-            raise RateLimitedError(
-                f"Too many {self._what} for this user; retry later.", max(1, math.ceil(wait))
-            )
+            raise self._refusal(wait)
 
 
 class ConcurrencyLimit:

@@ -53,7 +53,8 @@ class AccessRevokedError(ForbiddenError):
 
 
 class SharedRevocationError(BrokerError):
-    """The revocation was applied on this replica, but Redis could not carry it to the others."""
+    """The revocation was applied on this replica, but Redis could not take all of it: the
+    detail says which of the shared steps were done."""
 
     status = 503
     code = "revocation_not_shared"
@@ -65,13 +66,27 @@ class RevocationEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``subject``, ``rule`` or ``all``."""
     at: float
     """When it was revoked (Unix seconds); recorded a second time, a moment later, once Redis is
-    purged (``Revocations.revoke``). A replica applies an entry whenever its ``at`` changes."""
+    purged (``Revocations.revoke``). A replica applies an entry whenever it changes."""
     until: float
-    """Refused until then (equal to ``at``: purge only)."""
+    """Refused until then (equal to ``at``: purge only). Redis keeps the latest ``until`` recorded
+    for the scope: a later, shorter revocation never ends a longer one early."""
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(RevocationEntry)
+
+_NOT_SHARED: Final = (
+    "Revoked on this replica, but Redis did not confirm the record, so the other replicas may "
+    "not apply it: Redis is unavailable or slow. Retry the request.",
+    "Revoked on this replica and recorded in Redis (the other replicas apply it too), but the "
+    "tokens stored in Redis may not all be purged: Redis is unavailable or slow. Retry the "
+    "request.",
+    "Revoked on this replica, recorded in Redis and the tokens stored there purged, but the "
+    "other replicas may keep tokens they read back from Redis meanwhile: Redis is unavailable "
+    "or slow. Retry the request.",
+)
+"""The 503's detail by the number of shared steps confirmed (``Revocations.revoke``); a step
+whose reply was lost may have been done too, and doing any of them again is harmless."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +147,9 @@ class Revocations:
         self._metrics = metrics or Metrics()
         self._refusing: dict[str, float] = {}
         """Scope field → refused until (only scopes still refusing)."""
-        self._applied: dict[str, float] = {}
-        """Scope field → ``at`` of the entry already applied here (purge once per entry)."""
+        self._applied: dict[str, tuple[float, float]] = {}
+        """Scope field → ``at`` and ``until`` of the entry already applied here (purge once per
+        entry; apply again when Redis merged a longer ``until`` into it)."""
         self._sequence = 0
         self.refused = 0
 
@@ -195,9 +211,10 @@ class Revocations:
     # --- revoking --------------------------------------------------------------------------
 
     async def revoke(self, scope: Scope, seconds: int | None = None) -> Outcome:
-        """Refuse ``scope`` for ``seconds`` (the configured period by default) and purge the
-        cached tokens concerned, here at once and in Redis. Raises ``SharedRevocationError``
-        when Redis is unavailable (the revocation then holds on this replica only)."""
+        """Refuse ``scope`` for ``seconds`` (the configured period by default, never ending a
+        longer refusal of the same scope early) and purge the cached tokens concerned, here at
+        once and in Redis. Raises ``SharedRevocationError`` when Redis is unavailable or too slow
+        for a step (its detail says which steps were done; retrying is harmless)."""
         now = self._clock()
         period = self._default_seconds if seconds is None else seconds
         entry = RevocationEntry(kind=scope.kind, at=now, until=now + period)
@@ -220,6 +237,7 @@ class Revocations:
         purged_shared: int | None = None
         shared = self._shared
         if shared is not None:
+            done = 0
             try:
                 # Three steps, in this order:
                 # 1. record the entry, which moves the sequence: a mint already running anywhere
@@ -232,19 +250,21 @@ class Revocations:
                 #    purges its memory once more, dropping any old token it read back from
                 #    Redis between its first purge and step 2.
                 await shared.store.add_revocation(field, _ENCODER.encode(entry))
+                done = 1
                 purged_shared = await shared.purge(scope.subject, scope.rule)
+                done = 2
                 again = msgspec.structs.replace(entry, at=max(self._clock(), entry.at) + 1e-6)
                 await shared.store.add_revocation(field, _ENCODER.encode(again))
             except SharedStoreDown:
-                raise SharedRevocationError(
-                    "Revoked on this replica only: Redis is unavailable. Retry the request."
-                ) from None
+                raise SharedRevocationError(_NOT_SHARED[done]) from None
             self._apply(field, again)
-        return Outcome(scope.kind, entry.until, purged_local, purged_shared)
+        # A longer refusal of the same scope already known here goes on (as it does in Redis).
+        until = max(entry.until, self._refusing.get(field, entry.until))
+        return Outcome(scope.kind, until, purged_local, purged_shared)
 
     def _apply(self, field: str, entry: RevocationEntry) -> int:
         """Start refusing (when the period has not ended) and purge this replica's memory."""
-        self._applied[field] = entry.at
+        self._applied[field] = (entry.at, entry.until)
         if entry.until > self._clock():
             self._refusing[field] = max(entry.until, self._refusing.get(field, 0.0))
         return self._cache.purge(self._matcher(field))
@@ -274,18 +294,20 @@ class Revocations:
             return
         entries = await shared.store.revocations()
         now = self._clock()
-        over: list[str] = []
+        # Entries to drop, with the value read: Redis drops each only if it was not recorded
+        # again since (the same scope revoked anew between this read and the drop).
+        over: dict[str, bytes] = {}
         for field, raw in entries.items():
             try:
                 entry = _DECODER.decode(raw)
             except msgspec.DecodeError:
                 logger.warning("revocation: an unreadable entry in Redis was dropped")
-                over.append(field)
+                over[field] = raw
                 continue
             if max(entry.until, entry.at + SHARED_ENTRY_KEEP_SECONDS) < now:
-                over.append(field)
+                over[field] = raw
                 continue
-            if self._applied.get(field) != entry.at:
+            if self._applied.get(field) != (entry.at, entry.until):
                 purged = self._apply(field, entry)
                 logger.info("revocation: applied a %s revocation (%d purged)", entry.kind, purged)
         for field in [f for f in self._applied if f not in entries or f in over]:

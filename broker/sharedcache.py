@@ -12,6 +12,9 @@ the replica mints alone, exactly as without Redis.
 Records live as long as the token (``PX``), are listed in per-subject and per-rule index sets
 so a revocation can purge them, and are not stored when a revocation happened while minting.
 Nothing here logs or returns a token except to the caller that asked for it.
+
+``Locks`` takes and releases the cross-replica locks (this tier's and ``Cluster.exclusive``'s)
+so that a lost answer never leaves one held until it expires.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -35,6 +39,10 @@ logger = logging.getLogger("broker.sharedcache")
 
 FIRST_POLL_SECONDS: Final = 0.005
 MAX_POLL_SECONDS: Final = 0.1
+DEFAULT_RELEASE_RETRY_SECONDS: Final = 1.0
+"""Between attempts to release a lock while Redis is unavailable (``BROKER_REDIS_RETRY_SECONDS``
+in the app: the store does not try Redis again sooner anyway)."""
+MAX_PENDING_RELEASES: Final = 10_000
 
 
 class TokenRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -77,6 +85,86 @@ class SharedCacheStats:
     """Records that could not be opened, by reason: treated as misses."""
 
 
+class Locks:
+    """The cross-replica locks (``SET NX PX`` with a random owner, released by compare-and-delete),
+    never left behind when Redis' answer is lost.
+
+    A ``SET NX`` or a release that fails with ``SharedStoreDown`` (a reply later than the timeout,
+    a dropped connection) may have been applied all the same: the lock would then stay held for
+    its whole time, and every other replica wanting it would wait ``lock_wait_seconds`` for
+    nothing (a mint) or give up (a connection create: 503 ``busy``). Such a lock is released in
+    the background as soon as Redis answers again. Owners are random, so the compare-and-delete
+    never frees another's lock. One task works through the pending releases, oldest first, one
+    Redis call at a time; none is tried past the time its lock expires by itself, and at most
+    ``max_pending`` wait (beyond, the oldest is left to expire).
+    """
+
+    def __init__(
+        self,
+        store: SharedStore,
+        *,
+        monotonic: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        retry_seconds: float = DEFAULT_RELEASE_RETRY_SECONDS,
+        max_pending: int = MAX_PENDING_RELEASES,
+    ) -> None:
+        self._store = store
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._retry_seconds = retry_seconds
+        self._max_pending = max_pending
+        self._pending: OrderedDict[tuple[str, str], float] = OrderedDict()
+        """(name, owner) -> when the lock expires by itself (monotonic)."""
+        self._task: asyncio.Task[None] | None = None
+        """The task releasing ``_pending``, while there are any (the reference keeps it alive)."""
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def acquire(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """True when ``owner`` now holds the lock; ``SharedStoreDown`` when Redis could not say
+        (the lock is then released in the background, in case it was taken)."""
+        try:
+            return await self._store.acquire_lock(name, owner, ttl_ms)
+        except SharedStoreDown:
+            self._release_later(name, owner, ttl_ms)
+            raise
+
+    async def release(self, name: str, owner: str, ttl_ms: int) -> None:
+        """Release a held lock: now, or in the background once Redis answers again."""
+        try:
+            await self._store.release_lock(name, owner)
+        except SharedStoreDown:
+            self._release_later(name, owner, ttl_ms)
+
+    def _release_later(self, name: str, owner: str, ttl_ms: int) -> None:
+        self._pending[(name, owner)] = self._monotonic() + ttl_ms / 1000
+        while len(self._pending) > self._max_pending:
+            self._pending.popitem(last=False)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._release_pending())
+
+    async def _release_pending(self) -> None:
+        while self._pending:
+            (name, owner), expires_at = next(iter(self._pending.items()))
+            if self._monotonic() < expires_at:
+                try:
+                    await self._store.release_lock(name, owner)
+                except SharedStoreDown:  # counted and logged by the store
+                    await self._sleep(self._retry_seconds)
+                    continue
+            self._pending.pop((name, owner), None)
+
+    async def aclose(self) -> None:
+        """Stop releasing: what is still pending expires in Redis by itself."""
+        task, self._task = self._task, None
+        self._pending.clear()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 class SharedCache:
     def __init__(
         self,
@@ -91,8 +179,11 @@ class SharedCache:
         sequence: Callable[[], int] = lambda: 0,
         metrics: Metrics | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        retry_seconds: float = DEFAULT_RELEASE_RETRY_SECONDS,
     ) -> None:
         self.store = store
+        self.locks = Locks(store, monotonic=monotonic, sleep=sleep, retry_seconds=retry_seconds)
+        """Also ``Cluster.exclusive``'s: one task releases every lock whose answer was lost."""
         self.stats = SharedCacheStats()
         self._keyring = keyring
         self._cache = cache
@@ -137,7 +228,7 @@ class SharedCache:
             deadline = self._monotonic() + self._lock_wait_seconds
             delay = FIRST_POLL_SECONDS
             waited = False
-            while not await self.store.acquire_lock(name, owner, self._lock_ms):
+            while not await self.locks.acquire(name, owner, self._lock_ms):
                 if not waited:
                     waited = True
                     self.stats.lock_waits += 1
@@ -163,8 +254,7 @@ class SharedCache:
                     return found
             return await self._mint_and_store(name, key, rule_ids, mint, before_mint)
         finally:
-            with contextlib.suppress(SharedStoreDown):
-                await self.store.release_lock(name, owner)
+            await self.locks.release(name, owner, self._lock_ms)
 
     async def _read(self, name: str, current: CachedToken | None) -> SharedToken | None:
         raw = await self.store.get("tok", name)

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import redis.asyncio as redis
@@ -40,16 +41,22 @@ T = TypeVar("T")
 DEFAULT_MAX_CONNECTIONS: Final = 64
 PURGE_BATCH: Final = 500
 
-# KEYS[1] record, KEYS[2] revocation sequence, KEYS[3..] index sets;
-# ARGV[1] record, ARGV[2] ttl ms, ARGV[3] the revocation sequence the mint started under.
+# KEYS[1] record, KEYS[2] revocation sequence, KEYS[3..] indexes; ARGV[1] record, ARGV[2] ttl ms,
+# ARGV[3] the revocation sequence the mint started under.
 # A mint that raced a revocation is not stored: the revocation may have purged before it landed.
+# An index is a sorted set of record names scored by when each record expires (ms, Redis' clock);
+# each store drops the members already expired, so an index that mints keep alive lists only the
+# records still alive, not every record ever stored under it.
 _STORE: Final = """
 local seq = redis.call('GET', KEYS[2]) or '0'
 if seq ~= ARGV[3] then return 0 end
 local ttl = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 for i = 3, #KEYS do
-  redis.call('SADD', KEYS[i], KEYS[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%d', now))
+  redis.call('ZADD', KEYS[i], string.format('%d', now + ttl), KEYS[1])
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return 1
@@ -96,31 +103,76 @@ return {allowed, tostring(wait)}
 """
 
 # KEYS[1] revocation sequence, KEYS[2] the revocation hash; ARGV[1] a random start, ARGV[2] a
-# field and ARGV[3] its value. The entry is recorded in the same step as the sequence moves, so a
-# replica that sees the new sequence also sees the entry, and the stores of mints that started
-# under an earlier sequence are refused (``_STORE``). A sequence that Redis lost (a restart
-# without persistence, a failover) starts again at a random number, not at 1: counting up from 1
-# again, it would come back to the number a replica last saw, and that replica would take the new
-# revocations for ones it already has.
+# field and ARGV[3] its value (a msgpack map with ``at`` and ``until``). The entry is recorded in
+# the same step as the sequence moves, so a replica that sees the new sequence also sees the
+# entry, and the stores of mints that started under an earlier sequence are refused (``_STORE``).
+# An entry already recorded for the field is merged, not overwritten: the new ``at`` (so every
+# replica applies it again) with the later ``until``, so a later, shorter revocation of the same
+# scope (a purge-only one, say) never ends a longer one early. An old value that is not such a map
+# is replaced. A sequence that Redis lost (a restart without persistence, a failover) starts again
+# at a random number, not at 1: counting up from 1 again, it would come back to the number a
+# replica last saw, and that replica would take the new revocations for ones it already has.
 _RECORD_REVOCATION: Final = """
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local function decode(raw)
+  local read, entry = pcall(cmsgpack.unpack, raw)
+  if read and type(entry) == 'table' and type(entry['until']) == 'number' then return entry end
+  return nil
+end
+local value = ARGV[3]
+local old = redis.call('HGET', KEYS[2], ARGV[2])
+local previous = old and decode(old)
+local entry = previous and decode(value)
+if entry and previous['until'] > entry['until'] then
+  entry['until'] = previous['until']
+  value = cmsgpack.pack(entry)
+end
+redis.call('HSET', KEYS[2], ARGV[2], value)
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
 return redis.call('INCR', KEYS[1])
 """
 SEQUENCE_START_BITS: Final = 52
 """Random starts below 2**52: a repeat is as unlikely as a guess, and INCR stays in range."""
 
-# KEYS = index sets; deletes every record they list, then the sets.
-_PURGE_INDEXED: Final = """
-local purged = 0
-for i = 1, #KEYS do
-  for _, member in ipairs(redis.call('SMEMBERS', KEYS[i])) do
-    purged = purged + redis.call('DEL', member)
+# Compare-and-delete for revocation entries: KEYS[1] the revocation hash; ARGV field, value
+# pairs as read. An entry recorded again since it was read (the same scope revoked anew) stays.
+_DROP_REVOCATIONS: Final = """
+local dropped = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    dropped = dropped + redis.call('HDEL', KEYS[1], ARGV[i])
   end
-  redis.call('DEL', KEYS[i])
 end
-return purged
+return dropped
 """
+
+# KEYS[1] an index (sorted set), KEYS[2] the same index as earlier versions wrote it (a set);
+# ARGV[1] a batch size. Takes at most that many records off the indexes and deletes them: one
+# short step, so a purge of a large index never blocks Redis for the other replicas' calls.
+# Returns {records deleted, members taken}; fewer taken than the batch size: both are empty.
+_PURGE_INDEXED_BATCH: Final = """
+local batch = tonumber(ARGV[1])
+local deleted, taken = 0, 0
+local popped = redis.call('ZPOPMIN', KEYS[1], batch)
+for i = 1, #popped, 2 do
+  deleted = deleted + redis.call('UNLINK', popped[i])
+  taken = taken + 1
+end
+if taken < batch then
+  for _, member in ipairs(redis.call('SPOP', KEYS[2], batch - taken)) do
+    deleted = deleted + redis.call('UNLINK', member)
+    taken = taken + 1
+  end
+end
+return {deleted, taken}
+"""
+INDEX: Final = "index"
+"""Key kind of the sorted-set indexes."""
+LEGACY_INDEX: Final = "idx"
+"""Key kind of the plain-set indexes that earlier versions wrote (and may still write during a
+rolling upgrade): a new key kind, so old and new replicas never meet a key of the other type
+(WRONGTYPE). Purges still take their records; nothing writes them any more."""
+OPERATOR_TIMEOUT_SECONDS: Final = 10.0
+"""Bound on a purge, made of many short calls: an operator's action, not a request's."""
 
 
 class SharedStoreDown(Exception):
@@ -171,7 +223,8 @@ class SharedStore:
         self._extend = self._client.register_script(_EXTEND)
         self._take = self._client.register_script(_TAKE)
         self._record_revocation = self._client.register_script(_RECORD_REVOCATION)
-        self._purge_indexed = self._client.register_script(_PURGE_INDEXED)
+        self._drop_revocations = self._client.register_script(_DROP_REVOCATIONS)
+        self._purge_indexed_batch = self._client.register_script(_PURGE_INDEXED_BATCH)
         self.errors = 0
 
     def __repr__(self) -> str:  # the URL may carry a password
@@ -222,7 +275,10 @@ class SharedStore:
             # The socket timeouts bound each reply; this bounds the whole call (connect + pool).
             async with asyncio.timeout(timeout_seconds or self._timeout * 2):
                 result = await call()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, OSError, TimeoutError, ValueError, TypeError, UnicodeError) as exc:
+            # redis-py's reply parser raises a bare ValueError (or TypeError, UnicodeError) on a
+            # garbled reply (something else than Redis at that address, or a proxy in between):
+            # that is Redis being unusable too, never a crash.
             self._failed(operation, exc)
             # Idle pooled connections to a Redis that went away are dead too; without retries
             # each would fail once more after Redis returns. Drop them now.
@@ -285,7 +341,7 @@ class SharedStore:
     ) -> bool:
         """Store a record (``tok``) with a TTL and list it in ``indexes`` (``idx``); refused
         (False) when the revocation sequence moved since ``sequence``."""
-        keys = [self.key("tok", name), self._sequence_key, *(self.key("idx", i) for i in indexes)]
+        keys = [self.key("tok", name), self._sequence_key, *(self.key(INDEX, i) for i in indexes)]
         stored = await self._run(
             "store", lambda: self._store(keys=keys, args=[value, max(1, ttl_ms), str(sequence)])
         )
@@ -322,9 +378,16 @@ class SharedStore:
             raise self._garbled("ratelimit", result)
         allowed, wait = result
         try:
-            return None if int(allowed) == 1 else float(wait)
+            if int(allowed) == 1:
+                return None
+            seconds = float(wait)
         except (TypeError, ValueError):
             raise self._garbled("ratelimit", result) from None
+        # The bucket never goes below 0 tokens, so a wait is at most 1 / rate (plus rounding in
+        # the script's tostring): anything else (inf, nan, 1e300, negative) is not from _TAKE.
+        if not (math.isfinite(seconds) and 0 <= seconds <= 1 / rate_per_second + 1):
+            raise self._garbled("ratelimit", result)
+        return seconds
 
     async def sequence(self) -> int:
         value = await self._run("revocations", lambda: self._client.get(self._sequence_key))
@@ -367,24 +430,40 @@ class SharedStore:
         self._failed(operation, TypeError(f"unexpected {type(reply).__name__} reply"))
         return SharedStoreDown()
 
-    async def drop_revocations(self, fields: Sequence[str]) -> None:
-        if fields:
+    async def drop_revocations(self, entries: Mapping[str, bytes]) -> None:
+        """Delete revocation entries (field → the value as read), each only if it still holds
+        that value: one recorded again in between is a new revocation and stays."""
+        if entries:
+            args = [part for field, value in entries.items() for part in (field, value)]
             await self._run(
-                "revocations", lambda: self._client.hdel(self._revocations_key, *fields)
+                "revocations",
+                lambda: self._drop_revocations(keys=[self._revocations_key], args=args),
             )
 
     async def purge_indexed(self, indexes: Sequence[str]) -> int:
-        """Delete every record listed in the index sets; the number deleted."""
-        keys = [self.key("idx", i) for i in indexes]
-        purged = await self._run("purge", lambda: self._purge_indexed(keys=keys, args=[]))
-        return self._integer("purge", purged)
+        """Delete every record listed in the indexes, a batch per call; the number deleted."""
+
+        async def purge() -> int:
+            purged = 0
+            for index in indexes:
+                keys = [self.key(INDEX, index), self.key(LEGACY_INDEX, index)]
+                taken = PURGE_BATCH
+                while taken == PURGE_BATCH:
+                    reply = await self._purge_indexed_batch(keys=keys, args=[PURGE_BATCH])
+                    if not isinstance(reply, list) or len(reply) != 2:
+                        raise self._garbled("purge", reply)
+                    deleted, taken = (self._integer("purge", part) for part in reply)
+                    purged += deleted
+            return purged
+
+        return await self._run("purge", purge, timeout_seconds=self._operator_timeout)
 
     async def purge_all(self) -> int:
         """Delete every record and index under the prefix (SCAN, in batches)."""
 
         async def purge() -> int:
             purged = 0
-            for kind in ("tok", "idx"):
+            for kind in ("tok", INDEX, LEGACY_INDEX):
                 batch: list[Any] = []
                 async for key in self._client.scan_iter(match=self.key(kind, "*"), count=1000):
                     batch.append(key)
@@ -397,8 +476,11 @@ class SharedStore:
                     purged += deleted if kind == "tok" else 0
             return purged
 
-        # A scan takes longer than one command; it is an operator's action, not a request's.
-        return await self._run("purge", purge, timeout_seconds=max(self._timeout, 10.0))
+        return await self._run("purge", purge, timeout_seconds=self._operator_timeout)
+
+    @property
+    def _operator_timeout(self) -> float:
+        return max(self._timeout, OPERATOR_TIMEOUT_SECONDS)
 
     async def aclose(self) -> None:
         with contextlib.suppress(RedisError, OSError):  # a dead connection closes quietly

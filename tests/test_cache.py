@@ -205,6 +205,25 @@ async def test_refresh_ahead_prepares_next_token_before_the_margin() -> None:
     assert (entry.token, hit) == ("tok-2", True)
 
 
+async def test_refresh_ahead_runs_refresh_and_misses_run_mint() -> None:
+    """With Redis, ``mint`` takes the user's mint limit; refresh-ahead must not spend it, so it
+    runs its own ``refresh`` (in memory ``before_mint`` is not run for it either)."""
+    clock = Clock()
+    cache = TokenCache(clock=clock)
+    mint, refresh = Minter(clock), Minter(clock)
+    limited: list[str] = []
+    await cache.get_or_mint(key(), mint, lambda: limited.append("miss"), refresh=refresh)
+    clock.now += 600  # 300 s left: due; served, the next token prepared behind
+    _, hit = await cache.get_or_mint(key(), mint, lambda: limited.append("hit"), refresh=refresh)
+    assert hit
+    clock.now += 200  # past the first token's margin: this miss joins the refresh under way
+    entry, hit = await cache.get_or_mint(
+        key(), mint, lambda: limited.append("join"), refresh=refresh
+    )
+    assert (hit, entry.expires_at) == (False, clock.now + 900)
+    assert (mint.calls, refresh.calls, limited) == (1, 1, ["miss"])
+
+
 async def test_valid_token_served_when_refresh_fails_never_past_expiry() -> None:
     clock = Clock()
     cache = TokenCache(clock=clock, refresh_ahead=False)

@@ -4,6 +4,8 @@ real Redis case is ``tests/integration/test_scaleout.py``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 from broker.cache import TokenCache
 from broker.cluster import Cluster, ClusterBusyError
 from broker.revocation import Revocations
+from broker.sharedcache import Locks
 from broker.sharedstore import SharedStoreDown
 
 
@@ -21,9 +24,12 @@ class Store:
 
     locks: dict[str, str] = field(default_factory=dict)
     down: bool = False
+    answers_lost: bool = False
+    """Each SET is applied, but its answer never comes (a reply later than the timeout)."""
     attempts: int = 0
     extended: list[str] = field(default_factory=list)
     extended_enough: asyncio.Event | None = None
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def acquire_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
         self.attempts += 1
@@ -32,11 +38,16 @@ class Store:
         if name in self.locks:
             return False
         self.locks[name] = owner
+        if self.answers_lost:
+            raise SharedStoreDown
         return True
 
     async def release_lock(self, name: str, owner: str) -> None:
+        if self.down:
+            raise SharedStoreDown
         if self.locks.get(name) == owner:
             del self.locks[name]
+            self.released.set()
 
     async def extend_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
         self.extended.append(name)
@@ -49,8 +60,11 @@ class Store:
 
 
 class Shared:
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
         self.store = store
+        self.locks = Locks(store, monotonic=Clock(), sleep=sleep)  # type: ignore[arg-type]
 
 
 class Keyring:
@@ -69,9 +83,13 @@ class Clock:
         self.now += seconds
 
 
-def cluster(store: Store | None, clock: Clock) -> Cluster:
+def cluster(
+    store: Store | None,
+    clock: Clock,
+    release_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Cluster:
     revocations = Revocations(cache=TokenCache(clock=clock), clock=clock, default_seconds=60)
-    shared: Any = None if store is None else Shared(store)
+    shared: Any = None if store is None else Shared(store, release_sleep)
     keyring: Any = None if store is None else Keyring()
     return Cluster(
         revocations=revocations,
@@ -114,6 +132,73 @@ async def test_without_redis_the_block_runs_alone() -> None:
     down = Store(down=True)
     async with cluster(down, clock).exclusive("provision", "iss", "alice", "my-app"):
         assert down.locks == {}
+
+
+async def test_a_lock_whose_answer_was_lost_is_released_once_redis_answers() -> None:
+    """The SET was applied but its answer came too late: the block ran without the lock and
+    left it held in Redis for its whole time, so another replica's create for the same user
+    waited ``lock_wait_seconds`` and then got 503 ``busy`` while nobody was creating anything."""
+    store, clock = Store(answers_lost=True), Clock()
+    turns: asyncio.Queue[None] = asyncio.Queue()
+    waiting = asyncio.Event()
+
+    async def release_sleep(seconds: float) -> None:  # Redis' retry pause, on the test's turn
+        waiting.set()
+        await turns.get()
+
+    first = cluster(store, clock, release_sleep)
+    async with first.exclusive("provision", "iss", "alice", "my-app"):
+        assert store.locks  # held in Redis, without this replica knowing
+        store.down = True  # and Redis is unavailable for a moment
+    async with asyncio.timeout(10):
+        await waiting.wait()  # the release failed and waits to try again
+        assert store.locks
+        store.down = store.answers_lost = False
+        turns.put_nowait(None)
+        await store.released.wait()
+    assert store.locks == {}
+    async with cluster(store, clock).exclusive("provision", "iss", "alice", "my-app"):
+        assert store.attempts == 2  # at once: no wait, no 503
+    await first.aclose()
+
+
+async def test_a_release_that_failed_is_tried_again() -> None:
+    store, clock = Store(), Clock()
+    turns: asyncio.Queue[None] = asyncio.Queue()
+
+    async def release_sleep(seconds: float) -> None:
+        await turns.get()
+
+    replica = cluster(store, clock, release_sleep)
+    async with replica.exclusive("provision", "iss", "alice", "my-app"):
+        store.down = True  # the release fails: the lock would stay held for its whole time
+    store.down = False
+    turns.put_nowait(None)
+    async with asyncio.timeout(10):
+        await store.released.wait()
+    assert store.locks == {}
+    await replica.aclose()
+
+
+async def test_pending_releases_end_quietly_at_shutdown(caplog: pytest.LogCaptureFixture) -> None:
+    store, clock = Store(answers_lost=True), Clock()
+    waiting = asyncio.Event()
+
+    async def release_sleep(seconds: float) -> None:
+        waiting.set()
+        await asyncio.Event().wait()  # Redis stays unavailable
+
+    replica = cluster(store, clock, release_sleep)
+    async with replica.exclusive("provision", "iss", "alice", "my-app"):
+        store.down = True
+    async with asyncio.timeout(10):
+        await waiting.wait()
+    assert replica.shared is not None
+    assert len(replica.shared.locks) == 1
+    await replica.aclose()  # cancels the pending release and awaits it
+    assert len(replica.shared.locks) == 0
+    assert store.locks  # left to expire in Redis by itself
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_a_failing_block_still_releases_the_lock() -> None:

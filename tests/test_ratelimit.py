@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 
-from broker.ratelimit import ConcurrencyLimit, RateLimitedError, RateLimiter
+from broker.ratelimit import ConcurrencyLimit, RateLimitedError, RateLimiter, SharedRateLimiter
 from tests.inprocess import harness
 
 
@@ -29,6 +32,64 @@ def test_bucket_allows_burst_then_refills() -> None:
     limiter.check("iss", "alice")
     with pytest.raises(RateLimitedError):
         limiter.check("iss", "alice")
+
+
+def test_clock_step_back_does_not_drain_an_idle_users_bucket() -> None:
+    """The clock is the wall clock: an NTP step back of 10 minutes left the next request of an
+    idle user refused for 10 minutes (the Lua bucket in Redis already clamps at 0)."""
+    clock = Clock()
+    clock.now = 1_000_000.0
+    limiter = RateLimiter(rate_per_second=1, burst=100, clock=clock, what="requests")
+    limiter.check("iss", "alice")
+    clock.now -= 600
+    for _ in range(99):
+        limiter.check("iss", "alice")
+    with pytest.raises(RateLimitedError) as caught:
+        limiter.check("iss", "alice")
+    assert caught.value.retry_after_seconds == 1
+    clock.now += 1  # refills from the new time on
+    limiter.check("iss", "alice")
+
+
+class Taking:
+    """A shared store whose bucket refuses with a given wait (as Redis' reply was read)."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+    async def take(self, name: str, rate_per_second: float, burst: int) -> float:
+        return self.wait
+
+
+@pytest.mark.parametrize(
+    ("wait", "retry_after"),
+    [
+        (0.3, 1),
+        (1.5, 2),
+        (4.0, 4),  # the longest at 0.25/s: one token from empty
+        (math.inf, 4),
+        (math.nan, 4),
+        (1e300, 4),
+        (-5.0, 4),
+    ],
+)
+async def test_garbled_wait_from_redis_is_a_bounded_retry_after(
+    wait: float, retry_after: int
+) -> None:
+    """A garbled reply (something else answering at Redis' address) gave a 500 (OverflowError
+    for inf, ValueError for NaN) or a 301-digit Retry-After (1e300)."""
+    store: Any = Taking(wait)
+    limiter = SharedRateLimiter(
+        store=store,
+        name=lambda *parts: "|".join(parts),
+        rate_per_second=0.25,
+        burst=5,
+        clock=Clock(),
+        what="requests",
+    )
+    with pytest.raises(RateLimitedError) as caught:
+        await limiter.acquire("iss", "alice")
+    assert caught.value.retry_after_seconds == retry_after
 
 
 def test_zero_rate_disables() -> None:

@@ -175,6 +175,18 @@ async def test_revoke_all_refuses_everyone_and_zero_seconds_only_purges() -> Non
         assert_revoked(await precheck(h, "bob"))
 
 
+async def test_a_shorter_revocation_does_not_lift_a_longer_one() -> None:
+    """A purge-only revocation of a user already revoked for longer keeps the refusal (Redis
+    keeps the longer one too: tests/test_revocation_sync.py), and the answer says so: it
+    reported the shorter period's end while the user stayed refused."""
+    async with harness(admin=ADMIN_SETTINGS) as h:
+        long = (await revoke(h, {"subject": "mallory"})).json()
+        short = await revoke(h, {"subject": "mallory", "seconds": 0})
+        assert short.status_code == 200, short.text
+        assert short.json()["refusedUntil"] == long["refusedUntil"]
+        assert_revoked(await token(h, "mallory"))
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -1,18 +1,33 @@
 """Following other replicas' revocations (``Revocations.sync``) with a fake shared store: applied
-once, memory purged, refusals expire, finished entries dropped from the store."""
+once, memory purged, refusals expire, finished entries dropped from the store; what the 503 says
+when Redis fails midway. Then replicas sharing a real ``redis-server``: a shorter revocation
+never lifts a longer one, and a sync never drops a revocation recorded while it ran."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.cache import CachedToken, CacheKey, TokenCache
+from broker.config import RedisSettings, Secret
 from broker.identity import Principal
-from broker.revocation import AccessRevokedError, Revocations, Scope
+from broker.metrics import Metrics
+from broker.revocation import (
+    AccessRevokedError,
+    Revocations,
+    Scope,
+    SharedRevocationError,
+)
 from broker.sealing import Keyring
+from broker.sharedcache import SharedCache
+from broker.sharedstore import SharedStore, SharedStoreDown
+from tests.redis_server import RedisServer
 
 KEYRING = Keyring({"k": os.urandom(32)}, "k", os.urandom(32))
 
@@ -36,10 +51,11 @@ class FakeRevocationStore:
     async def revocations(self) -> dict[str, bytes]:
         return dict(self.entries)
 
-    async def drop_revocations(self, fields: Any) -> None:
-        for name in fields:
-            self.dropped.append(name)
-            self.entries.pop(name, None)
+    async def drop_revocations(self, entries: Mapping[str, bytes]) -> None:
+        for name, value in entries.items():
+            if self.entries.get(name) == value:
+                self.dropped.append(name)
+                del self.entries[name]
 
 
 @dataclass
@@ -202,3 +218,161 @@ async def test_a_replica_polling_mid_revocation_refuses_then_purges_again() -> N
     assert refused == [True]
     await there.sync()
     assert len(there_cache) == 0
+
+
+@dataclass
+class FailingStore(FakeRevocationStore):
+    """Redis fails at one of the revocation's shared steps."""
+
+    fail_at: str = ""
+
+    async def add_revocation(self, field_name: str, value: bytes) -> int:
+        step = "record again" if "purge" in self.calls else "record"
+        if step == self.fail_at:
+            raise SharedStoreDown
+        return await super().add_revocation(field_name, value)
+
+
+@dataclass
+class FailingShared(FakeShared):
+    async def purge(self, subject: str | None, rule: str | None) -> int:
+        if self.store.fail_at == "purge":  # type: ignore[attr-defined]
+            raise SharedStoreDown
+        return await super().purge(subject, rule)
+
+
+@pytest.mark.parametrize(
+    ("fail_at", "says"),
+    [
+        ("record", "the other replicas may not apply it"),
+        ("purge", "recorded in Redis (the other replicas apply it too)"),
+        ("record again", "the tokens stored there purged"),
+    ],
+)
+async def test_the_503_says_which_shared_steps_were_done(fail_at: str, says: str) -> None:
+    """It said "Revoked on this replica only" whenever any step failed, also once the entry was
+    in Redis and every replica refused (or when only the reply was lost): operators were told
+    the opposite of what happened."""
+    shared = FailingShared(FailingStore(fail_at=fail_at))
+    _, here = replica(shared, Clock())
+    with pytest.raises(SharedRevocationError) as raised:
+        await here.revoke(Scope(subject="mallory"), 30)
+    assert says in raised.value.detail
+    assert "only" not in raised.value.detail
+    with pytest.raises(AccessRevokedError):
+        here.check(principal("mallory"))  # applied here whatever Redis did
+
+
+# --- replicas sharing a real redis-server -----------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+class Replicas:
+    """Replicas of one broker on the same Redis; each has its own store, memory and clock."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stores: list[SharedStore] = []
+
+    def start(self, clock: Any = time.time) -> Revocations:
+        store = SharedStore(
+            RedisSettings(retry_seconds=0.05, timeout_seconds=5.0),
+            Secret(self.url),
+            clock=time.monotonic,
+            metrics=Metrics(),
+        )
+        self.stores.append(store)
+        cache = TokenCache(clock=clock)
+        shared = SharedCache(
+            store,
+            KEYRING,
+            cache,
+            clock=clock,
+            monotonic=time.monotonic,
+            lock_seconds=10,
+            lock_wait_seconds=2,
+        )
+        revocations = Revocations(
+            cache=cache, clock=clock, default_seconds=900, namer=KEYRING.name, shared=shared
+        )
+        shared.sequence = lambda: revocations.sequence
+        return revocations
+
+
+@pytest.fixture
+async def replicas(redis_server: RedisServer) -> AsyncIterator[Replicas]:
+    started = Replicas(redis_server.url)
+    yield started
+    for store in started.stores:
+        await store.aclose()
+
+
+def refuses(revocations: Revocations, who: Principal, rules: tuple[str, ...] = ()) -> bool:
+    try:
+        revocations.check(who, rules)
+    except AccessRevokedError:
+        return True
+    return False
+
+
+@pytest.mark.integration
+async def test_a_purge_only_revocation_does_not_lift_a_longer_one(replicas: Replicas) -> None:
+    """The later entry overwrote the earlier one in Redis: after a 900 s revocation and then a
+    purge-only one for the same user, a replica that started afterwards served the user."""
+    here = replicas.start()
+    first = await here.revoke(Scope(subject="mallory"), 900)
+    second = await here.revoke(Scope(subject="mallory"), 0)
+    assert second.until == first.until  # what the operator is told is what holds
+    assert refuses(here, principal("mallory"))
+    started_later = replicas.start()
+    await started_later.sync()
+    assert refuses(started_later, principal("mallory"))
+    assert not refuses(started_later, principal("alice"))
+
+
+@pytest.mark.integration
+async def test_a_replica_revoking_briefly_before_syncing_takes_the_longer_period(
+    replicas: Replicas,
+) -> None:
+    """A replica that had not yet seen a 900 s revocation revokes the same user briefly: Redis
+    keeps the longer period, and that replica refuses for it too once it syncs."""
+    there, here = replicas.start(), replicas.start()
+    await there.revoke(Scope(subject="mallory"), 900)
+    await here.revoke(Scope(subject="mallory"), 0)
+    assert not refuses(here, principal("mallory"))  # not synced yet
+    await here.sync()
+    assert refuses(here, principal("mallory"))
+
+
+@pytest.mark.integration
+async def test_a_revocation_recorded_during_a_sync_is_not_dropped(
+    replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replica X read an old, finished entry for a rule and dropped the field by name: the same
+    rule, revoked again between X's read and its drop, was deleted from Redis, and no other
+    replica ever refused it."""
+    later = Clock()
+    later.now = time.time() + 3600  # X's clock: the old entry is long finished
+    revoker, x = replicas.start(), replicas.start(later)
+    await revoker.revoke(Scope(rule="some-rule"), 0)  # finished for X
+    store_x = replicas.stores[1]
+    read = store_x.revocations
+
+    async def read_then_revoked_again() -> dict[str, bytes]:
+        entries = await read()
+        await revoker.revoke(Scope(rule="some-rule"), 900)
+        return entries
+
+    monkeypatch.setattr(store_x, "revocations", read_then_revoked_again)
+    await x.sync()
+    monkeypatch.undo()
+    third = replicas.start()
+    await third.sync()
+    assert refuses(third, principal("sam"), ("some-rule",))

@@ -1,20 +1,33 @@
 """The shared token tier's logic with an in-memory fake of the store: one mint across replicas,
-bounded lock waits, fallbacks when Redis is unavailable, rejected records, refresh-ahead."""
+bounded lock waits, fallbacks when Redis is unavailable, rejected records, refresh-ahead; then,
+against a real redis-server, a lock whose answer was lost, and the mint limit with refresh-ahead
+on both backends."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.cache import CacheKey, TokenCache
+from broker.config import RedisSettings, Secret
+from broker.identity import Principal
+from broker.issuance import Issuance
+from broker.policy import load_policy_dir
+from broker.ratelimit import RateLimitedError, RateLimiter, SharedRateLimiter
 from broker.sealing import Keyring
-from broker.sharedcache import SharedCache
-from broker.sharedstore import SharedStoreDown
+from broker.sharedcache import Locks, SharedCache
+from broker.sharedstore import SharedStore, SharedStoreDown
+from broker.upstream import MintedToken
+from tests.redis_server import RedisServer
 
 KEY = CacheKey("https://idp.test/", "alice", b"\x01" * 32, "rev-1")
 RULES = ("own-connections",)
@@ -303,3 +316,177 @@ def test_stored_names_show_no_subject() -> None:
         assert "alice" not in name
         assert "idp.test" not in name
         assert "own-connections" not in name
+
+
+async def test_a_pending_release_is_dropped_once_its_lock_expired() -> None:
+    store, monotonic = FakeStore(down=True), Clock(0.0)
+    expired = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        monotonic.now += seconds
+        if monotonic.now >= 3:
+            expired.set()
+
+    locks = Locks(store, monotonic=monotonic, sleep=sleep, retry_seconds=1.0)  # type: ignore[arg-type]
+    await locks.release("lock-name", "owner", 3000)  # fails: Redis unavailable
+    assert len(locks) == 1
+    async with asyncio.timeout(10):
+        await expired.wait()
+    assert len(locks) == 0  # expired in Redis by itself: not tried any more
+    assert store.calls.count("unlock") == 4  # at 0 s, then retries at 0, 1 and 2 s
+
+
+# Against a real redis-server.
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def real_store(
+    server: RedisServer, client: Callable[[redis.Redis], Any] | None = None
+) -> SharedStore:
+    # Generous timeouts: these tests are about what happens to the locks, not about speed.
+    settings = RedisSettings(retry_seconds=0.05, timeout_seconds=5.0)
+    return SharedStore(
+        settings,
+        Secret(server.url),
+        clock=time.monotonic,
+        client=None if client is None else client(redis.Redis.from_url(server.url)),
+    )
+
+
+class LostSetAnswers:
+    """A real client whose ``SET`` is applied but whose answer is lost: a reply later than
+    ``BROKER_REDIS_TIMEOUT_SECONDS`` (Redis forking, a slow script, a failover)."""
+
+    def __init__(self, real: redis.Redis) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
+        await self._real.set(*args, **kwargs)
+        raise RedisTimeoutError("the answer came too late")
+
+
+@pytest.fixture
+async def observer(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    await client.config_set("notify-keyspace-events", "Kg")  # DEL and EXPIRE, by key
+    yield client
+    await client.aclose()
+
+
+async def deleted(events: Any) -> None:
+    """Until the key ``events`` follows is deleted (its SET's own EXPIRE comes first)."""
+    async for message in events.listen():
+        if message["type"] == "message" and message["data"] == b"del":
+            return
+
+
+@pytest.mark.integration
+async def test_a_mint_lock_whose_answer_was_lost_is_released(
+    redis_server: RedisServer, observer: redis.Redis
+) -> None:
+    """The lock's SET was applied but its answer came too late: the replica minted alone and
+    left the lock held for ``BROKER_REDIS_LOCK_SECONDS``, so every other replica asking for the
+    same token waited ``BROKER_REDIS_LOCK_WAIT_SECONDS`` (5 s) for a mint nobody was making."""
+    clock = Clock(time.time())
+    upstream = Upstream(clock)
+    store_a, store_b = real_store(redis_server, LostSetAnswers), real_store(redis_server)
+    a = SharedCache(
+        store_a,
+        Keyring(KEYS, "k1", NAMING),
+        TokenCache(clock=clock),
+        clock=clock,
+        monotonic=time.monotonic,
+        lock_seconds=15,
+        lock_wait_seconds=5,
+        retry_seconds=0.05,
+    )
+    _, b = replica(store_b, clock, monotonic=time.monotonic)  # type: ignore[arg-type]
+    events = observer.pubsub()
+    await events.subscribe(f"__keyspace@0__:{store_a.key('lock', a.record_name(KEY))}")
+    try:
+        assert (await a.fetch_or_mint(KEY, RULES, upstream.mint)).token == "token-1"
+        assert not store_a.up  # minted alone
+        async with asyncio.timeout(10):
+            await deleted(events)  # by replica A, in the background, once Redis answered again
+        assert (await b.fetch_or_mint(KEY, RULES, upstream.mint)).token == "token-2"
+        assert b.stats.lock_waits == 0  # the lock was free at once
+    finally:
+        await events.aclose()
+        await a.locks.aclose()
+        await store_a.aclose()
+        await store_b.aclose()
+
+
+class Smithery:
+    """``mint_token`` as Smithery answers it: a 15-minute token."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.mints = 0
+
+    async def mint_token(self, constraints: Any) -> MintedToken:
+        self.mints += 1
+        await asyncio.sleep(0)
+        return MintedToken(f"token-{self.mints}", self.clock() + 900)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_refresh_ahead_spends_none_of_the_mint_limit(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Both backends: refresh-ahead mints behind a served token without taking from the user's
+    mint limit. With Redis it took one, so a user whose budget was spent had the refresh fail
+    and was refused (429) when the token reached its margin, although they only had hits."""
+    clock = Clock(time.time())
+    smithery = Smithery(clock)
+    cache = TokenCache(clock=clock)
+    issuance = Issuance(
+        policy=lambda: policies,
+        cache=cache,
+        upstream=smithery,  # type: ignore[arg-type]
+    )
+    store: SharedStore | None = None
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        store = real_store(server)
+        keyring = Keyring(KEYS, "k1", NAMING)
+        issuance.shared = SharedCache(
+            store,
+            keyring,
+            cache,
+            clock=clock,
+            monotonic=time.monotonic,
+            lock_seconds=15,
+            lock_wait_seconds=5,
+        )
+        issuance.mint_limit = SharedRateLimiter(
+            store=store, name=keyring.name, rate_per_second=1e-4, burst=1, clock=clock, what="t"
+        )
+    else:
+        issuance.mint_limit = RateLimiter(rate_per_second=1e-4, burst=1, clock=clock, what="t")
+    policies = load_policy_dir(Path(__file__).parent.parent / "policies")
+    alice = Principal("https://idp.test/", "alice", {"sub": "alice", "email_verified": True}, 2e9)
+    try:
+        assert (await issuance.issue(alice)).token == "token-1"  # the whole budget
+        clock.now += 600  # 300 s left of 900: due; served, the next one minted behind
+        assert (await issuance.issue(alice)).cache_hit
+        clock.now += 200  # past token-1's margin: served the refreshed token (minted now)
+        assert (await issuance.issue(alice)).token == "token-2"
+        assert smithery.mints == 2
+        clock.now += 800  # past token-2's margin: a mint, and the budget is spent
+        with pytest.raises(RateLimitedError):
+            await issuance.issue(alice)
+    finally:
+        if store is not None:
+            await store.aclose()

@@ -95,7 +95,7 @@ async def test_store_refused_after_a_revocation(store: SharedStore) -> None:
     assert await store.revocations() == {"all": b"entry"}
     assert not await store.put_indexed("r", b"x", ttl_ms=1000, indexes=[], sequence=0)
     assert await store.put_indexed("r", b"x", ttl_ms=1000, indexes=[], sequence=sequence)
-    await store.drop_revocations(["all"])
+    await store.drop_revocations({"all": b"entry"})
     assert await store.revocations() == {}
 
 
