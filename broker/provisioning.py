@@ -33,6 +33,7 @@ from broker.errors import (
     ForbiddenError,
     InvalidRequestError,
     NoMatchingRuleError,
+    UpstreamProtocolError,
 )
 from broker.identity import Principal
 from broker.metrics import Metrics
@@ -50,6 +51,8 @@ MAX_HEADERS: Final = 32
 MAX_HEADER_VALUE_CHARS: Final = 4096
 MAX_METADATA_KEYS: Final = 32
 LIST_PAGE_SIZE: Final = 100
+EXTRA_COUNT_PAGES: Final = 10
+"""Pages a count against ``maxConnections`` may read beyond the full ones it needs."""
 """Smithery's largest page (``limit`` 1-100), used when counting a user's connections."""
 _ID_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._~-")
 
@@ -258,7 +261,16 @@ def _fill_id_prefix(template: Template, claims: Mapping[str, Any]) -> str:
 
 
 def check_mcp_url(url: str) -> str:
-    """An absolute http(s) URL without credentials, or 400."""
+    r"""An absolute http(s) URL without credentials, in a form every URL parser reads the same
+    host from, or 400.
+
+    The policy's ``mcpUrl`` patterns are matched against the string, and Smithery (a WHATWG
+    parser) dials the host it parses. Where the two can part, a pattern such as
+    ``^https://[^/]+\.example\.com/mcp$`` would let ``https://10.0.0.1?.example.com/mcp`` or
+    ``https://evil.test\.example.com/mcp`` through to another host. So the host must be
+    followed by ``/`` or nothing (not ``?``), and backslashes, fragments, percent signs in the
+    authority and anything but printable ASCII are refused (a name in another script is
+    written in its ``xn--`` form)."""
     try:
         parts = urlsplit(url)
         port_ok = parts.port is None or parts.port > 0
@@ -274,6 +286,17 @@ def check_mcp_url(url: str) -> str:
         or any(c.isspace() or ord(c) < 0x20 for c in url)
     ):
         raise InvalidRequestError("mcpUrl must be an absolute http(s) URL without credentials.")
+    if (
+        not (url.isascii() and url.isprintable())
+        or "\\" in url
+        or "#" in url
+        or "%" in parts.netloc
+        or (parts.query and not parts.path)
+    ):
+        raise InvalidRequestError(
+            "mcpUrl must be printable ASCII (xn-- for other scripts), with no backslash, "
+            "fragment or percent sign in the host, and a path before any query."
+        )
     return url
 
 
@@ -448,16 +471,28 @@ class Provisioning:
             return None
 
     async def _count(self, entitlement: Entitlement, stop_at: int) -> int:
-        """The caller's connections in the namespace, counted up to ``stop_at`` pages allow."""
+        """The caller's connections in the namespace, counted up to ``stop_at`` pages allow.
+
+        Smithery filters the list by the enforced metadata, so ``stop_at`` connections take
+        ``stop_at / LIST_PAGE_SIZE`` pages. Many more pages (short ones, or a filter not applied)
+        or a cursor seen before (a loop) would hold the user's create lock without end: a bad
+        answer (502), and no create."""
         count, cursor = 0, None
-        while True:
+        seen: set[str] = set()
+        for _ in range(-(-stop_at // LIST_PAGE_SIZE) + EXTRA_COUNT_PAGES):
             page = await self.upstream.list_connections(
                 entitlement.namespace, entitlement.metadata, cursor=cursor, limit=LIST_PAGE_SIZE
             )
             count += sum(1 for c in page.connections if entitlement.owns(c.metadata))
             if count >= stop_at or page.nextCursor is None:
                 return count
+            if page.nextCursor in seen:
+                break
+            seen.add(page.nextCursor)
             cursor = page.nextCursor
+        raise UpstreamProtocolError(
+            "Smithery's list of connections did not end; the connection limit cannot be checked."
+        )
 
     def _decision(
         self, action: str, principal: Principal, namespace: str, connection_id: str | None

@@ -157,11 +157,75 @@ def test_owns_needs_every_enforced_pair() -> None:
         "https:///mcp",
         "https://x.example:99999/mcp",
         "https://x.example/m cp",
+        # Each passes ^https://[^/]+\.example\.com/mcp$ as a string while a WHATWG parser
+        # (Smithery's) reads another host from it: attacker.net, 169.254.169.254, 10.0.0.1...
+        "https://attacker.net\\.example.com/mcp",
+        "https://169.254.169.254?.example.com/mcp",
+        "https://10.0.0.1:8080?.example.com/mcp",
+        "https://attacker.net#.example.com/mcp",
+        "https://evil%2Eorg.example.com/mcp",
+        "https://bu\u0308cher.example.com/mcp",
+        "https://x.example.com/mcp\u2028",
     ],
 )
 def test_bad_url_is_invalid_request(url: str) -> None:
     with pytest.raises(InvalidRequestError):
         check_mcp_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://tools.example.com/mcp",
+        "https://tools.example.com/mcp?team=a%20b",
+        "https://xn--bcher-kva.example.com:8443/mcp",
+        "http://[2001:db8::1]/mcp",
+        "https://tools.example.com",
+    ],
+)
+def test_plain_urls_pass(url: str) -> None:
+    assert check_mcp_url(url) == url
+
+
+class EndlessList:
+    """Smithery whose list never ends: the same cursor again, or a new one every page, each page
+    holding connections the filter should have left out."""
+
+    def __init__(self, *, loop: bool) -> None:
+        self.loop = loop
+        self.pages = 0
+
+    async def fetch_connection_document(self, namespace: str, connection_id: str) -> Any:
+        return None
+
+    async def list_connections(self, *args: Any, **kwargs: Any) -> Any:
+        from broker.upstream import ConnectionDocument, ConnectionPage
+
+        self.pages += 1
+        bob = ConnectionDocument(
+            connectionId="bob-x", name="x", mcpUrl="https://x", metadata={"userId": "bob"}
+        )
+        cursor = "c" if self.loop else f"c{self.pages}"
+        return ConnectionPage(connections=[bob], nextCursor=cursor)
+
+
+@pytest.mark.parametrize("loop", [True, False])
+async def test_a_list_that_never_ends_fails_the_create_instead_of_holding_it(loop: bool) -> None:
+    from broker.errors import UpstreamProtocolError
+    from broker.identity import Principal
+    from broker.provisioning import ConnectionRequest, Provisioning
+
+    smithery = EndlessList(loop=loop)
+    provisioning = Provisioning(policy=policy, upstream=smithery)  # type: ignore[arg-type]
+    alice = Principal(ISSUER, "alice", {"sub": "alice"}, 2e9)
+    with pytest.raises(UpstreamProtocolError):
+        await provisioning.put(
+            alice,
+            "my-app",
+            "alice-x",
+            ConnectionRequest(mcpUrl="https://server.smithery.ai/github"),
+        )
+    assert smithery.pages == (2 if loop else 11)  # maxConnections 3: one page, and ten more
 
 
 def test_explanation_lists_applied_and_skipped() -> None:
