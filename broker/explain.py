@@ -84,7 +84,8 @@ def explain(
     Raises ``CallerError`` subclasses for an invalid JSON-RPC ``request``, or an ``issuer`` that
     contradicts the claims' ``iss``.
     """
-    rendering = render_rules(policy_set, effective_issuer(issuer, claims), claims)
+    issuer = effective_issuer(issuer, claims)
+    rendering = render_rules(policy_set, issuer, claims)
     constraints = plan_mint(rendering.applied).constraints if rendering.applied else ()
     decision = None
     if request is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,57 @@ async def test_operator_endpoint_attempts_are_audited() -> None:
     ]
     assert records[2]["rules"] == ["own-connections"]
     assert ADMIN not in json.dumps(records)
+
+
+ISSUER_RULE = """\
+rules:
+  - id: own
+    when:
+      issuer: https://idp.example/
+      claims: {email_verified: true}
+    grant: {namespaces: my-app, metadata: {userId: "{claims.sub}"}}
+    provision:
+      namespace: my-app
+      metadata: {userId: "{claims.sub}"}
+      idPrefix: "{claims.sub}-"
+      servers: [github]
+      maxConnections: 5
+"""
+
+
+async def test_explain_takes_the_issuer_from_the_claims_iss(tmp_path: Path) -> None:
+    """Without an explicit issuer the dry run reported ``issuer: ""`` and no connections the
+    user may create for a rule restricted by ``when.issuer``, while /v1/connections (which sees
+    the token's iss) lets them create some."""
+    (tmp_path / "p.yaml").write_text(ISSUER_RULE)
+    async with harness(tmp_path, admin=AdminSettings(token=Secret(ADMIN))) as h:
+        response = await h.client.post(
+            "/v1/explain",
+            json={
+                "claims": {"sub": "alice", "email_verified": True, "iss": "https://idp.example/"}
+            },
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
+    assert response.status_code == 200
+    result = response.json()
+    assert result["issuer"] == "https://idp.example/"
+    assert result["rules"]["applied"] == ["own"]
+    assert [(block["rule"], block["idPrefix"]) for block in result["provisioning"]] == [
+        ("own", "alice-")
+    ]
+
+
+async def test_explain_metadata_without_namespace_is_400() -> None:
+    """The metadata was silently dropped, and the operator got a decision that ignored it; the
+    CLI refuses the same input."""
+    async with harness(admin=AdminSettings(token=Secret(ADMIN))) as h:
+        response = await h.client.post(
+            "/v1/explain",
+            json={"claims": {"sub": "a", "email_verified": True}, "metadata": {"userId": "a"}},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "invalid_request"
+    assert "namespace is required with metadata" in problem["detail"]

@@ -92,3 +92,26 @@ def test_the_claims_iss_is_the_issuer_when_none_is_given() -> None:
     assert list(same.applied) == ["tenant-a-admins"]
     with pytest.raises(InvalidRequestError, match="is not the claims' iss"):
         explain(policy_set, claims, issuer="https://b.example/")
+
+
+PROVISIONING_TENANT_RULE = TENANT_RULE + (
+    b"    provision:\n"
+    b"      namespace: a\n"
+    b"      metadata: {userId: '{claims.sub}'}\n"
+    b"      idPrefix: '{claims.sub}-'\n"
+    b"      servers: [github]\n"
+)
+
+
+def test_the_claims_iss_is_the_issuer_of_provisioning_and_of_the_report() -> None:
+    """Rules were rendered with the claims' iss but provision blocks with the (empty) issuer
+    argument, and the report named that empty issuer: the dry run said the user could create no
+    connection where /v1/connections lets them."""
+    policy_set = load_policy_sources([("t.yaml", PROVISIONING_TENANT_RULE)])
+    claims = {"iss": "https://a.example/", "sub": "u1", "role": "admin"}
+    result = explain(policy_set, claims, issuer="")
+    assert result.issuer == "https://a.example/"
+    assert [(block["rule"], block["idPrefix"]) for block in result.provisioning] == [
+        ("tenant-a-admins", "u1-")
+    ]
+    assert result.as_json()["issuer"] == "https://a.example/"

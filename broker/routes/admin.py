@@ -14,15 +14,34 @@ from typing import Annotated, Any, Final
 import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 
-from broker.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from broker.errors import (
+    AuthenticationError,
+    InvalidJSONError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from broker.explain import explain
 from broker.identity import bearer_token
-from broker.jsonrpc import decode_strict
+from broker.jsonrpc import (
+    BatchNotSupportedError,
+    DuplicateKeyError,
+    InvalidMessageError,
+    TooDeepError,
+    decode_strict,
+)
 from broker.precheck import Target
-from broker.revocation import Scope
-from broker.routes.body import read_body, require_json
+from broker.revocation import Scope, SharedRevocationError
+from broker.routes.body import (
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+    read_body,
+    require_json,
+)
 from broker.routes.names import NAME_PATTERN
+from broker.routes.openapi import JSONRPC_MESSAGE, documented, problem_responses
 from broker.routes.responses import request_headers
 from broker.state import BrokerState
 from broker.telemetry import audit
@@ -39,6 +58,17 @@ class ExplainRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 MAX_REVOCATION_SECONDS: Final = 30 * 86_400
+ADMIN_FAILURES: Final = (
+    InvalidJSONError,
+    InvalidRequestError,
+    DuplicateKeyError,
+    TooDeepError,
+    AuthenticationError,
+    RequestTimeoutError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+"""What both operator routes can refuse with (a wrong credential, a malformed body)."""
 
 
 class RevokeRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -84,6 +114,15 @@ def require_admin(broker: BrokerState, authorization: str | None, action: str) -
     status_code=200,
     request_max_body_size=256 * 1024,
     summary="Operators: dry-run the loaded policy for some claims (admin credential)",
+    responses={
+        200: ResponseSpec(
+            dict[str, Any],
+            generate_examples=False,
+            description="The explanation, as `broker policy explain --json` prints it",
+        ),
+        **problem_responses(*ADMIN_FAILURES, BatchNotSupportedError, InvalidMessageError),
+    },
+    operation_class=documented(ExplainRequest, members={"request": JSONRPC_MESSAGE}),
 )
 async def explain_route(
     request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]
@@ -98,8 +137,13 @@ async def explain_route(
         body = msgspec.convert(parsed, ExplainRequest, strict=True)
     except msgspec.ValidationError as exc:
         raise InvalidRequestError(str(exc)) from None
-    if body.request is not None and body.namespace is None:
-        raise InvalidRequestError("namespace is required with request.")
+    if body.namespace is None:
+        # Like the CLI's "--namespace: required with --metadata": a dry run that dropped what
+        # the operator sent would explain another question than the one asked.
+        if body.request is not None:
+            raise InvalidRequestError("namespace is required with request.")
+        if body.metadata is not None:
+            raise InvalidRequestError("namespace is required with metadata.")
     target = Target(body.namespace, body.metadata) if body.namespace is not None else None
     result = explain(
         broker.policy_set,
@@ -119,6 +163,8 @@ async def explain_route(
     status_code=200,
     request_max_body_size=16 * 1024,
     summary="Operators: purge cached tokens and refuse a subject, a rule or everyone for a while",
+    responses=problem_responses(*ADMIN_FAILURES, SharedRevocationError),
+    operation_class=documented(RevokeRequest),
 )
 async def revoke_route(
     request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]

@@ -12,20 +12,62 @@ from typing import Any, Final
 import msgspec
 from litestar import Request, Response, delete, get, put
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath
 
-from broker.errors import InvalidRequestError
-from broker.provisioning import ConnectionRequest
-from broker.routes.body import convert_body, read_strict_json
+from broker.cluster import ClusterBusyError
+from broker.errors import (
+    AuthenticationError,
+    ConnectionNotFoundError,
+    InvalidJSONError,
+    InvalidRequestError,
+    NoMatchingRuleError,
+    PayloadTooLargeError,
+    UpstreamProtocolError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from broker.jsonrpc import DuplicateKeyError, TooDeepError
+from broker.provisioning import (
+    ConnectionIdNotAllowedError,
+    ConnectionLimitReachedError,
+    ConnectionNotOwnedError,
+    ConnectionRequest,
+    MetadataNotAllowedError,
+    TargetNotAllowedError,
+)
+from broker.ratelimit import RateLimitedError
+from broker.revocation import AccessRevokedError
+from broker.routes.body import (
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+    convert_body,
+    read_strict_json,
+)
 from broker.routes.caller import limited_caller
 from broker.routes.names import check_name
+from broker.routes.openapi import documented, problem_responses
 from broker.state import BrokerState
-from broker.upstream import ConnectionDocument, ConnectionPage
+from broker.upstream import ConnectionConflictError, ConnectionDocument, ConnectionPage
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_BODY_DEPTH: Final = 8
 MAX_CURSOR_CHARS: Final = 1024
 NO_STORE: Final = {"Cache-Control": "no-store"}
+CALLER_FAILURES: Final = (
+    InvalidRequestError,  # a namespace or connection id that is not a slug
+    AuthenticationError,
+    NoMatchingRuleError,  # no rule with a provision block for the namespace
+    AccessRevokedError,
+    ConnectionNotFoundError,  # not the caller's, or (listing, counting) no such namespace
+    RateLimitedError,
+    UpstreamRejectedError,
+    UpstreamProtocolError,
+    UpstreamUnavailableError,
+    UpstreamTimeoutError,
+)
+"""What every ``/v1/connections`` route can refuse with: the caller, the policy, Smithery."""
 
 
 class Deleted(msgspec.Struct, frozen=True):
@@ -36,6 +78,27 @@ class Deleted(msgspec.Struct, frozen=True):
     "/v1/connections/{namespace:str}/{connection_id:str}",
     request_max_body_size=16 * 1024 * 1024,
     summary="Create or update one of the caller's connections, with the policy's metadata",
+    responses={
+        200: ResponseSpec(ConnectionDocument, generate_examples=False, description="Updated"),
+        201: ResponseSpec(ConnectionDocument, generate_examples=False, description="Created"),
+        **problem_responses(
+            *CALLER_FAILURES,
+            InvalidJSONError,
+            DuplicateKeyError,
+            TooDeepError,
+            MetadataNotAllowedError,
+            TargetNotAllowedError,
+            ConnectionIdNotAllowedError,
+            ConnectionNotOwnedError,
+            ConnectionLimitReachedError,
+            RequestTimeoutError,
+            ConnectionConflictError,
+            PayloadTooLargeError,
+            UnsupportedMediaTypeError,
+            ClusterBusyError,
+        ),
+    },
+    operation_class=documented(ConnectionRequest),
 )
 async def put_connection(
     request: Request[Any, Any, Any],
@@ -60,6 +123,8 @@ async def put_connection(
 @get(
     "/v1/connections/{namespace:str}",
     summary="List the caller's connections (Smithery's cursor pagination)",
+    responses=problem_responses(*CALLER_FAILURES),
+    operation_class=documented(),
 )
 async def list_connections(
     request: Request[Any, Any, Any],
@@ -90,6 +155,8 @@ async def list_connections(
 @get(
     "/v1/connections/{namespace:str}/{connection_id:str}",
     summary="Read one of the caller's connections (404 when it is not theirs)",
+    responses=problem_responses(*CALLER_FAILURES),
+    operation_class=documented(),
 )
 async def get_connection(
     request: Request[Any, Any, Any],
@@ -108,6 +175,8 @@ async def get_connection(
     "/v1/connections/{namespace:str}/{connection_id:str}",
     status_code=200,
     summary="Delete one of the caller's connections (404 when it is not theirs)",
+    responses=problem_responses(*CALLER_FAILURES),
+    operation_class=documented(),
 )
 async def delete_connection(
     request: Request[Any, Any, Any],

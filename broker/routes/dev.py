@@ -16,10 +16,17 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import FromPath
 
-from broker.errors import InvalidRequestError
-from broker.routes.body import decode_json_body, read_body
+from broker.errors import InvalidJSONError, InvalidRequestError, PayloadTooLargeError
+from broker.routes.body import (
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+    decode_json_body,
+    read_body,
+)
+from broker.routes.openapi import documented, problem_responses
 from broker.routes.static import CSS, HTML, JAVASCRIPT, asset_response, load_asset
 from broker.state import BrokerState
 
@@ -41,6 +48,15 @@ CONSOLE_FILES: Final = {
 }
 
 
+LOGIN_REQUEST: Final = Schema(
+    type=OpenAPIType.OBJECT,
+    description="The dev user's claims; the dev issuer sets iss, aud, exp, iat, nbf and jti.",
+    required=["sub"],
+    properties={"sub": Schema(type=OpenAPIType.STRING, min_length=1, max_length=256)},
+    additional_properties=True,
+)
+
+
 class LoginResponse(msgspec.Struct, frozen=True):
     access_token: str
     token_type: str
@@ -53,6 +69,14 @@ class LoginResponse(msgspec.Struct, frozen=True):
     request_max_body_size=16 * 1024,
     summary="Dev mode: sign a JWT for any dev user",
     include_in_schema=True,
+    responses=problem_responses(
+        InvalidJSONError,
+        InvalidRequestError,
+        RequestTimeoutError,
+        PayloadTooLargeError,
+        UnsupportedMediaTypeError,
+    ),
+    operation_class=documented(LOGIN_REQUEST),
 )
 async def dev_login(
     request: Request[Any, Any, Any], broker: NamedDependency[BrokerState]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 
+from broker.routes.openapi import documented, problem_responses
 from broker.state import BrokerState
 
 
@@ -17,7 +19,13 @@ class Readiness(msgspec.Struct, frozen=True):
     """Why the newest policy files were refused (the previous revision keeps serving)."""
 
 
-@get("/livez", summary="Liveness: the process is up", sync_to_thread=False)
+@get(
+    "/livez",
+    summary="Liveness: the process is up",
+    sync_to_thread=False,
+    responses=problem_responses(),
+    operation_class=documented(),
+)
 def livez() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -26,6 +34,16 @@ def livez() -> dict[str, str]:
     "/readyz",
     summary="Readiness: policies loaded, upstream and identity configured",
     sync_to_thread=False,
+    responses={
+        200: ResponseSpec(Readiness, generate_examples=False, description="Ready"),
+        503: ResponseSpec(
+            Readiness,
+            generate_examples=False,
+            description="Not ready (or draining): `checks` says which check failed",
+        ),
+        **problem_responses(),
+    },
+    operation_class=documented(),
 )
 def readyz(broker: NamedDependency[BrokerState]) -> Response[Readiness]:
     checks = {

@@ -9,12 +9,35 @@ from litestar import Request, post
 from litestar.openapi import ResponseSpec
 from litestar.types import ASGIApp
 
-from broker.errors import InvalidRequestError
-from broker.jsonrpc import check_message
+from broker.errors import (
+    AuthenticationError,
+    InvalidJSONError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    UpstreamProtocolError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from broker.jsonrpc import (
+    BatchNotSupportedError,
+    DuplicateKeyError,
+    InvalidMessageError,
+    TooDeepError,
+    check_message,
+)
 from broker.precheck import Target
-from broker.routes.body import convert_body, read_strict_json
+from broker.ratelimit import RateLimitedError
+from broker.revocation import AccessRevokedError
+from broker.routes.body import (
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+    convert_body,
+    read_strict_json,
+)
 from broker.routes.caller import limited_caller
 from broker.routes.names import NAME_PATTERN
+from broker.routes.openapi import JSONRPC_MESSAGE, documented, problem_responses
 from broker.routes.responses import NO_STORE, JsonBody
 from broker.state import BrokerState
 
@@ -46,12 +69,38 @@ class PrecheckResponse(msgspec.Struct, frozen=True):
     reasons: list[Reason]
 
 
+PRECHECK_FAILURES: Final = (
+    InvalidJSONError,
+    InvalidRequestError,
+    DuplicateKeyError,
+    TooDeepError,
+    BatchNotSupportedError,
+    InvalidMessageError,
+    AuthenticationError,
+    AccessRevokedError,
+    RequestTimeoutError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+    RateLimitedError,
+    # Reading the connection's metadata from Smithery (connectionId).
+    UpstreamRejectedError,
+    UpstreamProtocolError,
+    UpstreamUnavailableError,
+    UpstreamTimeoutError,
+)
+"""What ``/v1/precheck`` can refuse with; the proxy decides the same way, so it shares them."""
+
+
 @post(
     "/v1/precheck",
     status_code=200,
     request_max_body_size=16 * 1024 * 1024,
     summary="Decide whether a JSON-RPC message would be allowed, with reasons",
-    responses={200: ResponseSpec(PrecheckResponse, description="The decision")},
+    responses={
+        200: ResponseSpec(PrecheckResponse, generate_examples=False, description="The decision"),
+        **problem_responses(*PRECHECK_FAILURES),
+    },
+    operation_class=documented(PrecheckRequest, members={"request": JSONRPC_MESSAGE}),
 )
 async def precheck(request: Request[Any, Any, Any]) -> ASGIApp:
     # A hot route: the state from the application (no dependency injection) and a pre-encoded

@@ -34,6 +34,8 @@ from broker.jsonrpc import check_message, decode_strict, is_notification
 from broker.policy import PolicySet
 from broker.routes.body import receive_body, require_json
 from broker.routes.names import check_name
+from broker.routes.openapi import JSONRPC_MESSAGE, METHOD_NOT_ALLOWED, documented, problem_responses
+from broker.routes.precheck import PRECHECK_FAILURES
 from broker.routes.responses import NO_STORE, DisconnectWatch, JsonBody, Relay, request_headers
 from broker.state import BrokerState
 
@@ -89,14 +91,24 @@ async def proxy_mcp(scope: Scope, receive: Receive, send: Send) -> None:
     status_code=200,
     summary="Guarded MCP endpoint: precheck, then forward to Smithery",
     description="Stateless MCP (Streamable HTTP): one JSON-RPC message per POST. GET and DELETE "
-    "are 405, like Smithery's stateless endpoint.",
+    "are 405, like Smithery's stateless endpoint; OPTIONS is 204. Once the broker allows a "
+    "message, Smithery's answer is relayed as it comes: its status, its body (JSON or "
+    "text/event-stream), its Content-Type, Cache-Control and Retry-After. A 4xx or 5xx may "
+    "therefore also be Smithery's own answer rather than the broker's problem details.",
     responses={
         200: ResponseSpec(
             JsonRpcErrorResponse,
-            description="Smithery's answer streamed through (application/json or "
-            "text/event-stream), or a JSON-RPC error -32003 explaining a denial",
-        )
+            generate_examples=False,
+            description="Smithery's answer relayed (application/json or text/event-stream), or "
+            "the broker's JSON-RPC error -32003 explaining a denied request (the schema)",
+        ),
+        202: ResponseSpec(None, description="Smithery accepted a notification (relayed)"),
+        **problem_responses(*PRECHECK_FAILURES, RequestDeniedError, METHOD_NOT_ALLOWED),
     },
+    operation_class=documented(
+        JSONRPC_MESSAGE,
+        relayed="Any other answer of Smithery's MCP endpoint, relayed with its status",
+    ),
 )
 async def proxy_mcp_documented(namespace: FromPath[str], connection_id: FromPath[str]) -> ASGIApp:
     """The OpenAPI entry of the proxy. Requests do not reach it: the mount above takes every

@@ -11,7 +11,29 @@ from litestar import Request, post
 from litestar.openapi import ResponseSpec
 from litestar.types import ASGIApp
 
-from broker.routes.body import declares_body, decode_json_body, read_body_within
+from broker.errors import (
+    AuthenticationError,
+    InvalidJSONError,
+    InvalidRequestError,
+    NoMatchingRuleError,
+    PayloadTooLargeError,
+    RuleNotApplicableError,
+    UnknownRuleError,
+    UpstreamProtocolError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from broker.ratelimit import RateLimitedError
+from broker.revocation import AccessRevokedError
+from broker.routes.body import (
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+    declares_body,
+    decode_json_body,
+    read_body_within,
+)
+from broker.routes.openapi import documented, problem_responses
 from broker.routes.responses import NO_STORE, JsonBody, request_headers
 from broker.state import BrokerState
 
@@ -51,7 +73,31 @@ def format_timestamp(seconds: float) -> str:
     status_code=200,
     request_max_body_size=MAX_TOKEN_REQUEST_BYTES,
     summary="Mint a scoped Smithery service token for the calling user",
-    responses={200: ResponseSpec(TokenResponse, description="The service token")},
+    responses={
+        200: ResponseSpec(TokenResponse, generate_examples=False, description="The service token"),
+        **problem_responses(
+            InvalidJSONError,
+            InvalidRequestError,
+            UnknownRuleError,
+            AuthenticationError,
+            NoMatchingRuleError,
+            RuleNotApplicableError,
+            AccessRevokedError,
+            RequestTimeoutError,
+            PayloadTooLargeError,
+            UnsupportedMediaTypeError,
+            RateLimitedError,
+            UpstreamRejectedError,
+            UpstreamProtocolError,
+            UpstreamUnavailableError,
+            UpstreamTimeoutError,
+        ),
+    },
+    operation_class=documented(
+        TokenRequest,
+        body_required=False,
+        body_description="Optional: frontends usually send no body.",
+    ),
 )
 async def create_token(request: Request[Any, Any, Any]) -> ASGIApp:
     # The hottest route: R1 in bench/ measured Litestar's dependency injection, header container
