@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 
 from broker.app import Problem as SentProblem
 from broker.config import AdminSettings, Secret
+from broker.routes.connections import MAX_CURSOR_CHARS
 from tests.inprocess import Harness, harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,6 +234,22 @@ def test_request_bodies_the_handlers_read_are_documented(document: dict[str, Any
             assert schema_validator(document, schema).is_valid(valid), (key, valid)
         for invalid in INVALID_BODIES[key]:
             assert not schema_validator(document, schema).is_valid(invalid), (key, invalid)
+
+
+def test_query_parameters_the_handlers_read_are_documented(document: dict[str, Any]) -> None:
+    """Only the list reads a query (``cursor``, ``limit``); it refuses any other parameter."""
+    queries = {
+        (method, path): {
+            p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "query"
+        }
+        for method, path, operation in operations(document)
+    }
+    assert {key: names for key, names in queries.items() if names} == {
+        ("get", "/v1/connections/{namespace}"): {
+            "cursor": {"type": "string", "minLength": 1, "maxLength": MAX_CURSOR_CHARS},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+        }
+    }
 
 
 def test_component_schemas_are_json_schema(document: dict[str, Any]) -> None:

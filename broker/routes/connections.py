@@ -12,7 +12,9 @@ from typing import Any, Final
 import msgspec
 from litestar import Request, Response, delete, get, put
 from litestar.di import NamedDependency
+from litestar.enums import ParamType
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIType, Parameter, Schema
 from litestar.params import FromPath
 
 from broker.cluster import ClusterBusyError
@@ -124,7 +126,22 @@ async def put_connection(
     "/v1/connections/{namespace:str}",
     summary="List the caller's connections (Smithery's cursor pagination)",
     responses=problem_responses(*CALLER_FAILURES),
-    operation_class=documented(),
+    operation_class=documented(
+        query=(
+            Parameter(
+                name="cursor",
+                param_in=ParamType.QUERY,
+                description="Smithery's nextCursor from the previous page",
+                schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_CURSOR_CHARS),
+            ),
+            Parameter(
+                name="limit",
+                param_in=ParamType.QUERY,
+                description="Connections per page",
+                schema=Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=100),
+            ),
+        )
+    ),
 )
 async def list_connections(
     request: Request[Any, Any, Any],

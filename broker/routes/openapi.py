@@ -24,6 +24,7 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Parameter,
     RequestBody,
     Schema,
 )
@@ -222,6 +223,7 @@ def documented(
     body_required: bool = True,
     body_description: str | None = None,
     relayed: str | None = None,
+    query: tuple[Parameter, ...] = (),
 ) -> type[Operation]:
     """An ``operation_class`` for a route decorator: the OpenAPI operation Litestar builds, with
 
@@ -234,7 +236,8 @@ def documented(
       sends: routes that can answer 400 document their problem details instead;
     - with ``relayed`` (a description), Smithery's answers passed through: the 200 also as
       ``text/event-stream``, each error status also as Smithery's own JSON, and any other
-      status as a ``default`` response.
+      status as a ``default`` response;
+    - ``query``: the query parameters the handler reads itself.
     """
     request_body = None
     if body is not None:
@@ -254,6 +257,8 @@ def documented(
         def __post_init__(self) -> None:
             if request_body is not None:
                 self.request_body = request_body
+            if query:
+                self.parameters = [*(self.parameters or []), *query]
             responses = self.responses or {}
             for status, response in list(responses.items()):
                 if not isinstance(response, OpenAPIResponse):
