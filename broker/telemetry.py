@@ -186,7 +186,14 @@ class Telemetry:
             return connection_id
         if self.subject_mode == "omit":
             return None
-        return "h:" + self.keyed_hash("connection:" + connection_id)
+        key = "connection:" + connection_id
+        hashed = self._hashed.get(key)  # keyed by the text hashed, like subjects: one value each
+        if hashed is None:
+            hashed = "h:" + self.keyed_hash(key)
+            if len(self._hashed) >= HASHED_SUBJECTS_KEPT:
+                self._hashed.clear()
+            self._hashed[key] = hashed
+        return hashed
 
     def keyed_hash(self, value: str) -> str:
         """A short HMAC-SHA256 of ``value``: correlates records without revealing the value."""
