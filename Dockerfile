@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # The token broker's production image. From the repository root:
-#   docker build -t token-broker:0.1.0 .
-#   docker run --rm token-broker:0.1.0 check      # `broker check`: validate settings and policies
-#   docker run --rm -p 8080:8080 token-broker:0.1.0
+#   docker build -t token-broker:0.2.0 .
+#   docker run --rm token-broker:0.2.0 check      # `broker check`: validate settings and policies
+#   docker run --rm -p 8080:8080 token-broker:0.2.0
 #
 # Two stages: the first installs the project into a virtualenv, the second copies only that
 # virtualenv onto the same slim base, so no source tree, build tool or pip cache ships. The image

@@ -1,3 +1,3 @@
 """Token Broker: policy-aware Smithery service tokens for app users."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

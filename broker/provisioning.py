@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -51,9 +52,9 @@ MAX_HEADERS: Final = 32
 MAX_HEADER_VALUE_CHARS: Final = 4096
 MAX_METADATA_KEYS: Final = 32
 LIST_PAGE_SIZE: Final = 100
+"""Smithery's largest page (``limit`` 1-100), used when counting a user's connections."""
 EXTRA_COUNT_PAGES: Final = 10
 """Pages a count against ``maxConnections`` may read beyond the full ones it needs."""
-"""Smithery's largest page (``limit`` 1-100), used when counting a user's connections."""
 _ID_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._~-")
 
 # A token (RFC 9110 §5.1) and a field value without control characters other than tab (§5.5):
@@ -260,17 +261,22 @@ def _fill_id_prefix(template: Template, claims: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
+_BRACKETED_HOST: Final = re.compile(r"\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
+"""An IPv6 literal is the whole host: ``[::ffff:a00:1].example.com`` is read as 10.0.0.1 by some
+parsers and as a name by patterns."""
+
+
 def check_mcp_url(url: str) -> str:
-    r"""An absolute http(s) URL without credentials, in a form every URL parser reads the same
-    host from, or 400.
+    r"""An absolute http(s) URL without credentials, in a form whose host the policy's patterns,
+    Python's parser and Smithery's (WHATWG) all read alike, or 400.
 
     The policy's ``mcpUrl`` patterns are matched against the string, and Smithery (a WHATWG
     parser) dials the host it parses. Where the two can part, a pattern such as
     ``^https://[^/]+\.example\.com/mcp$`` would let ``https://10.0.0.1?.example.com/mcp`` or
     ``https://evil.test\.example.com/mcp`` through to another host. So the host must be
-    followed by ``/`` or nothing (not ``?``), and backslashes, fragments, percent signs in the
-    authority and anything but printable ASCII are refused (a name in another script is
-    written in its ``xn--`` form)."""
+    followed by ``/`` or nothing (not ``?``), an IPv6 literal must be the whole host, and
+    backslashes, fragments, percent signs in the authority and anything but printable ASCII
+    are refused (a name in another script is written in its ``xn--`` form)."""
     try:
         parts = urlsplit(url)
         port_ok = parts.port is None or parts.port > 0
@@ -291,6 +297,7 @@ def check_mcp_url(url: str) -> str:
         or "\\" in url
         or "#" in url
         or "%" in parts.netloc
+        or ("[" in parts.netloc and _BRACKETED_HOST.fullmatch(parts.netloc) is None)
         or (parts.query and not parts.path)
     ):
         raise InvalidRequestError(

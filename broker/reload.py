@@ -52,22 +52,19 @@ class PolicyReloader:
     _hangup: asyncio.Task[None] | None = None
     _hangup_again: bool = False
 
-    async def reload(self, reason: str = "requested") -> bool:
-        """Load and validate the directory; swap it in when valid. False when refused."""
+    async def reload(self, reason: str = "requested", *, stood_still: Any = None) -> bool:
+        """Load and validate the directory; swap it in when valid. False when refused, or
+        postponed because the files changed while being read (or, with ``stood_still``, the
+        fingerprint the watch saw twice, since then)."""
         async with self._lock:
             fingerprint = await asyncio.to_thread(fingerprint_dir, self.directory)
             try:
+                if stood_still is not None and fingerprint != stood_still:
+                    return self._postponed(reason)
                 new = await asyncio.to_thread(load_policy_dir, self.directory)
                 if await asyncio.to_thread(fingerprint_dir, self.directory) != fingerprint:
                     # Read while being written: what was read may be a part of the new files.
-                    # Not a refusal; the watch looks again once they stand still.
-                    logger.warning(
-                        "policy reload (%s) postponed: the files changed while being read; "
-                        "still serving revision %s",
-                        reason,
-                        self.current().revision,
-                    )
-                    return False
+                    return self._postponed(reason)
             except PolicyError as exc:
                 # For /readyz, which anyone may read: a count, not the problems (paths, rule
                 # ids, claim names and values), which go to the log below.
@@ -111,6 +108,19 @@ class PolicyReloader:
                     logger.warning("  warning: %s", warning)
             return True
 
+    def _postponed(self, reason: str) -> bool:
+        """Not a refusal: the files are being written. Tried again once they stand still."""
+        logger.warning(
+            "policy reload (%s) postponed: the files changed while being read; still serving "
+            "revision %s; %s",
+            reason,
+            self.current().revision,
+            "the watch looks again"
+            if self.interval_seconds > 0
+            else "send SIGHUP again once they are complete",
+        )
+        return False
+
     def _refused(self, fingerprint: Any, summary: str) -> None:
         """The newest files were not swapped in: count it, and look again only once they
         change."""
@@ -128,7 +138,7 @@ class PolicyReloader:
             self._pending = fingerprint  # changed, or still changing: look again next time
         else:
             self._pending = None
-            await self.reload("files changed")
+            await self.reload("files changed", stood_still=fingerprint)
 
     async def start(self) -> None:
         # No baseline is taken here: the set being served was read earlier (before the app was

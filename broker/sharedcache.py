@@ -117,6 +117,7 @@ class Locks:
         """(name, owner) -> when the lock expires by itself (monotonic)."""
         self._task: asyncio.Task[None] | None = None
         """The task releasing ``_pending``, while there are any (the reference keeps it alive)."""
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -138,6 +139,8 @@ class Locks:
             self._release_later(name, owner, ttl_ms)
 
     def _release_later(self, name: str, owner: str, ttl_ms: int) -> None:
+        if self._closed:  # shut down: the store is closed, and the lock expires by itself
+            return
         self._pending[(name, owner)] = self._monotonic() + ttl_ms / 1000
         while len(self._pending) > self._max_pending:
             self._pending.popitem(last=False)
@@ -157,6 +160,7 @@ class Locks:
 
     async def aclose(self) -> None:
         """Stop releasing: what is still pending expires in Redis by itself."""
+        self._closed = True
         task, self._task = self._task, None
         self._pending.clear()
         if task is not None:

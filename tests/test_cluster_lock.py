@@ -201,6 +201,19 @@ async def test_pending_releases_end_quietly_at_shutdown(caplog: pytest.LogCaptur
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+async def test_no_release_is_started_after_shutdown() -> None:
+    """A block still running at shutdown whose release then fails must not start a task that
+    calls the closed store until the lock expires."""
+    store, clock = Store(), Clock()
+    replica = cluster(store, clock)
+    async with replica.exclusive("provision", "iss", "alice", "my-app"):
+        await replica.aclose()
+        store.down = True
+    assert replica.shared is not None
+    assert len(replica.shared.locks) == 0
+    assert replica.shared.locks._task is None
+
+
 async def test_a_failing_block_still_releases_the_lock() -> None:
     store, clock = Store(), Clock()
     with pytest.raises(RuntimeError):

@@ -164,6 +164,7 @@ def test_owns_needs_every_enforced_pair() -> None:
         "https://10.0.0.1:8080?.example.com/mcp",
         "https://attacker.net#.example.com/mcp",
         "https://evil%2Eorg.example.com/mcp",
+        "https://[::ffff:a00:1].example.com/mcp",
         "https://bu\u0308cher.example.com/mcp",
         "https://x.example.com/mcp\u2028",
     ],

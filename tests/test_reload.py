@@ -10,6 +10,7 @@ import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -323,3 +324,37 @@ async def test_sighup_reloads_and_signals_during_a_reload_are_answered_once(
         assert reasons == ["SIGHUP", "SIGHUP"]
     finally:
         await reloader.stop()
+
+
+async def test_a_write_between_the_last_look_and_the_read_is_not_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files stood still for an interval, then a writer truncated one and wrote half of it
+    just before the reload read them: that half must not be what the stillness vouched for."""
+    directory = own_directory(tmp_path)
+    served = Served(directory)
+    reloader = served.reloader(directory)
+    await reloader.start()
+    file = directory / "own.yaml"
+    file.write_text(variant(12))
+    await reloader.check()  # the change is seen
+    complete = variant(11)
+    half = complete[: complete.index("      metadata:")]
+    looks = 0
+
+    def writer_starts_after_the_look(path: str) -> tuple[Any, ...]:
+        nonlocal looks
+        looks += 1
+        if looks == 2:  # after the watch's look, before the reload reads
+            file.write_text(half)
+        return fingerprint_dir(path)
+
+    monkeypatch.setattr("broker.reload.fingerprint_dir", writer_starts_after_the_look)
+    await reloader.check()  # the files stood still: reload, but they changed since
+    monkeypatch.undo()
+    assert served.applied == []
+    file.write_text(complete)
+    await reloader.check()
+    await reloader.check()
+    assert served.applied == [load_policy_dir(directory).revision]
+    assert served.current.rules[0].grant.metadata is not None

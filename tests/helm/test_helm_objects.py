@@ -296,7 +296,7 @@ def test_extra_env_volumes_and_image_digest(ci_rendered: dict[str, Rendered]) ->
     }
     assert rendered.pod_spec["serviceAccountName"] == "token-broker-workload"
     assert rendered.pod_spec["imagePullSecrets"] == [{"name": "registry-credentials"}]
-    assert ci_rendered["default"].container()["image"] == "token-broker:0.1.0"
+    assert ci_rendered["default"].container()["image"] == "token-broker:0.2.0"
 
 
 def test_otel_settings_become_standard_variables(ci_rendered: dict[str, Rendered]) -> None:
