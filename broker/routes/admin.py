@@ -21,7 +21,6 @@ from broker.errors import (
     InvalidJSONError,
     InvalidRequestError,
     NotFoundError,
-    PayloadTooLargeError,
 )
 from broker.explain import explain
 from broker.identity import bearer_token
@@ -35,13 +34,16 @@ from broker.jsonrpc import (
 from broker.precheck import Target
 from broker.revocation import Scope, SharedRevocationError
 from broker.routes.body import (
-    RequestTimeoutError,
-    UnsupportedMediaTypeError,
     read_body,
     require_json,
 )
 from broker.routes.names import NAME_PATTERN
-from broker.routes.openapi import JSONRPC_MESSAGE, documented, problem_responses
+from broker.routes.openapi import (
+    BODY_FAILURES,
+    JSONRPC_MESSAGE,
+    documented,
+    problem_responses,
+)
 from broker.routes.responses import request_headers
 from broker.state import BrokerState
 from broker.telemetry import audit
@@ -64,9 +66,7 @@ ADMIN_FAILURES: Final = (
     DuplicateKeyError,
     TooDeepError,
     AuthenticationError,
-    RequestTimeoutError,
-    PayloadTooLargeError,
-    UnsupportedMediaTypeError,
+    *BODY_FAILURES,
 )
 """What both operator routes can refuse with (a wrong credential, a malformed body)."""
 

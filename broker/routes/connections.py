@@ -25,10 +25,6 @@ from broker.errors import (
     InvalidRequestError,
     NoMatchingRuleError,
     PayloadTooLargeError,
-    UpstreamProtocolError,
-    UpstreamRejectedError,
-    UpstreamTimeoutError,
-    UpstreamUnavailableError,
 )
 from broker.jsonrpc import DuplicateKeyError, TooDeepError
 from broker.provisioning import (
@@ -49,7 +45,7 @@ from broker.routes.body import (
 )
 from broker.routes.caller import limited_caller
 from broker.routes.names import check_name
-from broker.routes.openapi import documented, problem_responses
+from broker.routes.openapi import SMITHERY_FAILURES, documented, problem_responses
 from broker.state import BrokerState
 from broker.upstream import ConnectionConflictError, ConnectionDocument, ConnectionPage
 
@@ -64,10 +60,7 @@ CALLER_FAILURES: Final = (
     AccessRevokedError,
     ConnectionNotFoundError,  # not the caller's, or (listing, counting) no such namespace
     RateLimitedError,
-    UpstreamRejectedError,
-    UpstreamProtocolError,
-    UpstreamUnavailableError,
-    UpstreamTimeoutError,
+    *SMITHERY_FAILURES,
 )
 """What every ``/v1/connections`` route can refuse with: the caller, the policy, Smithery."""
 

@@ -19,14 +19,12 @@ from litestar.exceptions import NotFoundException
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import FromPath
 
-from broker.errors import InvalidJSONError, InvalidRequestError, PayloadTooLargeError
+from broker.errors import InvalidJSONError, InvalidRequestError
 from broker.routes.body import (
-    RequestTimeoutError,
-    UnsupportedMediaTypeError,
     decode_json_body,
     read_body,
 )
-from broker.routes.openapi import documented, problem_responses
+from broker.routes.openapi import BODY_FAILURES, documented, problem_responses
 from broker.routes.static import CSS, HTML, JAVASCRIPT, asset_response, load_asset
 from broker.state import BrokerState
 
@@ -72,9 +70,7 @@ class LoginResponse(msgspec.Struct, frozen=True):
     responses=problem_responses(
         InvalidJSONError,
         InvalidRequestError,
-        RequestTimeoutError,
-        PayloadTooLargeError,
-        UnsupportedMediaTypeError,
+        *BODY_FAILURES,
     ),
     operation_class=documented(LOGIN_REQUEST),
 )

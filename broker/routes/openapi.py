@@ -29,7 +29,15 @@ from litestar.openapi.spec import (
     Schema,
 )
 
-from broker.errors import BrokerError
+from broker.errors import (
+    BrokerError,
+    PayloadTooLargeError,
+    UpstreamProtocolError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from broker.routes.body import RequestTimeoutError, UnsupportedMediaTypeError
 
 PROBLEM_JSON: Final = "application/problem+json"
 PROBLEM_TYPE_PREFIX: Final = "urn:token-broker:problem:"
@@ -79,6 +87,15 @@ METHOD_NOT_ALLOWED: Final = Failure(405, "method_not_allowed", "Method not allow
 HEAD_TIMEOUT: Final = Failure(408, "request_timeout", "Request timeout")
 HEADERS_TOO_LARGE: Final = Failure(431, "headers_too_large", "Request headers too large")
 ANY_REQUEST: Final = (HEAD_TIMEOUT, HEADERS_TOO_LARGE)
+BODY_FAILURES: Final = (RequestTimeoutError, PayloadTooLargeError, UnsupportedMediaTypeError)
+"""What reading a JSON request body can end in."""
+SMITHERY_FAILURES: Final = (
+    UpstreamRejectedError,
+    UpstreamProtocolError,
+    UpstreamUnavailableError,
+    UpstreamTimeoutError,
+)
+"""What a call to Smithery can end in."""
 """What any request can get from ``broker serve``, whatever its route."""
 
 _WHEN: Final = {

@@ -13,11 +13,6 @@ from broker.errors import (
     AuthenticationError,
     InvalidJSONError,
     InvalidRequestError,
-    PayloadTooLargeError,
-    UpstreamProtocolError,
-    UpstreamRejectedError,
-    UpstreamTimeoutError,
-    UpstreamUnavailableError,
 )
 from broker.jsonrpc import (
     BatchNotSupportedError,
@@ -30,14 +25,18 @@ from broker.precheck import Target
 from broker.ratelimit import RateLimitedError
 from broker.revocation import AccessRevokedError
 from broker.routes.body import (
-    RequestTimeoutError,
-    UnsupportedMediaTypeError,
     convert_body,
     read_strict_json,
 )
 from broker.routes.caller import limited_caller
 from broker.routes.names import NAME_PATTERN
-from broker.routes.openapi import JSONRPC_MESSAGE, documented, problem_responses
+from broker.routes.openapi import (
+    BODY_FAILURES,
+    JSONRPC_MESSAGE,
+    SMITHERY_FAILURES,
+    documented,
+    problem_responses,
+)
 from broker.routes.responses import NO_STORE, JsonBody
 from broker.state import BrokerState
 
@@ -78,15 +77,10 @@ PRECHECK_FAILURES: Final = (
     InvalidMessageError,
     AuthenticationError,
     AccessRevokedError,
-    RequestTimeoutError,
-    PayloadTooLargeError,
-    UnsupportedMediaTypeError,
+    *BODY_FAILURES,
     RateLimitedError,
     # Reading the connection's metadata from Smithery (connectionId).
-    UpstreamRejectedError,
-    UpstreamProtocolError,
-    UpstreamUnavailableError,
-    UpstreamTimeoutError,
+    *SMITHERY_FAILURES,
 )
 """What ``/v1/precheck`` can refuse with; the proxy decides the same way, so it shares them."""
 

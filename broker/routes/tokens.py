@@ -16,24 +16,17 @@ from broker.errors import (
     InvalidJSONError,
     InvalidRequestError,
     NoMatchingRuleError,
-    PayloadTooLargeError,
     RuleNotApplicableError,
     UnknownRuleError,
-    UpstreamProtocolError,
-    UpstreamRejectedError,
-    UpstreamTimeoutError,
-    UpstreamUnavailableError,
 )
 from broker.ratelimit import RateLimitedError
 from broker.revocation import AccessRevokedError
 from broker.routes.body import (
-    RequestTimeoutError,
-    UnsupportedMediaTypeError,
     declares_body,
     decode_json_body,
     read_body_within,
 )
-from broker.routes.openapi import documented, problem_responses
+from broker.routes.openapi import BODY_FAILURES, SMITHERY_FAILURES, documented, problem_responses
 from broker.routes.responses import NO_STORE, JsonBody, request_headers
 from broker.state import BrokerState
 
@@ -83,14 +76,9 @@ def format_timestamp(seconds: float) -> str:
             NoMatchingRuleError,
             RuleNotApplicableError,
             AccessRevokedError,
-            RequestTimeoutError,
-            PayloadTooLargeError,
-            UnsupportedMediaTypeError,
+            *BODY_FAILURES,
             RateLimitedError,
-            UpstreamRejectedError,
-            UpstreamProtocolError,
-            UpstreamUnavailableError,
-            UpstreamTimeoutError,
+            *SMITHERY_FAILURES,
         ),
     },
     operation_class=documented(
