@@ -266,6 +266,39 @@ _BRACKETED_HOST: Final = re.compile(r"\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
 parsers and as a name by patterns."""
 
 
+FORBIDDEN_HEADERS: Final = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "expect",
+    }
+)
+"""Headers that say how a message travels, not what it means: whoever sends them to the MCP
+server (Smithery) sets these itself, and a user's own could split or redirect its requests."""
+
+
+def check_headers(headers: Mapping[str, str] | None) -> None:
+    """The connection's ``headers``: none that belongs to the transport, and no name twice in
+    other letter cases (which one a server takes is its own choice), or 400."""
+    if not headers:
+        return
+    seen: set[str] = set()
+    for name in headers:
+        lower = name.lower()
+        if lower in FORBIDDEN_HEADERS:
+            raise InvalidRequestError(f"The header {name!r} may not be set on a connection.")
+        if lower in seen:
+            raise InvalidRequestError(f"The header {name!r} is given twice.")
+        seen.add(lower)
+
+
 def check_mcp_url(url: str) -> str:
     r"""An absolute http(s) URL without credentials, in a form whose host the policy's patterns,
     Python's parser and Smithery's (WHATWG) all read alike, or 400.
@@ -376,6 +409,7 @@ class Provisioning:
                 )
             client_metadata = request.metadata or {}
             check_client_metadata(entitlement, client_metadata)
+            check_headers(request.headers)
             if request.mcpUrl is not None:
                 check_mcp_url(request.mcpUrl)
                 if not entitlement.allows_target(request.mcpUrl):

@@ -228,6 +228,11 @@ async def test_unauthenticated_denied() -> None:
         {"mcpUrl": GITHUB, "headers": {"X-Key": "v\r\nX-Admin: 1"}},
         {"mcpUrl": GITHUB, "headers": {"X-Key": "v\n"}},
         {"mcpUrl": GITHUB, "headers": {"X-Key": "v\x00"}},
+        # Transport headers are the sender's own: a user's could redirect or split requests.
+        {"mcpUrl": GITHUB, "headers": {"Host": "internal.example"}},
+        {"mcpUrl": GITHUB, "headers": {"Transfer-Encoding": "chunked"}},
+        {"mcpUrl": GITHUB, "headers": {"content-length": "0"}},
+        {"mcpUrl": GITHUB, "headers": {"X-Key": "a", "x-key": "b"}},
         {"mcpUrl": GITHUB, "metadata": {"n": 1}},
         {"name": ""},
         [],
