@@ -273,11 +273,33 @@ def match_rule(rule: Rule, issuer: str, claims: Mapping[str, Any]) -> str | None
 
 def load_policy_dir(directory: str | Path) -> PolicySet:
     """Read and validate every policy file in ``directory``; raise PolicyError with all problems."""
+    sources, problems = read_policy_dir(directory)
+    if not sources and problems:  # no directory, or nothing in it to read
+        raise PolicyError(problems)
+    try:
+        policy_set = load_policy_sources(sources)
+    except PolicyError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise PolicyError(problems)
+    return policy_set
+
+
+def policy_dir_revision(directory: str | Path) -> str | None:
+    """The revision the files in ``directory`` would load as, without validating them (cheap:
+    they are read and hashed, not parsed); None when any cannot be read."""
+    sources, problems = read_policy_dir(directory)
+    return None if problems else revision_of(sources)
+
+
+def read_policy_dir(directory: str | Path) -> tuple[list[tuple[str, bytes]], list[PolicyProblem]]:
+    """The policy files of ``directory`` as (path, bytes) in a stable order, and the problems
+    met reading them."""
     root = Path(directory)
     if not root.is_dir():
-        raise PolicyError(
-            [PolicyProblem(str(root), "$", "policy directory does not exist or is not a directory")]
-        )
+        return [], [
+            PolicyProblem(str(root), "$", "policy directory does not exist or is not a directory")
+        ]
     # Every *.yaml entry is read or reported: a directory, a FIFO or a dangling link named like a
     # policy file must not make its rules vanish without a word. Hidden entries are not policy
     # files: editors' lock links (.#name.yaml), and Kubernetes' ..data links in a mounted
@@ -296,13 +318,7 @@ def load_policy_dir(directory: str | Path) -> PolicySet:
             problems.append(PolicyProblem(str(path), "$", f"cannot read: {exc.strerror}"))
     if not files:
         problems.append(PolicyProblem(str(root), "$", "no policy files (*.yaml, *.yml) found"))
-    try:
-        policy_set = load_policy_sources(sources)
-    except PolicyError as exc:
-        problems.extend(exc.problems)
-    if problems:
-        raise PolicyError(problems)
-    return policy_set
+    return sources, problems
 
 
 def load_policy_sources(sources: Sequence[tuple[str, bytes]]) -> PolicySet:
@@ -321,10 +337,15 @@ def load_policy_sources(sources: Sequence[tuple[str, bytes]]) -> PolicySet:
         problems.append(PolicyProblem("-", "$", "the policy set defines no rules"))
     if problems:
         raise PolicyError(problems)
+    return PolicySet(rules=tuple(rules), revision=revision_of(sources))
+
+
+def revision_of(sources: Sequence[tuple[str, bytes]]) -> str:
+    """A policy set's revision: a hash of its files' names and contents."""
     digest = hashlib.sha256()
     for name, data in sources:
         digest.update(Path(name).name.encode() + b"\0" + hashlib.sha256(data).digest())
-    return PolicySet(rules=tuple(rules), revision=digest.hexdigest()[:16])
+    return digest.hexdigest()[:16]
 
 
 def _client_metadata_conflicts(

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.errors import PolicyError, PolicyProblem
-from broker.policy import PolicySet, load_policy_dir
+from broker.policy import PolicySet, load_policy_dir, policy_dir_revision
 
 logger = logging.getLogger("broker.reload")
 
@@ -61,7 +61,13 @@ class PolicyReloader:
             try:
                 if stood_still is not None and fingerprint != stood_still:
                     return self._postponed(reason)
-                new = await asyncio.to_thread(load_policy_dir, self.directory)
+                unchanged = self.current().revision
+                if await asyncio.to_thread(policy_dir_revision, self.directory) == unchanged:
+                    # The same files (touched, rewritten alike, or the first look after start):
+                    # nothing to parse. The fingerprint check below still applies.
+                    new = self.current()
+                else:
+                    new = await asyncio.to_thread(load_policy_dir, self.directory)
                 if await asyncio.to_thread(fingerprint_dir, self.directory) != fingerprint:
                     # Read while being written: what was read may be a part of the new files.
                     return self._postponed(reason)

@@ -358,3 +358,25 @@ async def test_a_write_between_the_last_look_and_the_read_is_not_applied(
     await reloader.check()
     assert served.applied == [load_policy_dir(directory).revision]
     assert served.current.rules[0].grant.metadata is not None
+
+
+async def test_files_rewritten_alike_are_not_parsed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch's first looks after start, a touch, a sync that rewrites the same bytes: the
+    revision is read from the files' hashes, and the set is not loaded a second time."""
+    directory = own_directory(tmp_path)
+    served = Served(directory)
+    reloader = served.reloader(directory)
+    file = directory / "own.yaml"
+    file.write_bytes(file.read_bytes())
+
+    def parse(_: str) -> PolicySet:
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr("broker.reload.load_policy_dir", parse)
+    await reloader.start()
+    await reloader.check()
+    await reloader.check()
+    assert (served.applied, reloader.failures, reloader.last_error) == ([], 0, None)
+    assert await reloader.reload()
