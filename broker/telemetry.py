@@ -169,13 +169,7 @@ class Telemetry:
             return subject
         if self.subject_mode == "omit":
             return None
-        hashed = self._hashed.get(subject)
-        if hashed is None:
-            hashed = "h:" + self.keyed_hash(subject)
-            if len(self._hashed) >= HASHED_SUBJECTS_KEPT:
-                self._hashed.clear()
-            self._hashed[subject] = hashed
-        return hashed
+        return self._hashed_text(subject)
 
     def connection(self, connection_id: str | None) -> str | None:
         """A connection id as the privacy setting allows it out (audit ``connection``): ids
@@ -186,13 +180,16 @@ class Telemetry:
             return connection_id
         if self.subject_mode == "omit":
             return None
-        key = "connection:" + connection_id
-        hashed = self._hashed.get(key)  # keyed by the text hashed, like subjects: one value each
+        return self._hashed_text("connection:" + connection_id)
+
+    def _hashed_text(self, text: str) -> str:
+        """``h:`` + the keyed hash of ``text``, kept for the next request of the same user."""
+        hashed = self._hashed.get(text)
         if hashed is None:
-            hashed = "h:" + self.keyed_hash(key)
+            hashed = "h:" + self.keyed_hash(text)
             if len(self._hashed) >= HASHED_SUBJECTS_KEPT:
                 self._hashed.clear()
-            self._hashed[key] = hashed
+            self._hashed[text] = hashed
         return hashed
 
     def keyed_hash(self, value: str) -> str:

@@ -226,11 +226,16 @@ def own_directory(tmp_path: Path) -> Path:
     return directory
 
 
-async def test_a_half_written_file_is_never_applied(tmp_path: Path) -> None:
-    """Cut before its metadata, the rule is valid and grants every connection in my-app."""
+def watched(tmp_path: Path) -> tuple[Path, Served, PolicyReloader]:
+    """A directory with the shipped per-user policy, what is served from it, and its watch."""
     directory = own_directory(tmp_path)
     served = Served(directory)
-    reloader = served.reloader(directory)
+    return directory, served, served.reloader(directory)
+
+
+async def test_a_half_written_file_is_never_applied(tmp_path: Path) -> None:
+    """Cut before its metadata, the rule is valid and grants every connection in my-app."""
+    directory, served, reloader = watched(tmp_path)
     await reloader.start()
     complete = variant(10)
     cut = complete.index("      metadata:")
@@ -250,9 +255,7 @@ async def test_a_half_written_file_is_never_applied(tmp_path: Path) -> None:
 async def test_files_changed_while_being_read_are_read_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = own_directory(tmp_path)
-    served = Served(directory)
-    reloader = served.reloader(directory)
+    directory, served, reloader = watched(tmp_path)
     file = directory / "own.yaml"
     file.write_text(variant(10))
 
@@ -298,9 +301,7 @@ async def test_a_same_size_rewrite_that_keeps_its_mtime_is_seen(tmp_path: Path) 
 async def test_sighup_reloads_and_signals_during_a_reload_are_answered_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = own_directory(tmp_path)
-    served = Served(directory)
-    reloader = served.reloader(directory)
+    _, _, reloader = watched(tmp_path)
     reasons: list[str] = []
     entered = asyncio.Event()
     release = asyncio.Event()
@@ -331,9 +332,7 @@ async def test_a_write_between_the_last_look_and_the_read_is_not_applied(
 ) -> None:
     """The files stood still for an interval, then a writer truncated one and wrote half of it
     just before the reload read them: that half must not be what the stillness vouched for."""
-    directory = own_directory(tmp_path)
-    served = Served(directory)
-    reloader = served.reloader(directory)
+    directory, served, reloader = watched(tmp_path)
     await reloader.start()
     file = directory / "own.yaml"
     file.write_text(variant(12))
@@ -365,9 +364,7 @@ async def test_files_rewritten_alike_are_not_parsed_again(
 ) -> None:
     """The watch's first looks after start, a touch, a sync that rewrites the same bytes: the
     revision is read from the files' hashes, and the set is not loaded a second time."""
-    directory = own_directory(tmp_path)
-    served = Served(directory)
-    reloader = served.reloader(directory)
+    directory, served, reloader = watched(tmp_path)
     file = directory / "own.yaml"
     file.write_bytes(file.read_bytes())
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,7 +25,6 @@ from broker.sharedstore import (
     SharedStore,
     SharedStoreDown,
 )
-from tests.redis_server import RedisServer
 
 
 class HeldClient:
@@ -251,19 +249,6 @@ async def test_a_rate_limit_wait_no_bucket_gives_is_redis_down(wait: bytes) -> N
 
 
 # --- the scripts, on a real redis-server ------------------------------------------------------
-
-
-@pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[SharedStore]:
-    # A generous bound: these tests are about what the scripts do, not speed.
-    shared = SharedStore(
-        RedisSettings(retry_seconds=0.05, timeout_seconds=5.0),
-        Secret(redis_server.url),
-        clock=time.monotonic,
-        metrics=Metrics(),
-    )
-    yield shared
-    await shared.aclose()
 
 
 async def redis_ms(store: SharedStore) -> int:

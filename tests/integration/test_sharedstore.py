@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -23,20 +22,6 @@ from broker.upstream import MintedToken
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[SharedStore]:
-    # The production default of 0.25 s per call, first connection included, failed a test on a
-    # loaded CI machine: these tests are about the scripts' semantics, not speed.
-    shared = SharedStore(
-        RedisSettings(retry_seconds=0.05, timeout_seconds=5.0),
-        Secret(redis_server.url),
-        clock=time.monotonic,
-        metrics=Metrics(),
-    )
-    yield shared
-    await shared.aclose()
 
 
 async def test_lock_is_exclusive_and_released_only_by_its_owner(store: SharedStore) -> None:
