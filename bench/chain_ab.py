@@ -48,10 +48,10 @@ class _Pipe(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         other = self.other
-        if other is not None and other.transport is not None:
-            other.transport.write(data)
-        else:
+        if other is None or other.transport is None:
             self.early.append(data)
+        elif not other.transport.is_closing():  # wrk hung up mid-answer: the rest has no reader
+            other.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.other is not None and self.other.transport is not None:
@@ -72,6 +72,8 @@ async def serve_relay(fd: int, port: str) -> None:
             assert back.transport is not None
             for data in self.early:
                 back.transport.write(data)
+            if self.transport is not None and self.transport.is_closing():
+                back.transport.close()  # the client left while the relay was connecting
             self.early, self.other = [], back
 
     server = await loop.create_server(Front, sock=socket.socket(fileno=fd))
