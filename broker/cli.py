@@ -588,8 +588,9 @@ def dev(
     except ConfigError as exc:
         _report(exc.problems)
         return EXIT_INVALID
-    broker_url = f"http://{host}:{port}"
-    upstream_url = f"http://{host}:{upstream_port}"
+    url_host = f"[{host}]" if ":" in host else host  # an IPv6 literal (::1) goes in brackets
+    broker_url = f"http://{url_host}:{port}"
+    upstream_url = f"http://{url_host}:{upstream_port}"
     settings = msgspec.structs.replace(
         base,
         policies=msgspec.structs.replace(base.policies, dir=policies or base.policies.dir),
@@ -605,10 +606,23 @@ def dev(
             audience=(DEV_AUDIENCE,),
         ),
     )
+    # What `broker serve` checks before it starts (``_load``), every problem at once.
+    problems: list[str] = []
+    for step in (
+        lambda: load_cluster_keyring(settings),
+        lambda: select_trace_exporter(os.environ),
+    ):
+        try:
+            step()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    policy_set: PolicySet | None = None
     try:
         policy_set = load_policy_dir(settings.policies.dir)
     except PolicyError as exc:
-        _report([str(p) for p in exc.problems])
+        problems.extend(str(p) for p in exc.problems)
+    if problems or policy_set is None:
+        _report(problems)
         return EXIT_INVALID
     setup_logging()
     signer = DevSigner.generate(issuer=f"{broker_url}/dev", audience=DEV_AUDIENCE)
@@ -616,7 +630,7 @@ def dev(
     emulator_app = create_emulator_app(
         api_key=DEV_API_KEY, owned_namespaces=dev_namespaces(policy_set, extra_namespaces)
     )
-    mcp_url = f"http://{host}:{mcp_port}/mcp"
+    mcp_url = f"http://{url_host}:{mcp_port}/mcp"
     from broker.app import HeaderLimit, guarded
     from broker.headtimeout import head_timeout_protocol
 

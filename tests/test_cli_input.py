@@ -231,3 +231,47 @@ def test_check_reports_a_bad_key_file_next_to_a_bad_setting(environ: dict[str, s
     assert result.returncode == 2
     assert "BROKER_SERVER_PORT: 'abc' is not an integer" in result.stderr
     assert "JWKS file /nonexistent/jwks.json: cannot read" in result.stderr  # was hidden
+
+
+@pytest.fixture
+def taken_ipv6_port() -> Iterator[int]:
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as sock:
+        yield sock.getsockname()[1]
+
+
+def test_dev_on_the_ipv6_loopback_builds_its_urls_with_brackets(
+    taken_ipv6_port: int, environ: dict[str, str]
+) -> None:
+    # Everything up to listening runs (the broker's Smithery URL, the dev issuer, the seeded
+    # mcpUrl); "http://::1:8081" was a traceback from the broker's HTTP client.
+    result = broker("dev", "--host", "::1", "--mcp-port", str(taken_ipv6_port), env=environ)
+    assert result.returncode == 3
+    assert (
+        one_line(result)
+        == f"broker: cannot listen on ::1:{taken_ipv6_port}: Address already in use"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "problem"),
+    [
+        (
+            {
+                "BROKER_CACHE_BACKEND": "redis",
+                "BROKER_REDIS_URL": "redis://127.0.0.1:1/0",
+                "BROKER_CACHE_ENCRYPTION_KEY": "active: a\nkeys: {a: notbase64}\nnaming_key: x",
+            },
+            "BROKER_CACHE_ENCRYPTION_KEY: key 'a' must be base64 of 32 bytes",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "bogus"}, "OTEL_TRACES_EXPORTER: 'bogus' is not supported"),
+    ],
+    ids=["keyring", "trace-exporter"],
+)
+def test_dev_lists_the_problems_serve_would(
+    variables: dict[str, str], problem: str, environ: dict[str, str]
+) -> None:
+    result = broker("dev", env={**environ, **variables})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr  # was a ConfigError raised from create_app
+    assert "problem(s):" in result.stderr
+    assert problem in result.stderr
