@@ -8,6 +8,9 @@ must be complete within ``head_timeout_seconds`` (checked every half of it, so a
 half of it) of the connection opening, or of the request's first byte on a reused connection;
 otherwise the broker answers ``408 request_timeout`` and closes the connection. The body has
 its own deadline (``BROKER_SERVER_BODY_TIMEOUT_SECONDS``, ``routes.body``).
+
+The protocol writes through ``coalescing.CoalescingTransport``: the parts of an answer sent in
+one event-loop iteration leave in one system call.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import asyncio
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from broker.app import PROBLEM_JSON, encode_problem
+from broker.coalescing import CoalescingTransport
 
 
 def head_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
-    """uvicorn's ``http`` protocol class with a ``seconds`` deadline for each request's head."""
+    """uvicorn's ``http`` protocol class with a ``seconds`` deadline for each request's head,
+    writing through a ``CoalescingTransport``."""
     body = encode_problem(
         408,
         "request_timeout",
@@ -44,7 +49,8 @@ def head_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
         _last_cycle: object = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            coalescing = CoalescingTransport(transport, self.loop)
+            super().connection_made(coalescing)  # type: ignore[arg-type]
             self._head_timer = self.loop.call_later(seconds / 2, self._look)
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
-import uvicorn
 from litestar.types import Receive, Scope, Send
 
 from broker.headtimeout import head_timeout_protocol
+from tests.loopback_server import uvicorn_on_loopback
 
 HEAD_TIMEOUT = 0.2
 REQUEST = b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello"
@@ -33,24 +31,9 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@asynccontextmanager
-async def serving() -> AsyncIterator[int]:
-    """uvicorn with the protocol on a loopback socket that listens before serving starts (a
-    connection made meanwhile waits in the backlog): its port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    config = uvicorn.Config(
-        echo, http=head_timeout_protocol(HEAD_TIMEOUT), lifespan="off", log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+def serving() -> AbstractAsyncContextManager[int]:
+    """uvicorn with the protocol on a loopback socket: its port."""
+    return uvicorn_on_loopback(echo, head_timeout_protocol(HEAD_TIMEOUT))
 
 
 async def answer_of(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
