@@ -22,6 +22,7 @@ Nothing here knows HTTP: it wraps the transport uvicorn's protocol is given
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, Final
 
 FLUSH_BYTES: Final = 64 * 1024
@@ -57,6 +58,17 @@ class CoalescingTransport:
             return
         self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
+    def writelines(self, parts: Iterable[bytes]) -> None:
+        for part in parts:
+            self.write(part)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + (self._held_bytes if self._held else 0)
+
     def close(self) -> None:
         self.flush()
         self._transport.close()
@@ -71,5 +83,6 @@ class CoalescingTransport:
         self._transport.resume_reading()
 
     def __getattr__(self, name: str) -> Any:
-        # The rest of the transport interface, unchanged (get_extra_info, set_protocol, ...).
+        # The rest of the transport interface, unchanged (get_extra_info, set_protocol, abort:
+        # held bytes are dropped with the connection, ...).
         return getattr(self._transport, name)

@@ -32,6 +32,12 @@ class Recording:
     def is_closing(self) -> bool:
         return self.closing
 
+    def write_eof(self) -> None:
+        self.calls.append(("eof", b""))
+
+    def get_write_buffer_size(self) -> int:
+        return 7  # bytes the socket has not taken yet
+
     def get_extra_info(self, name: str) -> Any:
         return ("127.0.0.1", 1234) if name == "peername" else None
 
@@ -81,6 +87,15 @@ async def test_close_writes_what_is_held_first() -> None:
     assert recording.calls == [("write", b"last words"), ("close", b"")]
     await next_iteration()
     assert len(recording.calls) == 2  # the scheduled flush finds nothing held
+
+
+async def test_writelines_and_write_eof_keep_the_order() -> None:
+    transport, recording = coalescing()
+    transport.writelines([b"a", b"b"])
+    assert transport.get_write_buffer_size() == 7 + 2  # the socket's own, and what is held
+    transport.write_eof()
+    assert recording.calls == [("write", b"ab"), ("eof", b"")]
+    assert transport.get_write_buffer_size() == 7
 
 
 async def test_held_bytes_are_dropped_when_the_connection_closed_meanwhile() -> None:
