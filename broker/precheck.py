@@ -13,7 +13,7 @@ Fail closed: unknown connection metadata never satisfies a metadata condition. N
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from broker.constraints import AppliedRule
@@ -77,6 +77,8 @@ class _Test:
     segments: tuple[str, ...]
     search: Callable[[str], bool]
     """The pattern's JavaScript ``test``."""
+    ascii_search: Callable[[str], bool]
+    """The same for an ASCII subject (``Pattern.ascii_search``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,8 @@ def compile_constraints(applied: Sequence[AppliedRule]) -> CompiledConstraints:
     tests: dict[tuple[tuple[str, ...], str], int] = {}
     test_list: list[_Test] = []
     compiled: list[CompiledConstraint] = []
+    # Equal metadata conditions share one object, so a decision checks each distinct one once.
+    metadata_seen: dict[Any, Any] = {}
     for rule in applied:
         rpc_source = rule.constraint.get("rpcReqMatch")
         rpc = RpcMatcher.from_mapping(rpc_source) if rpc_source else None
@@ -135,10 +139,22 @@ def compile_constraints(applied: Sequence[AppliedRule]) -> CompiledConstraints:
             if key not in tests:
                 path = paths.setdefault(entry.segments, len(paths))
                 tests[key] = len(test_list)
-                test_list.append(_Test(path, entry.segments, entry.pattern.search))
+                test_list.append(
+                    _Test(path, entry.segments, entry.pattern.search, entry.pattern.ascii_search)
+                )
             indexes.append(tests[key])
-        compiled.append(_compile(rule.rule_id, rule.constraint, rpc, tuple(indexes)))
+        one = _compile(rule.rule_id, rule.constraint, rpc, tuple(indexes))
+        if one.metadata is not None:
+            one = replace(one, metadata=_interned(one.metadata, metadata_seen))
+        compiled.append(one)
     return CompiledConstraints(tuple(compiled), tuple(paths), tuple(test_list))
+
+
+def _interned(value: Any, seen: dict[Any, Any]) -> Any:
+    try:
+        return seen.setdefault(value, value)
+    except TypeError:  # a value that is not a string (it never matches, ``_covers_any``)
+        return value
 
 
 def _as_set(value: Any) -> frozenset[str] | None:
@@ -230,6 +246,8 @@ def decide(
     values: list[object] = [_UNSET] * len(constraints.paths)
     outcomes: list[int] = [-1] * len(tests)
     failures: list[Denial] = []
+    checked: object = None  # the metadata condition checked last, and its outcome
+    covered = False
     for constraint in rules:
         if constraint.namespaces is not None and namespace not in constraint.namespaces:
             failures.append(
@@ -239,11 +257,14 @@ def decide(
         if constraint.static_denial is not None:
             failures.append(constraint.static_denial)
             continue
-        if constraint.metadata is not None:
+        wanted = constraint.metadata
+        if wanted is not None:
             if actual is None:
                 failures.append(Denial(constraint.rule, "metadata", _UNKNOWN_METADATA_DETAIL))
                 continue
-            if not _covers_any(constraint.metadata, actual):
+            if wanted is not checked:  # rules often share one (interned): checked once
+                checked, covered = wanted, _covers_any(wanted, actual)
+            if not covered:
                 failures.append(Denial(constraint.rule, "metadata", _METADATA_DETAIL))
                 continue
         if skip_rpc:
@@ -259,6 +280,8 @@ def decide(
                 # None for an absent path (the missing marker), an object and an array alike.
                 if text is None:
                     outcome = _MISSING_FIELD
+                elif text.isascii():
+                    outcome = _MATCH if test.ascii_search(text) else _MISMATCH
                 else:
                     outcome = _MATCH if test.search(text) else _MISMATCH
                 outcomes[index] = outcome

@@ -1089,6 +1089,12 @@ class Pattern:
             text = _to_unit_space(text)
         return self._test(text)
 
+    @property
+    def ascii_search(self) -> Callable[[str], bool]:
+        """``search`` for a subject known to be ASCII (``str.isascii``), one call less: a
+        hot loop that checks that itself calls this, and ``search`` for any other subject."""
+        return self._test
+
 
 def compile_pattern(source: str) -> Pattern:
     """Parse JavaScript regex ``source`` (no flags) and prepare a linear-time evaluator.

@@ -336,3 +336,21 @@ def test_decide_agrees_with_the_rule_by_rule_reference() -> None:
         ) == expected, (applied, target, message, exempt)
         allowed += decision.allowed
     assert 300 < allowed < 2700  # both outcomes well represented
+
+
+def test_a_metadata_condition_shared_by_rules_is_checked_again_after_another() -> None:
+    alice, bob = {"userId": "alice"}, {"userId": "bob"}
+    compiled = rules(
+        ("alice-read", {"metadata": alice, "rpcReqMatch": {"params.name": "^get_issue$"}}),
+        ("bob-any", {"metadata": bob}),
+        ("alice-search", {"metadata": dict(alice), "rpcReqMatch": {"params.name": "^search"}}),
+    )
+    # Equal conditions are one object (checked once per decision while no other comes between).
+    assert compiled[0].metadata is compiled[2].metadata
+    assert compiled[0].metadata is not compiled[1].metadata
+    decision = decide(compiled, Target("my-app", alice), call("search_issues"))
+    assert (decision.allowed, decision.rule) == (True, "alice-search")
+    for_bob = decide(compiled, Target("my-app", bob), call("search_issues"))
+    assert (for_bob.allowed, for_bob.rule) == (True, "bob-any")
+    nobody = decide(compiled, Target("my-app", {"userId": "eve"}), call("search_issues"))
+    assert [d.reason for d in nobody.reasons] == ["metadata", "metadata", "metadata"]
