@@ -12,8 +12,9 @@ joined: an answer whose parts are all sent in one iteration (every answer built 
 proxied answer that arrived whole) leaves in one write, and a part never waits longer than the
 rest of the iteration it was sent in. Held bytes past ``FLUSH_BYTES`` leave at once, so uvicorn's
 write flow control (pause when the socket's buffer is full) still acts within an iteration.
-``close`` writes what is held first; a connection that closed meanwhile drops it, as the
-transport itself would.
+``close`` and ``write_eof`` write what is held first, and so must the protocol when the peer
+half-closes (``eof_received``: the transport closes itself after it). A connection that was
+aborted or reset meanwhile drops what is held: nobody would read it.
 
 Nothing here knows HTTP: it wraps the transport uvicorn's protocol is given
 (``headtimeout.head_timeout_protocol``).
@@ -40,14 +41,20 @@ class CoalescingTransport:
         self._held: list[bytes] | None = None
         self._held_bytes = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: object) -> None:
+        if type(data) is bytes:
+            chunk = data
+        elif isinstance(data, (bytearray, memoryview)):
+            chunk = bytes(data)  # a copy: its owner may reuse the buffer once this returns
+        else:  # refused at once, as the transport would: the writer must see it, not the flush
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         if self._held is None:
-            self._held = [data]
-            self._held_bytes = len(data)
+            self._held = [chunk]
+            self._held_bytes = len(chunk)
             self._loop.call_soon(self.flush)
         else:
-            self._held.append(data)
-            self._held_bytes += len(data)
+            self._held.append(chunk)
+            self._held_bytes += len(chunk)
         if self._held_bytes > FLUSH_BYTES:
             self.flush()
 
@@ -58,7 +65,7 @@ class CoalescingTransport:
             return
         self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
-    def writelines(self, parts: Iterable[bytes]) -> None:
+    def writelines(self, parts: Iterable[object]) -> None:
         for part in parts:
             self.write(part)
 

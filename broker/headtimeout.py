@@ -45,13 +45,20 @@ def head_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
         # Seen so at three looks in a row with no head completed between them, the head has
         # been due for at least the deadline (and less than one and a half of it).
         _head_timer: asyncio.TimerHandle | None = None
+        _coalescing: CoalescingTransport
         _looks = 0
         _last_cycle: object = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            coalescing = CoalescingTransport(transport, self.loop)
-            super().connection_made(coalescing)  # type: ignore[arg-type]
+            self._coalescing = CoalescingTransport(transport, self.loop)
+            super().connection_made(self._coalescing)  # type: ignore[arg-type]
             self._head_timer = self.loop.call_later(seconds / 2, self._look)
+
+        def eof_received(self) -> None:
+            # The client half-closed (it sends no more): the transport closes itself when this
+            # returns, so an answer still held must leave now, as it would have without holding.
+            self._coalescing.flush()
+            super().eof_received()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._head_timer is not None:

@@ -4,10 +4,14 @@ with a recording transport, then the broker's uvicorn protocol on a real loopbac
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+import uvloop
 from litestar.types import Receive, Scope, Send
 
 from broker.coalescing import FLUSH_BYTES, CoalescingTransport
@@ -98,6 +102,17 @@ async def test_writelines_and_write_eof_keep_the_order() -> None:
     assert transport.get_write_buffer_size() == 7
 
 
+async def test_a_write_that_is_not_bytes_fails_at_once_and_a_buffer_is_copied() -> None:
+    transport, recording = coalescing()
+    with pytest.raises(TypeError, match="not str"):
+        transport.write("text")
+    buffer = bytearray(b"first")
+    transport.write(buffer)
+    buffer[:] = b"reuse"  # its owner may reuse it as soon as write returns
+    await next_iteration()
+    assert recording.calls == [("write", b"first")]
+
+
 async def test_held_bytes_are_dropped_when_the_connection_closed_meanwhile() -> None:
     transport, recording = coalescing()
     transport.write(b"for nobody")
@@ -115,11 +130,27 @@ async def test_the_rest_of_the_transport_is_delegated() -> None:
 # --- the broker's protocol on a real socket ----------------------------------------------------
 
 
+ANSWER_HELD = threading.Event()
+"""Set by ``/half-closed`` once its answer is written (and held)."""
+HALF_CLOSED = threading.Event()
+"""Set by the half-closing client once its end of input is sent."""
+
+
 async def parts(scope: Scope, receive: Receive, send: Send) -> None:
     """``/whole``: head and body in one go; ``/stream``: three chunks, one per iteration;
     ``/big``: a body of three times the flush size."""
     while (await receive()).get("more_body", False):
         pass
+    if scope["path"] == "/half-closed":
+        body = b'{"ok":true}'
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        # Still in this iteration, with the answer held: the client half-closes now, so the
+        # server's next look at the socket finds its end of input before the flush runs.
+        ANSWER_HELD.set()
+        assert HALF_CLOSED.wait(10)
+        return
     if scope["path"] == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for chunk in (b"one", b"two", b"three"):
@@ -193,3 +224,39 @@ async def test_a_big_answer_arrives_whole() -> None:
         answer = await exchange(port, "/big")
     assert answer.endswith(b"\r\n\r\n" + b"x" * (3 * FLUSH_BYTES))
     assert b"".join(writes) == answer
+
+
+def half_closing_client(port: int, answers: list[bytes]) -> None:
+    """Sends a request, half-closes once the server has written (and holds) its answer, and
+    reads the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /half-closed HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert ANSWER_HELD.wait(10)
+        sock.shutdown(socket.SHUT_WR)  # the FIN, while the server's loop waits for the flag
+        HALF_CLOSED.set()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        answers.append(answer)
+
+
+def test_an_answer_held_when_the_client_half_closes_still_leaves() -> None:
+    # On uvloop, as the broker serves: it looks at the sockets between the iteration that wrote
+    # the answer and the one that flushes it (asyncio's loop flushes first), so it reads the
+    # client's end of input, and the transport closes, while the answer is still held.
+    writes: list[bytes] = []
+    answers: list[bytes] = []
+    ANSWER_HELD.clear()
+    HALF_CLOSED.clear()
+
+    async def exchange() -> None:
+        async with serving(writes) as port, asyncio.timeout(10):
+            client = threading.Thread(target=half_closing_client, args=(port, answers))
+            client.start()
+            await asyncio.to_thread(client.join)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(exchange())
+    assert len(answers) == 1
+    assert answers[0].startswith(b"HTTP/1.1 200 ")
+    assert answers[0].endswith(b'\r\n\r\n{"ok":true}')
