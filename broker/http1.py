@@ -188,6 +188,22 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             await self.wait(stall_seconds, "Smithery did not answer in time.")
 
+    async def body_begun(self, hold_seconds: float, stall_seconds: float) -> None:
+        """After the headers: until the body has begun (a chunk is here, or the answer ended)
+        or ``hold_seconds`` have passed, whichever comes first."""
+        if self._chunks or self.complete:
+            return
+        timer = self._loop.call_later(hold_seconds, self._hold_over)
+        try:
+            await self.wait(stall_seconds, "Smithery did not answer in time.")
+        finally:
+            timer.cancel()
+
+    def _hold_over(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # no news: the stall timer keeps its deadline
+
     async def wait(self, stall_seconds: float, stalled: str) -> None:
         """Until something new arrived (headers, a chunk, the end, or a failure); after
         ``stall_seconds`` with nothing new, the exchange fails with a ``timeout`` error.
@@ -353,10 +369,13 @@ class Http1Pool:
         body: bytes,
         *,
         read_timeout: float,
+        hold_seconds: float = 0.0,
     ) -> Http1Response:
         """Send ``body`` to ``path`` (already percent-encoded, starting with ``/``) and wait for
-        the answer's status and headers. Raises ``Http1Error``; ``ValueError`` for a header that
-        could split the request."""
+        the answer's status and headers, and then up to ``hold_seconds`` for its body to begin
+        (so that a caller relaying the answer can pass the head on with the first chunk in one
+        write). Raises ``Http1Error``; ``ValueError`` for a header that could split the
+        request."""
         request = self._serialize(path, headers, body)
         if self._slots.locked():  # only then can acquiring wait; the timeout has a cost
             try:
@@ -373,6 +392,8 @@ class Http1Pool:
             connection.start(request)
             try:
                 await connection.headers_arrived(read_timeout)
+                if hold_seconds > 0:
+                    await connection.body_begun(hold_seconds, read_timeout)
             except BaseException:
                 connection.abort()
                 raise

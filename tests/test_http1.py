@@ -584,3 +584,95 @@ async def test_bytes_on_an_idle_connection_close_it() -> None:
     assert connection.closed
     assert transport.aborted
     assert not connection.reusable
+
+
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+
+async def test_a_hold_waits_for_the_first_chunk_after_the_head() -> None:
+    """The head alone, then the first event: the hold ends when the event is in, not at its
+    time limit, so a relay can send both in one write."""
+    connection = http1._Connection()
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.start(b"POST /x HTTP/1.1\r\n\r\n")
+    connection.data_received(STREAM_HEAD)
+    await connection.headers_arrived(5)
+    holding = asyncio.ensure_future(connection.body_begun(3600, 5))
+    for _ in range(3):
+        await asyncio.sleep(0)  # a few loop turns: nothing new arrived, so the hold goes on
+    assert not holding.done()
+    connection.data_received(b"a\r\ndata: {}\n\n\r\n")
+    await asyncio.wait_for(holding, timeout=5)
+    assert connection.pending
+    assert not connection.complete
+    assert not transport.aborted
+
+
+async def test_a_hold_is_over_at_once_when_the_body_came_with_the_head() -> None:
+    connection = http1._Connection()
+    connection.connection_made(FakeTransport())  # type: ignore[arg-type]
+    connection.start(b"POST /x HTTP/1.1\r\n\r\n")
+    connection.data_received(STREAM_HEAD + b"a\r\ndata: {}\n\n\r\n")
+    await connection.headers_arrived(5)
+    await connection.body_begun(3600, 5)  # would hang for an hour if it waited
+    assert connection.pending
+
+
+async def test_a_hold_ends_after_its_time_when_the_body_does_not_begin() -> None:
+    body_go = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(STREAM_HEAD)
+            await writer.drain()
+            await body_go.wait()
+            writer.write(b"a\r\ndata: {}\n\n\r\n0\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+        finally:
+            writer.close()
+
+    async with scripted(handler) as client:
+        # A tool that thinks longer than the hold: the head comes back without the body.
+        response = await asyncio.wait_for(
+            client.post("/x", [], b"", read_timeout=5, hold_seconds=0.01), timeout=5
+        )
+        assert response.status_code == 200
+        assert not response.arrived()
+        body_go.set()
+        assert await body_of(response) == b"data: {}\n\n"  # the hold did not spoil the stream
+
+
+async def test_an_answer_that_breaks_during_the_hold_is_an_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(STREAM_HEAD)
+        await writer.drain()
+        writer.close()  # gone before any body
+
+    async with scripted(handler) as client:
+        with pytest.raises(http1.Http1Error) as caught:
+            await client.post("/x", [], b"", read_timeout=5, hold_seconds=3600)
+        assert caught.value.reason == "closed"

@@ -123,8 +123,8 @@ class Upstream:
         self.waiting = asyncio.Event()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self.pending:
-            yield chunk
+        while self.pending:
+            yield self.pending.pop(0)
         if self.then_wait:
             self.waiting.set()
             await self.never.wait()
@@ -293,5 +293,86 @@ async def test_relay_ends_the_response_with_the_chunk_that_drained_the_answer() 
     assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [
         (b"event: message\n", True),
         (b"data: {}\n\n", False),
+    ]
+    assert upstream.closed == 1
+
+
+class Ending:
+    """An ``ends`` callback: the client's answer is complete after the chunk ``at``."""
+
+    def __init__(self, at: bytes) -> None:
+        self.at = at
+        self.told: list[bytes] = []
+
+    def __call__(self, chunk: bytes) -> bool:
+        self.told.append(chunk)
+        return chunk == self.at
+
+
+def client_that_stays() -> tuple[Any, Any, list[dict[str, Any]]]:
+    """ASGI receive and send of a client that never leaves; what was sent is recorded."""
+    sent: list[dict[str, Any]] = []
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    return receive, send, sent
+
+
+RESPONSE_EVENT = b'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\n\n'
+
+
+async def test_relay_ends_the_answer_with_the_response_and_drops_what_comes_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tail = [b": keep-alive\n\n", b"", b"data: late\n\n"]
+    upstream = Upstream([b": hello\n\n", RESPONSE_EVENT, *tail], then_wait=False)
+    receive, send, sent = client_that_stays()
+    ending = Ending(RESPONSE_EVENT)
+    relay = Relay(200, [], upstream.chunks(), upstream.close, ends=ending)
+    with caplog.at_level("WARNING", logger="broker.routes.responses"):
+        await relay({"type": "http"}, receive, send)  # type: ignore[arg-type]
+    assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [
+        (b": hello\n\n", True),
+        (RESPONSE_EVENT, False),  # the end of the answer travels with the response
+    ]
+    assert ending.told == [b": hello\n\n", RESPONSE_EVENT]  # not asked after the end
+    assert upstream.pending == []  # the rest was read, so the connection can be pooled
+    assert upstream.closed == 1
+    dropped = sum(len(chunk) for chunk in tail)
+    assert f"upstream sent {dropped} bytes after its JSON-RPC response" in caplog.text
+
+
+async def test_relay_gives_up_on_an_upstream_that_stays_open_after_the_response(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from broker.routes import responses
+
+    monkeypatch.setattr(responses, "DRAIN_SECONDS", 0.01)
+    upstream = Upstream([RESPONSE_EVENT], then_wait=True)
+    receive, send, sent = client_that_stays()
+    relay = Relay(200, [], upstream.chunks(), upstream.close, ends=Ending(RESPONSE_EVENT))
+    with caplog.at_level("WARNING", logger="broker.routes.responses"):
+        await asyncio.wait_for(relay({"type": "http"}, receive, send), timeout=5)  # type: ignore[arg-type]
+    assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [(RESPONSE_EVENT, False)]
+    assert upstream.waiting.is_set()  # it did wait for the upstream end, then stopped
+    assert upstream.closed == 1
+    assert "still open" in caplog.text
+
+
+async def test_relay_without_the_response_ends_when_the_upstream_does() -> None:
+    upstream = Upstream([b"data: a\n\n", b"data: b\n\n"], then_wait=False)
+    receive, send, sent = client_that_stays()
+    relay = Relay(200, [], upstream.chunks(), upstream.close, ends=Ending(b"never"))
+    await relay({"type": "http"}, receive, send)  # type: ignore[arg-type]
+    assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [
+        (b"data: a\n\n", True),
+        (b"data: b\n\n", True),
+        (b"", False),
     ]
     assert upstream.closed == 1

@@ -37,6 +37,7 @@ from broker.routes.names import check_name
 from broker.routes.openapi import JSONRPC_MESSAGE, METHOD_NOT_ALLOWED, documented, problem_responses
 from broker.routes.precheck import PRECHECK_FAILURES
 from broker.routes.responses import NO_STORE, DisconnectWatch, JsonBody, Relay, request_headers
+from broker.sse import ResponseWatch
 from broker.state import BrokerState
 
 PATH: Final = "/v1/mcp/{namespace:str}/{connection_id:str}"
@@ -189,6 +190,7 @@ async def _serve(
             connection_id,
             body,
             forwarded,
+            message.get("id"),
         )
     finally:
         if calls is not None and place is not None:
@@ -206,8 +208,10 @@ async def _forward(
     connection_id: str,
     body: bytes,
     forwarded: list[tuple[str, str]],
+    request_id: int | str | None,
 ) -> None:
-    """The allowed call: the user's service token, then Smithery's answer relayed as it comes."""
+    """The allowed call: the user's service token, then Smithery's answer relayed as it comes.
+    An event stream answering a request ends for the client with its JSON-RPC response."""
     issued = await broker.issuance.issue(principal, for_proxy=True, policy_set=policy_set)
     # Smithery may think for minutes (a slow tool): a client that leaves meanwhile frees the
     # upstream connection at once instead of at the MCP timeout.
@@ -225,6 +229,11 @@ async def _forward(
             return  # the client left: nobody to answer
         raise
     headers = [(name, value) for name, value in upstream.headers if name in RETURNED_HEADERS]
+    ends = None
+    if request_id is not None and upstream.status_code == 200:
+        media_type = next((v for n, v in headers if n == b"content-type"), b"").partition(b";")[0]
+        if media_type.strip().lower() == b"text/event-stream":
+            ends = ResponseWatch(request_id).feed
     names = {name for name, _ in headers}
     if b"content-type" not in names:
         headers.append((b"content-type", b"application/json"))
@@ -237,6 +246,7 @@ async def _forward(
         upstream.aclose,
         arrived=upstream.arrived,
         drained=upstream.drained,
+        ends=ends,
         watch=watch,
     )
     await relay(scope, receive, send)

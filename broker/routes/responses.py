@@ -11,6 +11,7 @@ OpenTelemetry, the metrics hook) sees it like any other response.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
@@ -18,6 +19,7 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 
 from broker.errors import AuthenticationError
 
+logger = logging.getLogger(__name__)
 RawHeaders = tuple[tuple[bytes, bytes], ...]
 NO_STORE: Final = ((b"cache-control", b"no-store"),)
 
@@ -82,6 +84,9 @@ def request_headers(scope: Scope, *names: bytes) -> list[str | None]:
     return found
 
 
+DRAIN_SECONDS: Final = 2.0
+"""After the client's answer has ended early (``ends``), how long the relay waits for the
+upstream answer's own end before dropping its connection instead of pooling it."""
 WATCH_AFTER_SECONDS: Final = 0.05
 """How long a request waits on Smithery, or a relayed stream runs, before a task starts watching
 for the client leaving."""
@@ -150,6 +155,11 @@ class Relay:
     starts goes out in one piece with a ``Content-Length``; in a stream, a chunk after which
     the answer is ``drained`` carries the end of the response with it.
 
+    ``ends``, when given, is told each chunk of a stream and says whether the client's answer
+    is complete after it (the JSON-RPC response of an MCP event stream, ``broker.sse``): that
+    chunk then carries the end of the response, and the rest of the upstream answer is read
+    (``DRAIN_SECONDS`` at most) and dropped, so its connection can be pooled.
+
     A stream is watched for the client leaving (``DisconnectWatch``, the caller's ``watch`` or
     one started after ``watch_after`` seconds); if it leaves, the relay is cancelled and closes
     the upstream answer, so an abandoned event stream does not hold an upstream connection. A
@@ -163,6 +173,7 @@ class Relay:
         "chunks",
         "close",
         "drained",
+        "ends",
         "headers",
         "status",
         "watch",
@@ -178,6 +189,7 @@ class Relay:
         *,
         arrived: Callable[[], bool] = _never,
         drained: Callable[[], bool] = _never,
+        ends: Callable[[bytes], bool] | None = None,
         watch: DisconnectWatch | None = None,
         watch_after: float = WATCH_AFTER_SECONDS,
     ) -> None:
@@ -187,6 +199,7 @@ class Relay:
         self.close = close
         self.arrived = arrived
         self.drained = drained
+        self.ends = ends
         self.watch = watch
         self.watch_after = watch_after
 
@@ -225,9 +238,12 @@ class Relay:
                 "headers": self.headers,
             }
             await send(start)
-            last = False
+            last = early = False
+            ends = self.ends
             async for chunk in self.chunks:  # after the drained chunk, this ends at once
                 last = self.drained()
+                if not last and ends is not None and ends(chunk):
+                    last = early = True
                 if chunk or last:
                     part: HTTPResponseBodyEvent = {
                         "type": "http.response.body",
@@ -235,6 +251,8 @@ class Relay:
                         "more_body": not last,
                     }
                     await send(part)
+                if early:
+                    break
             if not last:
                 end: HTTPResponseBodyEvent = {
                     "type": "http.response.body",
@@ -243,12 +261,33 @@ class Relay:
                 }
                 await send(end)
             watch.stop()  # no cancelling once the answer is complete
+            if early:
+                await self._drain()
         except asyncio.CancelledError:
             if not watch.forgive():
                 raise  # not the client leaving: shutdown or a timeout above us
             # the client left; nothing more to send anywhere
         finally:
             watch.stop()
+
+    async def _drain(self) -> None:
+        """The rest of an answer whose client side has ended: read, and dropped."""
+        dropped = 0
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for chunk in self.chunks:
+                    dropped += len(chunk)
+        except TimeoutError:
+            logger.warning(
+                "upstream answer still open %.0f s after its JSON-RPC response; connection dropped",
+                DRAIN_SECONDS,
+            )
+        if dropped:
+            logger.warning(
+                "upstream sent %d bytes after its JSON-RPC response; the client's answer had "
+                "ended, so they were dropped",
+                dropped,
+            )
 
 
 def _is_disconnect(message: asyncio.Future[Any]) -> bool:

@@ -6,6 +6,8 @@ A raw ASGI app (no framework, so nothing normalises what it sees). It answers by
   relay (``Mcp-Session-Id``, ``X-Upstream``);
 - ``/sse``: 200 ``text/event-stream``: the first event, then it waits until the test opens
   ``gate`` (proof that the first event reached the client before the stream ended), then two more;
+- ``/held``: 200 ``text/event-stream``: the JSON-RPC response to the request (its id echoed),
+  then the stream stays open until the test opens ``gate``; ``ended`` is set once it ends;
 - ``/accepted``: 202 with no body and no ``Content-Type`` (a notification's answer);
 - ``/unauthorized``: 401 ``application/json`` with a JSON-RPC error (relayed as is).
 """
@@ -13,6 +15,7 @@ A raw ASGI app (no framework, so nothing normalises what it sees). It answers by
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,10 +50,12 @@ class ReceivedRequest:
 class McpTarget:
     received: list[ReceivedRequest] = field(default_factory=list)
     gate: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
 
     def reset(self) -> None:
         self.received.clear()
         self.gate.clear()
+        self.ended.clear()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -74,6 +79,8 @@ class McpTarget:
         path = scope["path"]
         if path == "/sse":
             await self._answer_sse(send)
+        elif path == "/held":
+            await self._answer_held(send, json.loads(body)["id"])
         elif path == "/accepted":
             await send({"type": "http.response.start", "status": 202, "headers": []})
             await send({"type": "http.response.body", "body": b""})
@@ -102,6 +109,16 @@ class McpTarget:
             }
         )
         await send({"type": "http.response.body", "body": SSE_LAST})
+
+    async def _answer_held(self, send: Any, request_id: int | str) -> None:
+        answer = {"jsonrpc": "2.0", "id": request_id, "result": {"content": []}}
+        event = b"event: message\r\ndata: " + json.dumps(answer).encode() + b"\r\n\r\n"
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, GATE_TIMEOUT_SECONDS)
+        await send({"type": "http.response.body", "body": b""})
+        self.ended.set()
 
 
 async def _answer(

@@ -5,6 +5,7 @@ minted token get the same allow/deny."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from mcp import MCPError
 from broker.demo import MCP_PATH, create_demo_mcp_app, seed_dev_connections
 from tests.demo.demo_harness import mcp_session
 from tests.emulator.loopback import LoopbackServer
+from tests.emulator.mcp_target import McpTarget
 from tests.integration.conftest import API_KEY, Keys, Process
 
 pytestmark = pytest.mark.integration
@@ -130,3 +132,35 @@ async def test_smithery_stand_in_agrees_with_the_broker(
             "create_issue": False,
         }
     )
+
+
+async def test_the_answer_ends_with_the_json_rpc_response_not_with_the_upstream_stream(
+    broker: Process, emulator: Process, keys: Keys
+) -> None:
+    upstream = McpTarget()
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "get_issue"}}
+    with LoopbackServer(upstream) as server:
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+            put = await http.put(
+                f"{emulator.url}/connect/my-app/alice-held",
+                json={"mcpUrl": f"{server.url}/held", "metadata": {"userId": "alice"}},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+            assert put.status_code in (200, 201), put.text
+            headers = {
+                "Authorization": f"Bearer {keys.jwt('alice', email_verified=True)}",
+                "Accept": "application/json, text/event-stream",
+            }
+            url = f"{broker.url}/v1/mcp/my-app/alice-held"
+            # httpx returns once the whole answer is in: the broker ended it with the response
+            # while the server's stream was still open (held for 10 s if nobody opens the gate).
+            first = await http.post(url, json=call, headers=headers)
+            assert not upstream.ended.is_set()
+            assert first.status_code == 200
+            assert first.headers["content-type"].startswith("text/event-stream")
+            data = first.text.split("data: ", 1)[1].strip()
+            assert json.loads(data) == {"jsonrpc": "2.0", "id": 7, "result": {"content": []}}
+            upstream.gate.set()
+            second = await http.post(url, json={**call, "id": "eight"}, headers=headers)
+            assert second.status_code == 200
+            assert '"id": "eight"' in second.text
