@@ -69,12 +69,13 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## A few seconds: check that the benchmark harness works (never fails on a performance ratio),
-## and that the A/B probe of bench/proxy_cost.py still runs each of its calls.
+## and that the A/B probes (bench/proxy_cost.py, bench/chain_ab.py) still run each of their modes.
 bench-smoke: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run --smoke
 	$(BIN)/python -m bench.proxy_cost --trees . --runs 1 --seconds 1 --fragmented
 	$(BIN)/python -m bench.proxy_cost --trees . --runs 1 --seconds 1 --route precheck
 	$(BIN)/python -m bench.chain_ab --trees . --runs 1 --seconds 1
+	$(BIN)/python -m bench.chain_ab --trees . --interleaved 20
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -9,6 +9,13 @@ connection and one emulator connection and parses nothing: the cost of the extra
 which a proxy cannot avoid.
 
     python -m bench.chain_ab --trees /path/to/checkout-a [/path/to/checkout-b] [--runs 8]
+        [--interleaved CALLS]
+
+``--interleaved CALLS`` replaces the wrk runs by one client that sends CALLS rounds of one call
+to every target, in alternating order, over one keep-alive connection each, timing every call
+until its whole answer is in. Drift of the machine (which moves whole wrk runs by 20 % here) then
+falls on every target alike; besides each target's median it prints the median of its per-round
+difference to the direct call.
 
 Trees as in ``bench.proxy_cost`` (``git worktree add /tmp/a <commit>``). Loopback only.
 """
@@ -22,7 +29,10 @@ import socket
 import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bench.identity import create_identity
 from bench.loadgen import run_wrk
@@ -80,11 +90,90 @@ async def serve_relay(fd: int, port: str) -> None:
     await server.serve_forever()
 
 
+def blocking_caller(url: str, authorization: str) -> Callable[[], tuple[float, float]]:
+    """A function that sends R4's call to ``url`` over one keep-alive connection and returns the
+    milliseconds until the JSON-RPC response's event is in (where an MCP client stops reading),
+    and until the whole HTTP answer (``Content-Length`` or chunked) is in (where wrk stops)."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    body = TOOLS_CALL.encode()
+    headers = "".join(f"{name}: {value}\r\n" for name, value in MCP_HEADERS.items())
+    request = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Authorization: {authorization}\r\n{headers}Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    def call() -> tuple[float, float]:
+        started = time.perf_counter()
+        sock.sendall(request)
+        answer = b""
+        event = 0.0
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise SystemExit(f"{url}: connection closed mid-answer")
+            answer += data
+            if not event:
+                result = answer.find(b'"isError":false')
+                if result >= 0 and answer.find(b"\r\n\r\n", result) >= 0:
+                    event = time.perf_counter()
+            head, blank, rest = answer.partition(b"\r\n\r\n")
+            if not blank:
+                continue
+            lowered = head.lower()
+            if not lowered.startswith(b"http/1.1 200"):
+                raise SystemExit(f"{url}: {head[:200]!r}")
+            if b"\r\ncontent-length:" in lowered:
+                length = int(lowered.split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
+                if len(rest) >= length:
+                    break
+            elif rest.endswith(b"\r\n0\r\n\r\n"):
+                break
+        ended = time.perf_counter()
+        if not event:
+            raise SystemExit(f"{url}: not the tool's result: {answer[:300]!r}")
+        return (event - started) * 1000, (ended - started) * 1000
+
+    return call
+
+
+def interleave(targets: dict[str, tuple[str, str]], calls: int) -> None:
+    callers = {name: blocking_caller(url, auth) for name, (url, auth) in targets.items()}
+    names = list(callers)
+    for _ in range(100):  # warm-up
+        for name in names:
+            callers[name]()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for index in range(calls):
+        for name in names if index % 2 == 0 else names[::-1]:
+            times[name].append(callers[name]())
+    for point, what in ((1, "whole answer"), (0, "response event")):
+        direct = statistics.median(t[point] for t in times["direct"])
+        for name in names:
+            median = statistics.median(t[point] for t in times[name])
+            paired = statistics.median(
+                a[point] - b[point] for a, b in zip(times[name], times["direct"], strict=True)
+            )
+            print(
+                f"{name}: {what}, {calls} interleaved calls: p50 {median:.2f} ms, adds "
+                f"{median - direct:+.2f} ms (median per-round difference {paired:+.2f} ms)"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trees", nargs="+", required=True, help="project checkouts to compare")
     parser.add_argument("--runs", type=int, default=8, help="measured runs per target")
     parser.add_argument("--seconds", type=int, default=4, help="length of each run")
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        default=0,
+        metavar="CALLS",
+        help="instead of wrk runs: CALLS rounds of one call per target, alternated call by call",
+    )
     args = parser.parse_args(argv)
     from broker.demo import MCP_PATH, seed_dev_connections
 
@@ -119,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         targets["direct"] = (emulator.url + DIRECT_PATH, f"Bearer {token}")
         targets["relay"] = (relay_url + DIRECT_PATH, f"Bearer {token}")
+
+        if args.interleaved:
+            interleave(targets, args.interleaved)
+            return 0
 
         def load(name: str, seconds: int) -> float:
             url, authorization = targets[name]

@@ -38,7 +38,17 @@ class ResponseWatch:
     which the JSON-RPC response to ``request_id`` has wholly arrived and nothing else has
     begun. After that, or once it gives up, ``feed`` is False."""
 
-    __slots__ = ("_after_cr", "_data", "_done", "_line", "_request_id", "_size", "_start", "_type")
+    __slots__ = (
+        "_after_cr",
+        "_data",
+        "_done",
+        "_lf_due",
+        "_line",
+        "_request_id",
+        "_size",
+        "_start",
+        "_type",
+    )
 
     def __init__(self, request_id: int | str) -> None:
         self._request_id = request_id
@@ -52,6 +62,11 @@ class ResponseWatch:
         """Nothing read yet: a BOM may come first."""
         self._after_cr = False
         """The last chunk ended with CR: an LF opening the next one belongs to it."""
+        self._lf_due = False
+        """The response ended at a CR that closed its chunk: if an LF follows, it is the
+        response's last byte, and the client must get it (a parser that waits to see whether
+        an LF follows a CR, as the TypeScript SDK's does, would otherwise never see the event
+        end)."""
         self._done = False
 
     def feed(self, chunk: bytes) -> bool:
@@ -59,6 +74,10 @@ class ResponseWatch:
             return False
         if self._after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
+            if self._lf_due and not chunk:
+                self._done = True
+                return True
+        self._lf_due = False
         self._after_cr = chunk.endswith(b"\r")
         if self._start:
             if len(self._line) + len(chunk) < len(_BOM) and _BOM.startswith(self._line + chunk):
@@ -90,6 +109,9 @@ class ResponseWatch:
                 self._done = True
                 self._data, self._line = [], b""
                 return False
+        if answered and self._after_cr:
+            self._lf_due = True  # the client's answer ends with the LF, if one comes
+            return False
         if answered:
             self._done = True
         return answered

@@ -444,7 +444,14 @@ class SmitheryClient:
         (in-process tests) is used as given.
         """
         path = f"/connect/{quote(namespace, safe='')}/{quote(connection_id, safe='')}/mcp"
-        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        # A list (the proxy's) first: an ABC check costs more than the rest of this line.
+        pairs = (
+            headers
+            if isinstance(headers, list)
+            else headers.items()
+            if isinstance(headers, Mapping)
+            else headers
+        )
         forwarded = [(k, v) for k, v in pairs if k.lower() in MCP_FORWARDED_HEADERS]
         forwarded.append(("Authorization", f"Bearer {service_token}"))
         # Pass bytes through untouched: no content-coding to undo on the way back.

@@ -436,8 +436,10 @@ async def test_a_cancelled_mcp_call_ends_its_span_as_an_error() -> None:
 
     async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.set()
-        await reader.read()  # until the broker drops the connection
-        writer.close()
+        try:
+            await reader.read()  # until the broker drops the connection
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(never_answers, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

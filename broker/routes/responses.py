@@ -262,6 +262,7 @@ class Relay:
                 await send(end)
             watch.stop()  # no cancelling once the answer is complete
             if early:
+                await asyncio.sleep(0)  # the answer's write leaves before the drain is set up
                 await self._drain()
         except asyncio.CancelledError:
             if not watch.forgive():
