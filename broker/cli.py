@@ -634,8 +634,8 @@ def dev(
     from broker.app import HeaderLimit, guarded
     from broker.headtimeout import head_timeout_protocol
 
-    # The header size and head deadline of `broker serve` on all three, its in-flight limit on
-    # the broker.
+    # The header size, head deadline and server settings of `broker serve` on all three (no
+    # Server header, no X-Forwarded-For rewriting), its in-flight limit on the broker.
     limits = settings.server
     servers = [
         uvicorn.Server(
@@ -647,6 +647,8 @@ def dev(
                 log_level="warning",
                 lifespan="on",
                 access_log=False,
+                server_header=False,
+                proxy_headers=False,
                 timeout_graceful_shutdown=5,
             )
         )

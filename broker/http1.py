@@ -393,7 +393,10 @@ class Http1Pool:
             try:
                 await connection.headers_arrived(read_timeout)
                 if hold_seconds > 0:
-                    await connection.body_begun(hold_seconds, read_timeout)
+                    try:
+                        await connection.body_begun(hold_seconds, read_timeout)
+                    except Http1Error as exc:  # Smithery answered: the call may have run
+                        raise Http1Error("broken", f"Smithery's answer broke off: {exc}") from None
             except BaseException:
                 connection.abort()
                 raise

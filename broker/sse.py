@@ -47,13 +47,14 @@ class ResponseWatch:
         "_request_id",
         "_size",
         "_start",
+        "_tail",
         "_type",
     )
 
     def __init__(self, request_id: int | str) -> None:
         self._request_id = request_id
         self._line = b""
-        """The start of a line whose end has not arrived."""
+        """The first bytes of the stream while they may still be the start of a BOM."""
         self._data: list[bytes] = []
         self._type = b""
         self._size = 0
@@ -68,6 +69,9 @@ class ResponseWatch:
         an LF follows a CR, as the TypeScript SDK's does, would otherwise never see the event
         end)."""
         self._done = False
+        self._tail = bytearray()
+        """The start of a line whose end has not arrived, grown in place: a long line that
+        comes in small pieces costs time in proportion to its length, not to its square."""
 
     def feed(self, chunk: bytes) -> bool:
         if self._done or not chunk:
@@ -88,11 +92,18 @@ class ResponseWatch:
             self._line = b""
             chunk = text.removeprefix(_BOM)
         lines = chunk.splitlines(keepends=True)
-        if self._line:
-            # bytes.splitlines breaks at CR, LF and CRLF, as the event-stream format does
-            self._size -= len(self._line)
-            lines[0] = self._line + lines[0]
-            self._line = b""
+        if self._tail:
+            first = lines[0]
+            if not first.endswith((b"\n", b"\r")):  # still no line end: grow it in place
+                self._tail += first
+                self._size += len(first)
+                if self._size > MAX_EVENT_BYTES:
+                    self._done = True
+                    self._data, self._tail = [], bytearray()
+                return False
+            self._size -= len(self._tail)
+            lines[0] = bytes(self._tail) + first
+            self._tail = bytearray()
         answered = False
         for line in lines:
             if line in _BLANK:
@@ -102,12 +113,12 @@ class ResponseWatch:
             if line.endswith((b"\n", b"\r")):
                 self._field(line.rstrip(b"\r\n"))
             else:
-                self._line = line  # the rest comes with the next chunk
+                self._tail = bytearray(line)  # the rest comes with the next chunk
                 self._size += len(line)
             if self._size > MAX_EVENT_BYTES:
                 # an event too large to watch: the stream ends as Smithery ends it
                 self._done = True
-                self._data, self._line = [], b""
+                self._data, self._tail = [], bytearray()
                 return False
         if answered and self._after_cr:
             self._lf_due = True  # the client's answer ends with the LF, if one comes

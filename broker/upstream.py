@@ -497,6 +497,9 @@ class SmitheryClient:
                 span.end()
             if exc.reason == "timeout":
                 raise UpstreamTimeoutError("Smithery did not answer in time.") from None
+            if exc.reason == "broken":  # after its head: no Retry-After, the tool may have run
+                logger.warning("smithery mcp answer broke off after its head")
+                raise UpstreamProtocolError("Smithery's answer broke off.") from None
             logger.warning("smithery mcp unreachable: %s", exc.reason)
             raise UpstreamUnavailableError("Smithery is unreachable.") from None
         except ValueError:

@@ -675,4 +675,4 @@ async def test_an_answer_that_breaks_during_the_hold_is_an_error() -> None:
     async with scripted(handler) as client:
         with pytest.raises(http1.Http1Error) as caught:
             await client.post("/x", [], b"", read_timeout=5, hold_seconds=3600)
-        assert caught.value.reason == "closed"
+        assert caught.value.reason == "broken"  # after the head: not "Smithery unreachable"

@@ -622,3 +622,13 @@ def test_answer_agrees_with_the_mcp_client_parser(
         )
         assert watch.feed(chunk) is expected, (offset, parsed[seen:])
         answered = answered or expected
+
+
+def test_a_long_line_in_small_pieces_is_read_in_one_pass() -> None:
+    # 256 KiB of one data line in 16-byte chunks: copying the line so far for each piece would
+    # move 2 GiB (seconds of a blocked event loop); growing it in place moves 256 KiB.
+    text = b"x" * (256 * 1024)
+    event = b'data: {"jsonrpc":"2.0","id":1,"result":{"text":"' + text + b'"}}\n\n'
+    chunks = [event[i : i + 16] for i in range(0, len(event), 16)]
+    answers = _feed(chunks)
+    assert answers == [False] * (len(chunks) - 1) + [True]

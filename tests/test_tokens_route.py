@@ -334,7 +334,15 @@ async def test_relay_ends_the_answer_with_the_response_and_drops_what_comes_afte
     upstream = Upstream([b": hello\n\n", RESPONSE_EVENT, *tail], then_wait=False)
     receive, send, sent = client_that_stays()
     ending = Ending(RESPONSE_EVENT)
-    relay = Relay(200, [], upstream.chunks(), upstream.close, ends=ending)
+    left_when_answered: list[int] = []
+    relay = Relay(
+        200,
+        [],
+        upstream.chunks(),
+        upstream.close,
+        ends=ending,
+        answered=lambda: left_when_answered.append(len(upstream.pending)),
+    )
     with caplog.at_level("WARNING", logger="broker.routes.responses"):
         await relay({"type": "http"}, receive, send)  # type: ignore[arg-type]
     assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [
@@ -342,6 +350,7 @@ async def test_relay_ends_the_answer_with_the_response_and_drops_what_comes_afte
         (RESPONSE_EVENT, False),  # the end of the answer travels with the response
     ]
     assert ending.told == [b": hello\n\n", RESPONSE_EVENT]  # not asked after the end
+    assert left_when_answered == [len(tail)]  # told once, before the rest was drained
     assert upstream.pending == []  # the rest was read, so the connection can be pooled
     assert upstream.closed == 1
     dropped = sum(len(chunk) for chunk in tail)

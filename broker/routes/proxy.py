@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -178,6 +179,13 @@ async def _serve(
         return
     calls = broker.mcp_calls  # a place per call in progress, held until its answer ends
     place = None if calls is None else calls.acquire(principal.issuer, principal.subject)
+
+    def release() -> None:
+        nonlocal place
+        if calls is not None and place is not None:
+            calls.release(place)
+            place = None
+
     try:
         await _forward(
             broker,
@@ -191,10 +199,10 @@ async def _serve(
             body,
             forwarded,
             message.get("id"),
+            release,
         )
     finally:
-        if calls is not None and place is not None:
-            calls.release(place)
+        release()
 
 
 async def _forward(
@@ -209,6 +217,7 @@ async def _forward(
     body: bytes,
     forwarded: list[tuple[str, str]],
     request_id: int | str | None,
+    answered: Callable[[], None],
 ) -> None:
     """The allowed call: the user's service token, then Smithery's answer relayed as it comes.
     An event stream answering a request ends for the client with its JSON-RPC response."""
@@ -247,6 +256,7 @@ async def _forward(
         arrived=upstream.arrived,
         drained=upstream.drained,
         ends=ends,
+        answered=answered,
         watch=watch,
     )
     await relay(scope, receive, send)

@@ -84,7 +84,7 @@ def request_headers(scope: Scope, *names: bytes) -> list[str | None]:
     return found
 
 
-DRAIN_SECONDS: Final = 2.0
+DRAIN_SECONDS: Final = 0.5
 """After the client's answer has ended early (``ends``), how long the relay waits for the
 upstream answer's own end before dropping its connection instead of pooling it."""
 WATCH_AFTER_SECONDS: Final = 0.05
@@ -157,7 +157,8 @@ class Relay:
 
     ``ends``, when given, is told each chunk of a stream and says whether the client's answer
     is complete after it (the JSON-RPC response of an MCP event stream, ``broker.sse``): that
-    chunk then carries the end of the response, and the rest of the upstream answer is read
+    chunk then carries the end of the response, ``answered`` is called (the proxy frees the
+    user's place among MCP calls in progress), and the rest of the upstream answer is read
     (``DRAIN_SECONDS`` at most) and dropped, so its connection can be pooled.
 
     A stream is watched for the client leaving (``DisconnectWatch``, the caller's ``watch`` or
@@ -169,6 +170,7 @@ class Relay:
     """
 
     __slots__ = (
+        "answered",
         "arrived",
         "chunks",
         "close",
@@ -190,6 +192,7 @@ class Relay:
         arrived: Callable[[], bool] = _never,
         drained: Callable[[], bool] = _never,
         ends: Callable[[bytes], bool] | None = None,
+        answered: Callable[[], None] | None = None,
         watch: DisconnectWatch | None = None,
         watch_after: float = WATCH_AFTER_SECONDS,
     ) -> None:
@@ -200,6 +203,7 @@ class Relay:
         self.arrived = arrived
         self.drained = drained
         self.ends = ends
+        self.answered = answered
         self.watch = watch
         self.watch_after = watch_after
 
@@ -262,6 +266,8 @@ class Relay:
                 await send(end)
             watch.stop()  # no cancelling once the answer is complete
             if early:
+                if self.answered is not None:
+                    self.answered()  # the client has its answer: what it holds can go
                 await asyncio.sleep(0)  # the answer's write leaves before the drain is set up
                 await self._drain()
         except asyncio.CancelledError:
@@ -280,7 +286,7 @@ class Relay:
                     dropped += len(chunk)
         except TimeoutError:
             logger.warning(
-                "upstream answer still open %.0f s after its JSON-RPC response; connection dropped",
+                "upstream answer still open %g s after its JSON-RPC response; connection dropped",
                 DRAIN_SECONDS,
             )
         if dropped:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -146,3 +147,15 @@ def test_dev_servers_keep_the_header_limit_of_serve(dev: Dev) -> None:
             response = http.get(url, headers={"X-Big": "a" * 100_000})
             assert response.status_code == 431, url
             assert response.json()["code"] == "headers_too_large"
+
+
+def test_dev_servers_name_no_server_software(dev: Dev) -> None:
+    """Like `broker serve`: no `Server: uvicorn` header on any of the three dev servers."""
+    found = re.search(r"demo MCP server\s+(http://\S+)", dev.banner)
+    assert found is not None, dev.banner
+    with httpx.Client(timeout=30, trust_env=False) as http:
+        for url in (f"{dev.broker}/livez", f"{dev.upstream}/health", found.group(1)):
+            # (a POST without MCP's Accept header: a GET on /mcp would open an event stream)
+            response = http.get(url) if "/mcp" not in url else http.post(url, json={})
+            assert "date" in response.headers, url  # an answer of the server itself
+            assert "server" not in response.headers, url

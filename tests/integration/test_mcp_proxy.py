@@ -134,6 +134,25 @@ async def test_smithery_stand_in_agrees_with_the_broker(
     )
 
 
+async def put_held_connection(
+    http: httpx.AsyncClient, emulator: Process, url: str, name: str
+) -> None:
+    """A connection of alice's to an ``McpTarget``'s ``/held`` at ``url``."""
+    put = await http.put(
+        f"{emulator.url}/connect/my-app/{name}",
+        json={"mcpUrl": f"{url}/held", "metadata": {"userId": "alice"}},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert put.status_code in (200, 201), put.text
+
+
+def alice_mcp_headers(keys: Keys) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {keys.jwt('alice', email_verified=True)}",
+        "Accept": "application/json, text/event-stream",
+    }
+
+
 async def test_the_answer_ends_with_the_json_rpc_response_not_with_the_upstream_stream(
     broker: Process, emulator: Process, keys: Keys
 ) -> None:
@@ -141,16 +160,8 @@ async def test_the_answer_ends_with_the_json_rpc_response_not_with_the_upstream_
     call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "get_issue"}}
     with LoopbackServer(upstream) as server:
         async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
-            put = await http.put(
-                f"{emulator.url}/connect/my-app/alice-held",
-                json={"mcpUrl": f"{server.url}/held", "metadata": {"userId": "alice"}},
-                headers={"Authorization": f"Bearer {API_KEY}"},
-            )
-            assert put.status_code in (200, 201), put.text
-            headers = {
-                "Authorization": f"Bearer {keys.jwt('alice', email_verified=True)}",
-                "Accept": "application/json, text/event-stream",
-            }
+            await put_held_connection(http, emulator, server.url, "alice-held")
+            headers = alice_mcp_headers(keys)
             url = f"{broker.url}/v1/mcp/my-app/alice-held"
             # httpx returns once the whole answer is in: the broker ended it with the response
             # while the server's stream was still open (held for 10 s if nobody opens the gate).
@@ -164,3 +175,25 @@ async def test_the_answer_ends_with_the_json_rpc_response_not_with_the_upstream_
             second = await http.post(url, json={**call, "id": "eight"}, headers=headers)
             assert second.status_code == 200
             assert '"id": "eight"' in second.text
+
+
+async def test_a_call_answered_early_frees_the_users_place_at_once(
+    emulator: Process, keys: Keys, start_broker: Any
+) -> None:
+    """With one MCP call in progress allowed per user, calls made one after another all pass,
+    although Smithery's stream of each is still open (being drained) when the next one comes."""
+    broker = start_broker(emulator.url, BROKER_LIMITS_MCP_CALLS_PER_USER="1")
+    upstream = McpTarget()
+    try:
+        with LoopbackServer(upstream) as server:
+            async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+                await put_held_connection(http, emulator, server.url, "alice-held-limit")
+                url = f"{broker.url}/v1/mcp/my-app/alice-held-limit"
+                for number in range(3):
+                    call = {"jsonrpc": "2.0", "id": number, "method": "tools/call"}
+                    answer = await http.post(url, json=call, headers=alice_mcp_headers(keys))
+                    assert answer.status_code == 200, answer.text
+                assert not upstream.ended.is_set()  # no stream had ended when the next call came
+                upstream.gate.set()
+    finally:
+        upstream.gate.set()
