@@ -271,16 +271,7 @@ async def test_relay_sends_an_answer_that_has_wholly_arrived_in_one_piece() -> N
 
 async def test_relay_ends_the_response_with_the_chunk_that_drained_the_answer() -> None:
     upstream = Upstream([b"event: message\n", b"data: {}\n\n"], then_wait=False)
-    sent: list[dict[str, Any]] = []
-    never = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        await never.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
+    receive, send, sent = client_that_stays()
     taken = [0]
 
     async def counted() -> AsyncIterator[bytes]:
