@@ -463,3 +463,41 @@ async def test_a_cancelled_mcp_call_ends_its_span_as_an_error() -> None:
     await client.aclose()
     server.close()
     await server.wait_closed()
+
+
+async def test_an_mcp_answer_that_breaks_off_before_its_body_is_a_protocol_error() -> None:
+    """Smithery's head came, then the connection ended before the body began: 502 material
+    (no Retry-After, the tool may have run), not an unreachable Smithery; and the broken
+    connection is not pooled."""
+    connections = [0]
+
+    async def head_then_gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+            )
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(head_then_gone, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = SmitheryClient(
+        SmitherySettings(base_url=f"http://127.0.0.1:{port}", api_key=Secret("sk-test"))
+    )
+    try:
+        for _ in range(2):
+            with pytest.raises(UpstreamProtocolError) as caught:
+                await client.open_mcp(
+                    "ns", "id", b"{}", [("content-type", "application/json")], "svc"
+                )
+            assert caught.value.status == 502
+            assert getattr(caught.value, "retry_after_seconds", None) is None
+        assert connections[0] == 2  # the second call did not get the broken connection
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
