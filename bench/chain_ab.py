@@ -29,12 +29,11 @@ import socket
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from bench.errors import HarnessError
 from bench.identity import create_identity
+from bench.interleave import Point, interleave
 from bench.loadgen import run_wrk
 from bench.processes import serve_in_process, start_server
 from bench.proxy_cost import broker_env
@@ -90,72 +89,20 @@ async def serve_relay(fd: int, port: str) -> None:
     await server.serve_forever()
 
 
-def blocking_caller(url: str, authorization: str) -> Callable[[], tuple[float, float]]:
-    """A function that sends R4's call to ``url`` over one keep-alive connection and returns the
-    milliseconds until the JSON-RPC response's event is in (where an MCP client stops reading),
-    and until the whole HTTP answer (``Content-Length`` or chunked) is in (where wrk stops)."""
-    parts = urlsplit(url)
-    sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    body = TOOLS_CALL.encode()
-    headers = "".join(f"{name}: {value}\r\n" for name, value in MCP_HEADERS.items())
-    request = (
-        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Authorization: {authorization}\r\n{headers}Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-
-    def call() -> tuple[float, float]:
-        started = time.perf_counter()
-        sock.sendall(request)
-        answer = b""
-        event = 0.0
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                raise SystemExit(f"{url}: connection closed mid-answer")
-            answer += data
-            if not event:
-                result = answer.find(b'"isError":false')
-                if result >= 0 and answer.find(b"\r\n\r\n", result) >= 0:
-                    event = time.perf_counter()
-            head, blank, rest = answer.partition(b"\r\n\r\n")
-            if not blank:
-                continue
-            lowered = head.lower()
-            if not lowered.startswith(b"http/1.1 200"):
-                raise SystemExit(f"{url}: {head[:200]!r}")
-            if b"\r\ncontent-length:" in lowered:
-                length = int(lowered.split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
-                if len(rest) >= length:
-                    break
-            elif rest.endswith(b"\r\n0\r\n\r\n"):
-                break
-        ended = time.perf_counter()
-        if not event:
-            raise SystemExit(f"{url}: not the tool's result: {answer[:300]!r}")
-        return (event - started) * 1000, (ended - started) * 1000
-
-    return call
-
-
-def interleave(targets: dict[str, tuple[str, str]], calls: int) -> None:
-    callers = {name: blocking_caller(url, auth) for name, (url, auth) in targets.items()}
-    names = list(callers)
-    for _ in range(100):  # warm-up
-        for name in names:
-            callers[name]()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
-    for index in range(calls):
-        for name in names if index % 2 == 0 else names[::-1]:
-            times[name].append(callers[name]())
-    for point, what in ((1, "whole answer"), (0, "response event")):
-        direct = statistics.median(t[point] for t in times["direct"])
-        for name in names:
-            median = statistics.median(t[point] for t in times[name])
-            paired = statistics.median(
-                a[point] - b[point] for a, b in zip(times[name], times["direct"], strict=True)
-            )
+def print_interleaved(targets: dict[str, tuple[str, str]], calls: int) -> None:
+    try:
+        result = interleave(targets, calls)
+    except HarnessError as exc:
+        raise SystemExit(str(exc)) from None
+    points: tuple[tuple[Point, str], ...] = (
+        ("whole", "whole answer"),
+        ("event", "response event"),
+    )
+    for point, what in points:
+        direct = result.p50("direct", point)
+        for name in targets:
+            median = result.p50(name, point)
+            paired = result.added(name, "direct", point)
             print(
                 f"{name}: {what}, {calls} interleaved calls: p50 {median:.2f} ms, adds "
                 f"{median - direct:+.2f} ms (median per-round difference {paired:+.2f} ms)"
@@ -210,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         targets["relay"] = (relay_url + DIRECT_PATH, f"Bearer {token}")
 
         if args.interleaved:
-            interleave(targets, args.interleaved)
+            print_interleaved(targets, args.interleaved)
             return 0
 
         def load(name: str, seconds: int) -> float:

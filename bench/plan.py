@@ -36,6 +36,10 @@ class Plan:
     proxy_paced_utilisation: float
     """The share of the direct path's capacity (its req/s at the largest concurrency above)
     the paced load's think time is chosen to offer; the same think time is used for the broker."""
+    proxy_interleaved_rounds: int
+    """R4, one call at a time: rounds of one call to the direct path and one to the broker,
+    alternated call by call (``bench/interleave.py``); the added p50 judged one call at a time
+    is the median of their per-round differences."""
     micro_repeats: int
     """MICRO: timeit repeats (the median is reported), each of about ``MICRO_REPEAT_SECONDS``."""
 
@@ -44,7 +48,8 @@ class Plan:
         proxy = ", ".join(f"c={c}" for c in self.proxy_concurrencies)
         paced = (
             f"then paced: {self.proxy_paced_connections} connections with a think time for "
-            f"{self.proxy_paced_utilisation * 100:.0f} % of the direct path's capacity"
+            f"{self.proxy_paced_utilisation * 100:.0f} % of the direct path's capacity, then "
+            f"{self.proxy_interleaved_rounds} interleaved rounds of one call at a time"
         )
         return (
             f"{self.name}: {self.runs} run(s) x {self.duration_s} s per app at {cs} "
@@ -70,6 +75,7 @@ FULL = Plan(
     proxy_concurrencies=(1, 8, 32),
     proxy_paced_connections=8,
     proxy_paced_utilisation=0.5,
+    proxy_interleaved_rounds=2000,
     micro_repeats=7,
 )
 
@@ -88,5 +94,6 @@ SMOKE = Plan(
     proxy_concurrencies=(8,),
     proxy_paced_connections=4,
     proxy_paced_utilisation=0.5,
+    proxy_interleaved_rounds=50,
     micro_repeats=3,
 )
