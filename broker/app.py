@@ -173,10 +173,67 @@ class HeaderLimit:
         return tuple((name.lower().encode(), value.encode()) for name, value in headers.items())
 
 
+_CORS_FAILURES: Final = {b"origin": "origin", b"method": "method", b"headers": "headers"}
+
+
+class PreflightProblems:
+    """A refused CORS preflight as problem details (``400 cors_rejected``), like every other
+    error of the broker.
+
+    Litestar's CORS middleware answers every ``OPTIONS`` request with an ``Origin`` itself: 204,
+    or 400 with a plain-text "Disallowed CORS origin, method, headers" when the origin, the
+    requested method or a requested header is not allowed. That 400 is rewritten here; the
+    failures it names become the detail (a fixed vocabulary, never request data). Browsers do
+    not show a refused preflight's body to the page; an operator's curl reads it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            str(scope["type"]) != "http"
+            or scope.get("method") != "OPTIONS"
+            or not any(name == b"origin" for name, _ in scope["headers"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        refused: list[bytes] = []  # the plain-text body, once a 400 started
+
+        async def send_problem(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                refused.append(b"")
+                return
+            if not refused or message["type"] != "http.response.body":
+                await send(message)
+                return
+            refused.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            said = b"".join(refused).lower()
+            failures = [word for key, word in _CORS_FAILURES.items() if key in said]
+            body = encode_problem(
+                400,
+                "cors_rejected",
+                "CORS preflight refused",
+                "Not allowed by the broker's CORS settings (BROKER_CORS_ORIGINS): "
+                + (", ".join(failures) or "the request")
+                + ".",
+            )
+            answer = JsonBody(
+                body, ((b"cache-control", b"no-store"),), 400, media_type=PROBLEM_JSON.encode()
+            )
+            await answer(scope, receive, send)
+
+        await self.app(scope, receive, send_problem)
+
+
 def guarded(app: Litestar) -> ASGIApp:
-    """``app`` as ``broker serve`` and ``broker dev`` run it: oversized headers refused first."""
+    """``app`` as ``broker serve`` and ``broker dev`` run it: oversized headers refused first,
+    and a refused CORS preflight answered with problem details."""
     settings = cast("BrokerState", app.state.broker).settings
-    return HeaderLimit(app, settings.server.max_header_bytes, app.cors_config)
+    inner: ASGIApp = app if app.cors_config is None else PreflightProblems(app)
+    return HeaderLimit(inner, settings.server.max_header_bytes, app.cors_config)
 
 
 def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response[Problem]:

@@ -10,7 +10,9 @@ otherwise the broker answers ``408 request_timeout`` and closes the connection. 
 its own deadline (``BROKER_SERVER_BODY_TIMEOUT_SECONDS``, ``routes.body``).
 
 The protocol writes through ``coalescing.CoalescingTransport``: the parts of an answer sent in
-one event-loop iteration leave in one system call.
+one event-loop iteration leave in one system call. A request that is not valid HTTP/1.1 (which
+uvicorn refuses before any app sees it) gets ``400 invalid_http`` as problem details, like every
+other error of the broker, instead of uvicorn's plain text.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from broker.coalescing import CoalescingTransport
 
 def head_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
     """uvicorn's ``http`` protocol class with a ``seconds`` deadline for each request's head,
-    writing through a ``CoalescingTransport``."""
+    writing through a ``CoalescingTransport``, answering invalid HTTP with problem details."""
     body = encode_problem(
         408,
         "request_timeout",
@@ -35,6 +37,18 @@ def head_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
     answer = (
         b"HTTP/1.1 408 Request Timeout\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n%s" % (PROBLEM_JSON.encode(), len(body), body)
+    )
+
+    invalid_body = encode_problem(
+        400,
+        "invalid_http",
+        "Invalid HTTP request",
+        "The request is not valid HTTP/1.1 (request line, headers or chunked body).",
+    )
+    invalid = b"content-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
+        PROBLEM_JSON.encode(),
+        len(invalid_body),
+        invalid_body,
     )
 
     class HeadTimeoutProtocol(HttpToolsProtocol):
@@ -89,5 +103,14 @@ def head_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
                 self.transport.close()
                 return
             self._head_timer = self.loop.call_later(seconds / 2, self._look)
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's own answer is text/plain; its message is a constant, never request data.
+            content = [b"HTTP/1.1 400 Bad Request\r\n"]
+            for name, value in self.server_state.default_headers:  # date (and server, if set)
+                content.extend([name, b": ", value, b"\r\n"])
+            content.append(invalid)
+            self.transport.write(b"".join(content))
+            self.transport.close()
 
     return HeadTimeoutProtocol

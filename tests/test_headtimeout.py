@@ -97,3 +97,20 @@ async def test_idle_keep_alive_and_slow_bodies_are_not_the_heads_business() -> N
         assert body == b"hello"
         writer.close()
         await writer.wait_closed()
+
+
+async def test_a_request_that_is_not_http_gets_problem_details_and_is_closed() -> None:
+    async with serving() as port, asyncio.timeout(10):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: test\r\nNo colon here\r\n\r\n")
+        await writer.drain()
+        head, body = await answer_of(reader)
+        assert head.startswith(b"HTTP/1.1 400 ")
+        assert b"content-type: application/problem+json" in head
+        assert b"\r\ndate: " in head  # uvicorn's default headers kept
+        problem = json.loads(body)
+        assert problem["code"] == "invalid_http"
+        assert problem["status"] == 400
+        assert await reader.read() == b""  # closed by the server
+        writer.close()
+        await writer.wait_closed()

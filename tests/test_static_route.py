@@ -150,3 +150,39 @@ def test_oversized_headers_refusal_is_readable_by_the_app_origin() -> None:
     assert allowed.headers["vary"] == "Origin"
     assert other.status_code == 431
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_refused_cors_preflight_is_problem_details() -> None:
+    """Litestar's CORS middleware answers a refused preflight in plain text; the broker's
+    errors are problem details with a stable code, whatever layer refuses."""
+    settings = Settings(
+        policies=PoliciesSettings(dir=str(ROOT / "policies")),
+        smithery=SmitherySettings(base_url="http://emulator.invalid", api_key=Secret("k")),
+        cors=CorsSettings(origins=(APP_ORIGIN,)),
+    )
+    preflight = {"Access-Control-Request-Method": "POST"}
+    with TestClient(guarded(create_app(settings))) as client:
+        allowed = client.options("/v1/tokens", headers={"Origin": APP_ORIGIN, **preflight})
+        other = client.options(
+            "/v1/tokens", headers={"Origin": "https://evil.example", **preflight}
+        )
+        bad_header = client.options(
+            "/v1/tokens",
+            headers={
+                "Origin": APP_ORIGIN,
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "X-Secret-Thing",
+            },
+        )
+    assert allowed.status_code == 204
+    assert allowed.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert other.status_code == 400
+    assert other.headers["content-type"] == "application/problem+json"
+    assert other.headers["cache-control"] == "no-store"
+    assert other.json()["code"] == "cors_rejected"
+    assert other.json()["detail"].endswith(": origin.")
+    assert "access-control-allow-origin" not in other.headers
+    assert bad_header.status_code == 400
+    assert bad_header.json()["code"] == "cors_rejected"
+    assert bad_header.json()["detail"].endswith(": method, headers.")
+    assert "X-Secret-Thing" not in bad_header.text

@@ -86,7 +86,9 @@ def failure_of(error: type[BrokerError] | Failure) -> Failure:
 METHOD_NOT_ALLOWED: Final = Failure(405, "method_not_allowed", "Method not allowed")
 HEAD_TIMEOUT: Final = Failure(408, "request_timeout", "Request timeout")
 HEADERS_TOO_LARGE: Final = Failure(431, "headers_too_large", "Request headers too large")
-ANY_REQUEST: Final = (HEAD_TIMEOUT, HEADERS_TOO_LARGE)
+INVALID_HTTP: Final = Failure(400, "invalid_http", "Invalid HTTP request")
+ANY_REQUEST: Final = (INVALID_HTTP, HEAD_TIMEOUT, HEADERS_TOO_LARGE)
+"""What any request can get from ``broker serve``, whatever its route."""
 BODY_FAILURES: Final = (RequestTimeoutError, PayloadTooLargeError, UnsupportedMediaTypeError)
 """What reading a JSON request body can end in."""
 SMITHERY_FAILURES: Final = (
@@ -96,7 +98,6 @@ SMITHERY_FAILURES: Final = (
     UpstreamTimeoutError,
 )
 """What a call to Smithery can end in."""
-"""What any request can get from ``broker serve``, whatever its route."""
 
 _WHEN: Final = {
     400: "The request is malformed or breaks the endpoint's schema",
