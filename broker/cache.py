@@ -199,7 +199,9 @@ class TokenCache:
         rules: tuple[str, ...] = (),
         refresh: Callable[[], Awaitable[Minted]] | None = None,
     ) -> tuple[CachedToken, bool]:
-        """The cached token for ``key`` or a freshly minted one; the flag says it was a hit.
+        """The cached token for ``key`` or a freshly minted one; the flag is True when this call
+        started no mint: a hit, or a join of the mint already in flight for ``key`` (the audit's
+        ``cache_hit``: a burst of requests for one new token has one False, not one per request).
 
         The mint runs in its own task, so a caller that goes away does not cancel it for the
         others waiting on the same key. ``before_mint`` runs only when this call starts a mint
@@ -224,6 +226,7 @@ class TokenCache:
             return entry, True
         self.stats.misses += 1
         task = self._inflight.get(key)
+        joined = task is not None
         if task is None:
             if before_mint is not None:
                 before_mint()  # e.g. a per-user mint limit; raising stops the mint
@@ -231,7 +234,7 @@ class TokenCache:
         else:
             self.stats.waits += 1
         try:
-            return await asyncio.shield(task), False
+            return await asyncio.shield(task), joined
         except UpstreamError:
             # Smithery failed; a token past its refresh margin but not yet expired is still a
             # valid token: serve it rather than fail (never past its expiry, and never once a

@@ -144,6 +144,8 @@ async def test_concurrent_misses_share_one_mint() -> None:
     assert mint.calls == 1
     assert {entry.token for entry, _ in results} == {"tok-1"}
     assert cache.stats.waits == 49
+    # One mint, one request that started it: the audit's cache_hit is False once, not 50 times.
+    assert sorted(hit for _, hit in results) == [False] + [True] * 49
 
 
 async def test_failed_mint_wakes_every_waiter_and_is_not_cached() -> None:
@@ -220,7 +222,7 @@ async def test_refresh_ahead_runs_refresh_and_misses_run_mint() -> None:
     entry, hit = await cache.get_or_mint(
         key(), mint, lambda: limited.append("join"), refresh=refresh
     )
-    assert (hit, entry.expires_at) == (False, clock.now + 900)
+    assert (hit, entry.expires_at) == (True, clock.now + 900)  # no mint of its own
     assert (mint.calls, refresh.calls, limited) == (1, 1, ["miss"])
 
 
