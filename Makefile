@@ -62,7 +62,7 @@ $(VENV)/.bench-installed: $(BIN)/broker pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	@touch $@
 
-## Benchmarks: broker vs a bare Litestar baseline on loopback, A/B runs (about 12 minutes).
+## Benchmarks: broker vs a bare Litestar baseline on loopback, A/B runs (about 15 minutes).
 ## Results: bench/results/<date>-<time>.{json,md,png}. See bench/README.md.
 ## Options: make bench BENCH_ARGS='--scenarios R1,R5 --profile'.
 bench: $(VENV)/.bench-installed
