@@ -173,6 +173,8 @@ class HeaderLimit:
         return tuple((name.lower().encode(), value.encode()) for name, value in headers.items())
 
 
+_CORS_REFUSAL: Final = b"Disallowed CORS "
+"""How Litestar's CORS middleware begins a refused preflight's plain-text body."""
 _CORS_FAILURES: Final = {b"origin": "origin", b"method": "method", b"headers": "headers"}
 
 
@@ -194,31 +196,38 @@ class PreflightProblems:
         if (
             str(scope["type"]) != "http"
             or scope.get("method") != "OPTIONS"
-            or not any(name == b"origin" for name, _ in scope["headers"])
+            or not any(name == b"origin" and value for name, value in scope["headers"])
         ):
             await self.app(scope, receive, send)
             return
-        refused: list[bytes] = []  # the plain-text body, once a 400 started
+        held: list[Message] = []  # a 400 start and its body so far, until it is known whose
 
         async def send_problem(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 400:
-                refused.append(b"")
+                held.append(message)
                 return
-            if not refused or message["type"] != "http.response.body":
+            if not held or message["type"] != "http.response.body":
                 await send(message)
                 return
-            refused.append(message.get("body", b""))
+            held.append(message)
             if message.get("more_body", False):
                 return
-            said = b"".join(refused).lower()
+            text = b"".join(cast("bytes", m.get("body", b"")) for m in held[1:])
+            headers = cast("list[tuple[bytes, bytes]]", held[0].get("headers", []))
+            media = next((v for k, v in headers if k == b"content-type"), b"")
+            if not (media.startswith(b"text/plain") and text.startswith(_CORS_REFUSAL)):
+                for kept in held:  # some other 400: passed on as it was
+                    await send(kept)
+                return
+            said = text[len(_CORS_REFUSAL) :].lower()
             failures = [word for key, word in _CORS_FAILURES.items() if key in said]
             body = encode_problem(
                 400,
                 "cors_rejected",
                 "CORS preflight refused",
-                "Not allowed by the broker's CORS settings (BROKER_CORS_ORIGINS): "
+                "Not allowed by the broker's CORS settings: "
                 + (", ".join(failures) or "the request")
-                + ".",
+                + " (allowed origins: BROKER_CORS_ORIGINS).",
             )
             answer = JsonBody(
                 body, ((b"cache-control", b"no-store"),), 400, media_type=PROBLEM_JSON.encode()

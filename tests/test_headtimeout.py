@@ -108,6 +108,7 @@ async def test_a_request_that_is_not_http_gets_problem_details_and_is_closed() -
         assert head.startswith(b"HTTP/1.1 400 ")
         assert b"content-type: application/problem+json" in head
         assert b"\r\ndate: " in head  # uvicorn's default headers kept
+        assert b"\r\ncache-control: no-store\r\n" in head
         problem = json.loads(body)
         assert problem["code"] == "invalid_http"
         assert problem["status"] == 400

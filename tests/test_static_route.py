@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from broker.app import create_app, guarded
+from broker.app import PreflightProblems, create_app, guarded
 from broker.config import CorsSettings, PoliciesSettings, Secret, Settings, SmitherySettings
 from broker.routes.static import etag_matches
 from tests.inprocess import ROOT
@@ -180,9 +180,41 @@ def test_a_refused_cors_preflight_is_problem_details() -> None:
     assert other.headers["content-type"] == "application/problem+json"
     assert other.headers["cache-control"] == "no-store"
     assert other.json()["code"] == "cors_rejected"
-    assert other.json()["detail"].endswith(": origin.")
+    assert other.json()["detail"].startswith("Not allowed by the broker's CORS settings: origin (")
     assert "access-control-allow-origin" not in other.headers
     assert bad_header.status_code == 400
     assert bad_header.json()["code"] == "cors_rejected"
-    assert bad_header.json()["detail"].endswith(": method, headers.")
+    assert ": method, headers (" in bad_header.json()["detail"]
     assert "X-Secret-Thing" not in bad_header.text
+
+
+async def test_preflight_problems_passes_on_any_other_400_as_it_was() -> None:
+    """Only Litestar's plain-text CORS refusal is rewritten: another 400 on an OPTIONS with an
+    Origin keeps its status, headers and body; an empty Origin is not a preflight at all."""
+    other = [
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [(b"content-type", b"application/problem+json"), (b"retry-after", b"3")],
+        },
+        {"type": "http.response.body", "body": b'{"code":', "more_body": True},
+        {"type": "http.response.body", "body": b'"x"}', "more_body": False},
+    ]
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        for message in other:
+            await send(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for origin in (APP_ORIGIN.encode(), b""):
+        sent.clear()
+        scope = {"type": "http", "method": "OPTIONS", "headers": [(b"origin", origin)]}
+        await PreflightProblems(inner)(scope, receive, send)  # type: ignore[arg-type]
+        assert sent == other, origin
