@@ -117,8 +117,8 @@ class Issuance:
         """The user's service token (cached, or minted now), narrowed to ``requested`` rules.
 
         ``for_proxy``: the guarded proxy uses the token itself and hands it to no one, and its
-        own ``proxy.decision`` record covers the call; ``token.issued`` is then written only
-        when a token was minted for it. ``policy_set``: the snapshot the request decided on
+        own ``proxy.decision`` record covers the call: no ``token.issued`` then (a token minted
+        for it has its ``token.minted``, as every mint). ``policy_set``: the snapshot the request decided on
         (default: the current set), so a reload in between cannot have one revision decide
         and another mint.
         """
@@ -152,7 +152,7 @@ class Issuance:
             # replica's mint (the lock wait) or for a slot.
             if revocations is not None:
                 revocations.check(principal, plan.revocable)
-            return self._mint(plan)
+            return self._mint(plan, principal, policy_set)
 
         key = CacheKey(principal.issuer, principal.subject, plan.digest_bytes, policy_set.revision)
         try:
@@ -174,7 +174,7 @@ class Issuance:
         if revocations is not None:  # revoked while the token was being fetched or minted
             revocations.check(principal, plan.revocable)
         self.metrics.inc("broker_token_decisions_total", (("result", "allow"), ("reason", "")))
-        if audit_log.enabled and not (for_proxy and hit):  # nobody reads it, or nothing new
+        if audit_log.enabled and not for_proxy:  # nobody reads it, or the proxy's own record
             audit(
                 "token.issued",
                 subject=telemetry.enduser(principal.subject),
@@ -237,7 +237,12 @@ class Issuance:
                 )
         return entry, hit
 
-    async def _mint(self, plan: MintPlan) -> MintedToken:
+    async def _mint(
+        self, plan: MintPlan, principal: Principal, policy_set: PolicySet
+    ) -> MintedToken:
+        """One token from Smithery, audited as ``token.minted`` once it is: exactly one record
+        per token minted on this replica, whoever waits for it (no one, when the request that
+        started it left, or when it is a refresh-ahead)."""
         with self.telemetry.span("broker.token.mint") as span:
             try:
                 minted = await self.upstream.mint_token(plan.constraints)
@@ -247,4 +252,13 @@ class Issuance:
                     span.set_attribute("broker.upstream.error", exc.code)
                 raise
             self.metrics.inc("broker_upstream_mints_total", (("result", "ok"),))
+            audit(
+                "token.minted",
+                subject=self.telemetry.enduser(principal.subject),
+                issuer=principal.issuer,
+                revision=policy_set.revision,
+                rules=list(plan.rule_ids),
+                digest=plan.digest,
+                expires_at=minted.expires_at,
+            )
             return minted

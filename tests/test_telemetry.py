@@ -191,15 +191,21 @@ async def test_audit_line_per_decision_with_trace_id(
         await h.client.post("/v1/tokens", headers=h.auth("alice", email_verified=True))
         await h.client.post("/v1/tokens", headers=h.auth("mallory"))
     records = [json.loads(line) for line in lines]
-    assert [r["event"] for r in records] == ["token.issued", "token.denied"]
-    issued = records[0]
+    assert [r["event"] for r in records] == ["token.minted", "token.issued", "token.denied"]
+    minted, issued, denied = records
     assert issued["subject"] == "alice"
     assert issued["rules"] == ["own-connections"]
     assert len(issued["trace_id"]) == 32
     assert len(issued["decision_id"]) == 16
-    assert issued["decision_id"] != records[1]["decision_id"]
+    assert issued["decision_id"] != denied["decision_id"]
     assert issued["cache_hit"] is False
-    assert records[1]["reason"] == "no_matching_rule"
+    assert denied["reason"] == "no_matching_rule"
+    # The mint itself, in the request's trace; when the token expires, never the token.
+    assert {k: minted[k] for k in ("subject", "rules", "digest", "revision", "trace_id")} == {
+        k: issued[k] for k in ("subject", "rules", "digest", "revision", "trace_id")
+    }
+    assert minted["expires_at"] > minted["time"]
+    assert "token" not in minted
 
 
 async def test_decision_records_carry_their_own_requests_trace_id(
