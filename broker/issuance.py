@@ -118,9 +118,9 @@ class Issuance:
 
         ``for_proxy``: the guarded proxy uses the token itself and hands it to no one, and its
         own ``proxy.decision`` record covers the call: no ``token.issued`` then (a token minted
-        for it has its ``token.minted``, as every mint). ``policy_set``: the snapshot the request decided on
-        (default: the current set), so a reload in between cannot have one revision decide
-        and another mint.
+        for it has its ``token.minted``, as every mint). ``policy_set``: the snapshot the
+        request decided on (default: the current set), so a reload in between cannot have one
+        revision decide and another mint.
         """
         if policy_set is None:
             policy_set = self.policy()
