@@ -175,7 +175,8 @@ class HeaderLimit:
 
 _CORS_REFUSAL: Final = b"Disallowed CORS "
 """How Litestar's CORS middleware begins a refused preflight's plain-text body."""
-_CORS_FAILURES: Final = {b"origin": "origin", b"method": "method", b"headers": "headers"}
+_CORS_FAILURES: Final = ("origin", "method", "headers")
+"""What it can name as refused, in its words (lower-cased)."""
 
 
 class PreflightProblems:
@@ -220,7 +221,7 @@ class PreflightProblems:
                     await send(kept)
                 return
             said = text[len(_CORS_REFUSAL) :].lower()
-            failures = [word for key, word in _CORS_FAILURES.items() if key in said]
+            failures = [word for word in _CORS_FAILURES if word.encode() in said]
             body = encode_problem(
                 400,
                 "cors_rejected",

@@ -45,10 +45,9 @@ def head_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
         "Invalid HTTP request",
         "The request is not valid HTTP/1.1 (request line, headers or chunked body).",
     )
-    invalid = b"content-type: %s\r\ncontent-length: %d\r\ncache-control: no-store\r\n%s" % (
-        PROBLEM_JSON.encode(),
-        len(invalid_body),
-        b"connection: close\r\n\r\n" + invalid_body,
+    invalid = (  # the head after the status line and uvicorn's default headers, and the body
+        b"content-type: %s\r\ncontent-length: %d\r\ncache-control: no-store\r\n"
+        b"connection: close\r\n\r\n%s" % (PROBLEM_JSON.encode(), len(invalid_body), invalid_body)
     )
 
     class HeadTimeoutProtocol(HttpToolsProtocol):
